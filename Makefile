@@ -1,0 +1,36 @@
+# Every target sets itself up from a fresh clone: .venv is created and filled on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= $(abspath ../shared/data)
+export DAE_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/mnist),$(DATA_DIR),)
+
+.PHONY: demo test bench lint study clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/dae train --time-budget 2m --out runs/demo
+	$(VENV)/bin/dae eval --checkpoint runs/demo/checkpoints/best.safetensors --limit 2000 --out runs/demo/eval
+	$(VENV)/bin/dae report runs/demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) bench/run.py --out bench/results
+
+study: $(VENV)/.installed
+	$(VENV)/bin/dae study --out runs/study
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info src/*.egg-info

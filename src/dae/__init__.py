@@ -1,0 +1,3 @@
+"""dae: denoising autoencoders for images."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from dae.cli import main
+
+raise SystemExit(main())

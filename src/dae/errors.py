@@ -1,0 +1,45 @@
+"""Errors meant for people: one line, naming what was wrong and where, each class with its own exit code."""
+
+from __future__ import annotations
+
+
+class DaeError(Exception):
+    """Base class for expected failures; the CLI prints `dae: <message>` and exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(DaeError):
+    """Bad command-line arguments, config values or names (unknown model, bad noise spec)."""
+
+    exit_code = 2
+
+
+class DataError(DaeError):
+    """Bad input data: malformed IDX, checksum mismatch, unreadable or hostile image file."""
+
+    exit_code = 3
+
+
+class CheckpointError(DaeError):
+    """Corrupt, truncated, foreign or unsafe checkpoint."""
+
+    exit_code = 4
+
+
+class ResourceError(DaeError):
+    """Missing resources: dataset not found anywhere, output exists, no such device."""
+
+    exit_code = 5
+
+
+class TrainingError(DaeError):
+    """Training diverged (non-finite loss); nothing non-finite was written."""
+
+    exit_code = 6
+
+
+class PartialFailure(DaeError):
+    """Some items of a batch job failed (each reported); the good ones were written."""
+
+    exit_code = 7

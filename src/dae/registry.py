@@ -1,0 +1,55 @@
+"""One small registry class used for models, noise models, baselines, losses and recipes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from dae.errors import UsageError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to builders; a duplicate name is an error, an unknown name lists the valid ones.
+
+    Example:
+        >>> MODELS = Registry("model")
+        >>> @MODELS.register("tiny")
+        ... def tiny(width: int = 8): ...
+        >>> MODELS.names()
+        ['tiny']
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def decorator(builder: Callable[..., T]) -> Callable[..., T]:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = builder
+            return builder
+
+        return decorator
+
+    def get(self, name: str) -> Callable[..., T]:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UsageError(
+                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+            ) from None
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        return self.get(name)(**kwargs)
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
