@@ -28,3 +28,4 @@ def list_models() -> list[str]:
 
 
 # Explicit imports so every family registers (no filename scanning). Added by the model-zoo work.
+from dae.models import dncnn, fc, strided, transpose, unet, unpool, upsample  # noqa: E402, F401

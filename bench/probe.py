@@ -1,0 +1,110 @@
+"""One inference measurement in a fresh process, so peak memory (ru_maxrss) belongs to that measurement alone.
+
+Usage: python bench/probe.py '{"kind": "mnist"|"image", "model": NAME, ...}'  -> one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def maxrss_bytes() -> int:
+    # Linux reports kilobytes, macOS bytes.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def build_model(spec: dict):
+    if spec.get("checkpoint"):
+        from dae.checkpoint import load_model
+
+        return load_model(spec["checkpoint"]), "checkpoint"
+    from dae.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(spec["model"]), "random init (speed and memory do not depend on the weights)"
+
+
+def main(spec: dict) -> dict:
+    from dae.inference import denoise
+
+    model, weights = build_model(spec)
+    model.eval()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("bf16") else nullcontext()
+    repeats = int(spec.get("repeats", 1))
+    result: dict = {
+        "kind": spec["kind"],
+        "model": spec["model"],
+        "weights": weights,
+        "bf16": bool(spec.get("bf16")),
+    }
+    if spec["kind"] == "mnist":
+        import common
+
+        n = int(spec.get("n_images", 10000))
+        clean = common.load_float("test", limit=n)
+        from dae.data.noise import make_noisy
+
+        noisy = make_noisy(clean, common.EVAL_NOISE, common.EVAL_SEED)
+        batch = int(spec.get("batch_size", 1000))
+        base = maxrss_bytes()  # after imports, model and data: what remains is the inference itself
+        with torch.inference_mode(), amp:
+            denoise(model, noisy[:batch], batch_size=batch)  # warm-up: oneDNN primitives, allocator
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                out = denoise(model, noisy, batch_size=batch)
+                times.append(time.perf_counter() - t0)
+        from dae.metrics import psnr
+
+        best = min(times)
+        result.update(
+            n_images=noisy.shape[0],
+            batch_size=batch,
+            seconds=times,
+            images_per_s=noisy.shape[0] / best,
+            images_per_s_median=noisy.shape[0] / statistics.median(times),
+            psnr_db=float(psnr(out.float(), clean).mean()),
+        )
+    elif spec["kind"] == "image":
+        size = int(spec["size"])
+        base = maxrss_bytes()  # after imports and model; the image and the work count toward the peak
+        g = torch.Generator().manual_seed(0)
+        image = torch.rand((1, 1, size, size), generator=g)
+        kwargs = {} if spec.get("tile") is None else {"tile": int(spec["tile"])}
+        with torch.inference_mode(), amp:
+            t0 = time.perf_counter()
+            denoise(model, image, **kwargs)
+            first = time.perf_counter() - t0
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                denoise(model, image, **kwargs)
+                times.append(time.perf_counter() - t0)
+        result.update(
+            size=size,
+            tile=spec.get("tile"),
+            first_call_s=first,
+            latency_s=statistics.median(times),
+            seconds=times,
+            input_bytes=image.numel() * 4,
+        )
+    else:
+        raise SystemExit(f"probe: unknown kind {spec['kind']!r}")
+    peak = maxrss_bytes()
+    result.update(baseline_rss_bytes=base, peak_rss_bytes=peak, peak_minus_baseline_bytes=peak - base)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))

@@ -1,0 +1,78 @@
+"""The training loop the way the classic tutorials write it, as the yardstick for dae's loop.
+
+A torch Dataset whose __getitem__ turns one uint8 image into float and adds its own torch.randn noise, a
+DataLoader (shuffle=True, num_workers=0), the same model and loss as dae, Adam. Nothing here is tuned.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class NoisyImages(Dataset):
+    """One (noisy, clean) pair per index, float in [0, 1], noise drawn per sample as the tutorials do."""
+
+    def __init__(self, images_u8: Tensor, noise_factor: float):
+        self.images = images_u8
+        self.noise_factor = noise_factor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        clean = self.images[i].float() / 255.0  # (C, H, W)
+        noisy = clean + self.noise_factor * torch.randn_like(clean)
+        return noisy.clamp(0.0, 1.0), clean
+
+
+def reference_throughput(
+    model_name: str,
+    images_u8: Tensor,
+    *,
+    batch_size: int = 128,
+    warmup_steps: int = 5,
+    measure_steps: int = 20,
+    noise_factor: float = 0.5,
+    loss: str = "mse",
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Steady-state images/s of the tutorial loop: steps after `warmup_steps` timed, loading included."""
+    from dae.losses import get_loss
+    from dae.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(model_name, in_channels=images_u8.shape[1])
+    loss_fn = get_loss(loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = DataLoader(
+        NoisyImages(images_u8, noise_factor), batch_size=batch_size, shuffle=True, num_workers=0
+    )
+    model.train()
+    step, images, start = 0, 0, time.perf_counter()
+    total = warmup_steps + measure_steps
+    while step < total:
+        for noisy, clean in loader:
+            out = model(noisy)
+            loss_value = loss_fn(out, clean, model.output_kind)
+            optimizer.zero_grad()
+            loss_value.backward()
+            optimizer.step()
+            images += clean.shape[0]
+            step += 1
+            if step == warmup_steps:  # the clock starts here, so the next batch's loading is timed too
+                start, images = time.perf_counter(), 0
+            if step >= total:
+                break
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": images / seconds,
+        "steps_timed": measure_steps,
+        "seconds": seconds,
+        "final_loss": float(loss_value.detach()),
+    }

@@ -1,0 +1,790 @@
+"""dae benchmark suite: training throughput, time to quality, inference, FLOP efficiency.
+
+    python bench/run.py --out bench/results [--quick] [--only throughput,time_to_quality,inference,flops]
+
+Each benchmark writes bench/results/<name>.json (with the machine record); SUMMARY.md is rebuilt from every
+JSON file present, so the suite can be run in parts with --only. Numbers are measurements, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from reference_loop import reference_throughput  # noqa: E402
+
+BENCHMARKS = ("throughput", "time_to_quality", "inference", "flops")
+GIB = 1 << 30
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def train_config(out: str, model: str, train: dict[str, Any], data: dict[str, Any] | None = None) -> dict:
+    """The model's recipe, then the benchmark's own fields (which win)."""
+    from dae.config import merge
+
+    layer = {
+        "out": out,
+        "data": {"data_dir": common.data_dir(), **(data or {})},
+        "model": {"name": model},
+        "train": train,
+    }
+    return merge(common.recipe_layer(model), layer)
+
+
+def steady_rate(history: list[dict[str, float]], batch_size: int) -> float:
+    """images/s over all logging windows but the first (which holds warm-up)."""
+    rows = history[1:] if len(history) > 1 else history
+    images, seconds, prev = 0.0, 0.0, history[0]["step"] if len(history) > 1 else 0
+    for row in rows:
+        n = (row["step"] - prev) * batch_size
+        images += n
+        seconds += n / row["images_per_s"]
+        prev = row["step"]
+    return images / seconds
+
+
+def dae_throughput(
+    model: str, *, batch_size: int, window: int, windows: int, precision: str = "fp32", tmp: str
+) -> dict[str, Any]:
+    """Steady-state images/s of dae.train: `window` warm-up steps, then `windows` timed windows of as many."""
+    from dae.train import train
+
+    cfg = train_config(
+        f"{tmp}/{model}-{precision}",
+        model,
+        {
+            "steps": window * (windows + 1),
+            "val_every": window,
+            "batch_size": batch_size,
+            "noise": common.EVAL_NOISE,
+            "optimizer": "adam",
+            "precision": precision,
+        },
+        data={"val_size": 64},
+    )
+    result = train(cfg, progress=False)
+    return {
+        "images_per_s": steady_rate(result.history, batch_size),
+        "steps_timed": window * windows,
+        "windows_images_per_s": [row["images_per_s"] for row in result.history],
+        "final_val_psnr": result.best_val_psnr,
+    }
+
+
+def calibrate_window(model_name: str, batch_size: int, target_s: float, minimum: int) -> int:
+    """Steps per timing window so one lasts about `target_s` (tiny models need many steps to time well)."""
+    from dae.models import create_model
+
+    model = create_model(model_name)
+    optimizer = torch.optim.Adam(model.parameters())
+    shape = model.fixed_size or (1, 28, 28)
+    x = torch.rand((batch_size, *shape))
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        loss = (model(x) - x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    step_s = min(times[1:])
+    return max(minimum, min(5000, math.ceil(target_s / max(step_s, 1e-6))))
+
+
+def model_forward_flops(model_name: str, shape: tuple[int, int, int] = (1, 28, 28), batch: int = 8) -> float:
+    """Forward FLOPs per image (FlopCounterMode counts matmuls and convolutions; a multiply-add = 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dae.models import create_model
+
+    model = create_model(model_name, in_channels=shape[0]).eval()
+    x = torch.rand((batch, *shape))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return counter.get_total_flops() / batch
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """GFLOP/s of torch.mm on n x n matrices with the default thread count (best of `repeats`)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand((n, n), generator=g).to(dtype), torch.rand((n, n), generator=g).to(dtype)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return {
+        "n": n,
+        "dtype": str(dtype).replace("torch.", ""),
+        "repeats": repeats,
+        "gflops": 2 * n**3 / best / 1e9,
+    }
+
+
+def run_probe(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """One inference measurement in a fresh interpreter (see probe.py)."""
+    probe = Path(__file__).resolve().parent / "probe.py"
+    proc = subprocess.run(
+        [sys.executable, str(probe), json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"probe failed (exit {proc.returncode}): {tail[0]}", **spec}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def arch_table(models: list[str] | None) -> list[dict[str, Any]]:
+    default = common.default_model()
+    names = models or common.list_archs()
+    return [{"model": m, "tutorial": common.is_tutorial(m), "default": m == default} for m in names]
+
+
+# ----------------------------------------------------------------------------------------------- benchmarks
+
+
+def bench_throughput(
+    quick: bool = True, models: list[str] | None = None, window: int | None = None, windows: int | None = None
+) -> dict[str, Any]:
+    """dae.train's steady images/s against the tutorial DataLoader loop, per architecture, same batch size.
+
+    Without `window`, each timing window is sized to last about 1.5 s (quick) or 4 s (full) of dae training.
+    """
+    windows = windows or (2 if quick else 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in arch_table(models):
+            name = arch["model"]
+            batch = common.recipe_batch_size(name)
+            steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
+            images = common.load_split("train", limit=max(batch * steps * (windows + 2), 1024))
+            dae_r = dae_throughput(name, batch_size=batch, window=steps, windows=windows, tmp=tmp)
+            ref = reference_throughput(
+                name, images, batch_size=batch, warmup_steps=steps, measure_steps=steps * windows
+            )
+            rows.append(
+                {
+                    **arch,
+                    "batch_size": batch,
+                    "dae_images_per_s": dae_r["images_per_s"],
+                    "reference_images_per_s": ref["images_per_s"],
+                    "ratio": dae_r["images_per_s"] / ref["images_per_s"],
+                    "dae": dae_r,
+                    "reference": ref,
+                }
+            )
+            print(
+                f"  throughput {name}: dae {rows[-1]['dae_images_per_s']:.0f} img/s, "
+                f"reference {ref['images_per_s']:.0f} img/s, x{rows[-1]['ratio']:.2f}",
+                flush=True,
+            )
+    return {
+        "mode": "quick" if quick else "full",
+        "method": (
+            "dae: dae.train(steps, val_every=window), images/s of every logging window but the first "
+            "(warm-up), validation and checkpoint time excluded; reference: torch Dataset with per-sample "
+            "torch.randn noise, DataLoader(shuffle=True, num_workers=0), same model, loss (mse), Adam; "
+            "same batch size; data loading timed"
+        ),
+        "rows": rows,
+    }
+
+
+def bench_time_to_quality(
+    quick: bool = True,
+    models: list[str] | None = None,
+    budgets: list[float] | None = None,
+    long_budget: float | None = None,
+    eval_images: int = common.EVAL_IMAGES,
+) -> dict[str, Any]:
+    """Test PSNR reached by each architecture within fixed wall-clock training budgets."""
+    from dae.checkpoint import load_model
+    from dae.train import train
+
+    budgets = budgets or ([30.0] if quick else [30.0, 120.0])
+    if long_budget is None and not quick:
+        long_budget = 600.0
+    clean, noisy = common.eval_set(eval_images)
+    default = common.default_model()
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = [(a, b) for b in budgets for a in arch_table(models)]
+        if long_budget:
+            plan.append(
+                ({"model": default, "tutorial": common.is_tutorial(default), "default": True}, long_budget)
+            )
+        for arch, budget in plan:
+            name = arch["model"]
+            cfg = train_config(
+                f"{tmp}/{name}-{budget:g}", name, {"time_budget": budget, "noise": common.EVAL_NOISE}
+            )
+            t0 = time.perf_counter()
+            result = train(cfg, progress=False)
+            wall = time.perf_counter() - t0
+            model = load_model(result.best_checkpoint)
+            test_psnr = common.eval_psnr(model, clean, noisy)
+            runs.append(
+                {
+                    **arch,
+                    "budget_s": budget,
+                    "test_psnr_db": test_psnr,
+                    "val_psnr_db": result.best_val_psnr,
+                    "steps": result.step,
+                    "epochs_completed": result.epoch,
+                    "train_elapsed_s": result.elapsed_s,
+                    "wall_s_incl_setup": wall,
+                }
+            )
+            print(
+                f"  time-to-quality {name} @ {budget:g}s: {test_psnr:.2f} dB ({result.step} steps)",
+                flush=True,
+            )
+    noisy_psnr = float(__import__("dae.metrics", fromlist=["psnr"]).psnr(noisy, clean).mean())
+    return {
+        "mode": "quick" if quick else "full",
+        "eval": {
+            "dataset": "mnist/test",
+            "images": clean.shape[0],
+            "noise": common.EVAL_NOISE,
+            "seed": common.EVAL_SEED,
+            "noisy_input_psnr_db": noisy_psnr,
+        },
+        "default_model": default,
+        "budgets_s": budgets,
+        "long_budget_s": long_budget,
+        "runs": runs,
+        "margins": margins(runs, default),
+    }
+
+
+def margins(runs: list[dict[str, Any]], default: str) -> dict[str, Any]:
+    """Best new-model PSNR minus best tutorial-model PSNR, per budget (budgets where both kinds ran)."""
+    out = {}
+    for budget in sorted({r["budget_s"] for r in runs}):
+        at = [r for r in runs if r["budget_s"] == budget]
+        new = [r for r in at if not r["tutorial"]]
+        tut = [r for r in at if r["tutorial"]]
+        if new and tut:
+            bn = max(new, key=lambda r: r["test_psnr_db"])
+            bt = max(tut, key=lambda r: r["test_psnr_db"])
+            d = next((r for r in at if r["model"] == default), None)
+            out[f"{budget:g}"] = {
+                "best_new_model": bn["model"],
+                "best_new_psnr_db": bn["test_psnr_db"],
+                "best_tutorial_model": bt["model"],
+                "best_tutorial_psnr_db": bt["test_psnr_db"],
+                "margin_db": bn["test_psnr_db"] - bt["test_psnr_db"],
+                "default_minus_best_tutorial_db": (d["test_psnr_db"] - bt["test_psnr_db"]) if d else None,
+            }
+    return out
+
+
+def bench_inference(
+    quick: bool = True,
+    model: str | None = None,
+    n_images: int = 10000,
+    sizes: tuple[int, ...] = (512, 2048),
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Default model: MNIST test images/s, latency and peak memory for large images; one process each."""
+    model = model or common.default_model()
+    repeats = 2 if quick else 3
+    base = {"model": model, "checkpoint": checkpoint, "repeats": repeats}
+    mnist = run_probe({**base, "kind": "mnist", "n_images": n_images, "batch_size": 1000})
+    print(f"  inference {model}: {mnist.get('images_per_s', float('nan')):.0f} img/s", flush=True)
+    images = []
+    for size in sizes:
+        r = run_probe(
+            {**base, "kind": "image", "size": size, "repeats": 1 if (quick or size > 1024) else repeats}
+        )
+        images.append(r)
+        if "error" not in r:
+            print(
+                f"  inference {size}x{size}: {r['latency_s']:.3f} s, peak +"
+                f"{r['peak_minus_baseline_bytes'] / 2**20:.0f} MiB",
+                flush=True,
+            )
+    return {
+        "mode": "quick" if quick else "full",
+        "model": model,
+        "method": (
+            "each measurement in a fresh subprocess; dae.inference.denoise under torch.inference_mode "
+            "(large images take its default tiling); memory = ru_maxrss peak minus ru_maxrss after imports "
+            "and model construction (mnist: also after loading the data); latency after one warm-up call "
+            "of the same size"
+        ),
+        "mnist": mnist,
+        "images": images,
+    }
+
+
+def bench_flops(
+    quick: bool = True,
+    models: list[str] | None = None,
+    results_dir: str | Path | None = None,
+    bf16: bool = True,
+    window: int | None = None,
+    inference_images: int | None = None,
+) -> dict[str, Any]:
+    """FLOPs per image per model, measured fp32 matmul peak, achieved fraction of it (training, inference)."""
+    peak = matmul_peak(torch.float32, repeats=5 if quick else 10)
+    peak_bf16 = matmul_peak(torch.bfloat16, repeats=2 if quick else 5) if bf16 else None
+    prior = _load(results_dir, "throughput") if results_dir else None
+    prior_rows = {r["model"]: r for r in (prior or {}).get("rows", [])}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in arch_table(models):
+            name = arch["model"]
+            fwd = model_forward_flops(name)
+            if name in prior_rows:
+                rate, source = prior_rows[name]["dae_images_per_s"], "throughput.json (dae loop)"
+            else:
+                batch = common.recipe_batch_size(name)
+                steps = window or calibrate_window(name, batch, 1.0 if quick else 3.0, minimum=5)
+                rate = dae_throughput(name, batch_size=batch, window=steps, windows=2, tmp=tmp)[
+                    "images_per_s"
+                ]
+                source = "measured here (dae loop)"
+            achieved = rate * 3 * fwd
+            rows.append(
+                {
+                    **arch,
+                    "forward_flops_per_image": fwd,
+                    "train_flops_per_image": 3 * fwd,
+                    "train_images_per_s": rate,
+                    "train_images_per_s_source": source,
+                    "train_gflops": achieved / 1e9,
+                    "train_percent_of_fp32_peak": 100 * achieved / (peak["gflops"] * 1e9),
+                }
+            )
+    out: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "method": (
+            "FLOPs from torch.utils.flop_counter.FlopCounterMode on a forward pass of 28x28 images "
+            "(training = 3x forward); peak = best torch.mm 2048x2048 in this run, default thread count"
+        ),
+        "fp32_peak": peak,
+        "bf16_peak": peak_bf16,
+        "rows": rows,
+    }
+    default = common.default_model()
+    fwd_default = next((r["forward_flops_per_image"] for r in rows if r["model"] == default), None)
+    if fwd_default is None:
+        fwd_default = model_forward_flops(default)
+    inf = _load(results_dir, "inference") if results_dir else None
+    inf_rate = (inf or {}).get("mnist", {}).get("images_per_s")
+    if inf_rate is None:
+        inf_rate = run_probe(
+            {
+                "model": default,
+                "kind": "mnist",
+                "n_images": inference_images or (2000 if quick else 10000),
+                "batch_size": 1000,
+                "repeats": 2,
+            }
+        ).get("images_per_s")
+    if inf_rate:
+        out["inference"] = {
+            "model": default,
+            "images_per_s": inf_rate,
+            "gflops": inf_rate * fwd_default / 1e9,
+            "percent_of_fp32_peak": 100 * inf_rate * fwd_default / (peak["gflops"] * 1e9),
+        }
+    if bf16:
+        out["bf16"] = bf16_default(quick, default, window, results_dir)
+    return out
+
+
+def bf16_default(
+    quick: bool, default: str, window: int | None, results_dir: str | Path | None
+) -> dict[str, Any]:
+    """bf16 autocast for the default model: train and inference throughput; PSNR too in full mode."""
+    batch = common.recipe_batch_size(default)
+    window = window or calibrate_window(default, batch, 1.0 if quick else 3.0, minimum=5)
+    out: dict[str, Any] = {"model": default}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "bf16"):
+            r = dae_throughput(
+                default, batch_size=batch, window=window, windows=2, precision=precision, tmp=tmp
+            )
+            out[f"train_images_per_s_{precision}"] = r["images_per_s"]
+        for precision in ("fp32", "bf16"):
+            r = run_probe(
+                {
+                    "model": default,
+                    "kind": "mnist",
+                    "n_images": 2000,
+                    "batch_size": 1000,
+                    "repeats": 2,
+                    "bf16": precision == "bf16",
+                }
+            )
+            out[f"inference_images_per_s_{precision}"] = r.get("images_per_s")
+        if not quick:
+            from dae.checkpoint import load_model
+            from dae.train import train
+
+            clean, noisy = common.eval_set()
+            for precision in ("fp32", "bf16"):
+                cfg = train_config(
+                    f"{tmp}/psnr-{precision}",
+                    default,
+                    {"time_budget": 30.0, "noise": common.EVAL_NOISE, "precision": precision},
+                )
+                res = train(cfg, progress=False)
+                model = load_model(res.best_checkpoint)
+                out[f"test_psnr_db_30s_{precision}"] = common.eval_psnr(model, clean, noisy)
+                if precision == "bf16":
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        out["test_psnr_db_30s_bf16_train_bf16_infer"] = common.eval_psnr(model, clean, noisy)
+        else:
+            out["psnr_note"] = "PSNR under bf16 is measured in full mode only (it needs two 30 s trainings)"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def _load(results_dir: str | Path | None, name: str) -> dict[str, Any] | None:
+    if results_dir is None:
+        return None
+    path = Path(results_dir) / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _f(x: Any, fmt: str = ".1f") -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("pass" if ok else "MISS")
+
+
+def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every project target, from the result files present."""
+    tp, ttq, inf, fl = (_load(results_dir, n) for n in BENCHMARKS)
+    rows = []
+    if tp:
+        tut = [r for r in tp["rows"] if r["tutorial"]]
+        if tut:
+            worst = min(tut, key=lambda r: r["ratio"])
+            text = ", ".join(f"{r['model']} x{r['ratio']:.2f}" for r in tut)
+            rows.append(
+                ("dae loop >= 3x reference loop (tutorial archs)", text, _verdict(worst["ratio"] >= 3))
+            )
+        else:
+            rows.append(
+                ("dae loop >= 3x reference loop (tutorial archs)", "no tutorial archs found", _verdict(None))
+            )
+    else:
+        rows.append(("dae loop >= 3x reference loop (tutorial archs)", "—", _verdict(None)))
+    d = next((r for r in (fl or {}).get("rows", []) if r["default"]), None)
+    rows.append(
+        (
+            "training >= 60% of fp32 peak (default model)",
+            f"{_f(d['train_percent_of_fp32_peak'])}% ({d['model']})" if d else "—",
+            _verdict(d["train_percent_of_fp32_peak"] >= 60 if d else None),
+        )
+    )
+    fi = (fl or {}).get("inference")
+    rows.append(
+        (
+            "inference >= 60% of fp32 peak (default model)",
+            f"{_f(fi['percent_of_fp32_peak'])}%" if fi else "—",
+            _verdict(fi["percent_of_fp32_peak"] >= 60 if fi else None),
+        )
+    )
+    runs = (ttq or {}).get("runs", [])
+
+    def default_at(budget: float) -> dict | None:
+        return next((r for r in runs if r["default"] and r["budget_s"] == budget), None)
+
+    r120 = default_at(120.0)
+    rows.append(
+        (
+            "default model >= 20.5 dB within 120 s",
+            f"{_f(r120['test_psnr_db'], '.2f')} dB" if r120 else _quick_note(default_at(30.0)),
+            _verdict(r120["test_psnr_db"] >= 20.5 if r120 else None),
+        )
+    )
+    m120 = (ttq or {}).get("margins", {}).get("120")
+    rows.append(
+        (
+            "default model >= 2.3 dB above best tutorial arch at 120 s",
+            (
+                f"{_f(m120['default_minus_best_tutorial_db'], '.2f')} dB (vs {m120['best_tutorial_model']}); "
+                f"best new minus best tutorial {_f(m120['margin_db'], '.2f')} dB"
+            )
+            if m120
+            else _quick_margin((ttq or {}).get("margins", {}).get("30")),
+            _verdict(
+                m120["default_minus_best_tutorial_db"] >= 2.3
+                if m120 and m120["default_minus_best_tutorial_db"] is not None
+                else None
+            ),
+        )
+    )
+    r600 = default_at(600.0)
+    rows.append(
+        (
+            "default model >= 21 dB within 10 min",
+            f"{_f(r600['test_psnr_db'], '.2f')} dB" if r600 else "— (full mode only)",
+            _verdict(r600["test_psnr_db"] >= 21 if r600 else None),
+        )
+    )
+    mn = (inf or {}).get("mnist", {})
+    rate = mn.get("images_per_s")
+    rows.append(
+        (
+            "inference >= 3000 img/s (MNIST test, default model)",
+            f"{_f(rate, '.0f')} img/s" if rate else mn.get("error", "—"),
+            _verdict(rate >= 3000 if rate else None),
+        )
+    )
+    big = next((r for r in (inf or {}).get("images", []) if r.get("size") == 2048 and "error" not in r), None)
+    rows.append(
+        (
+            "2048x2048 peak memory < 1 GiB",
+            f"{big['peak_minus_baseline_bytes'] / 2**20:.0f} MiB above baseline "
+            f"({big['peak_rss_bytes'] / 2**20:.0f} MiB process peak)"
+            if big
+            else "—",
+            _verdict(big["peak_minus_baseline_bytes"] < GIB if big else None),
+        )
+    )
+    return rows
+
+
+def _quick_note(r30: dict | None) -> str:
+    return f"— (quick mode; {r30['test_psnr_db']:.2f} dB at 30 s)" if r30 else "—"
+
+
+def _quick_margin(m30: dict | None) -> str:
+    if not m30 or m30.get("default_minus_best_tutorial_db") is None:
+        return "—"
+    d = m30["default_minus_best_tutorial_db"]
+    return f"— (quick mode; {d:.2f} dB at 30 s vs {m30['best_tutorial_model']})"
+
+
+def _name(r: dict[str, Any]) -> str:
+    return f"{r['model']}{' (default)' if r['default'] else ''}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _bf16_line(b: dict[str, Any]) -> str:
+    text = (
+        f"bf16 autocast ({b['model']}): training {_f(b.get('train_images_per_s_bf16'), '.0f')} img/s "
+        f"vs fp32 {_f(b.get('train_images_per_s_fp32'), '.0f')}; inference "
+        f"{_f(b.get('inference_images_per_s_bf16'), '.0f')} img/s vs fp32 "
+        f"{_f(b.get('inference_images_per_s_fp32'), '.0f')}"
+    )
+    if "test_psnr_db_30s_bf16" in b:
+        return text + (
+            f"; test PSNR after 30 s training: bf16 {_f(b['test_psnr_db_30s_bf16'], '.2f')} dB, "
+            f"fp32 {_f(b.get('test_psnr_db_30s_fp32'), '.2f')} dB."
+        )
+    return text + f"; {b.get('psnr_note', '')}."
+
+
+def write_summary(results_dir: str | Path) -> Path:
+    """SUMMARY.md: targets with measured value and pass/miss, then one table per benchmark present."""
+    results_dir = Path(results_dir)
+    lines = ["# dae benchmark summary", ""]
+    found = [r for r in (_load(results_dir, n) for n in BENCHMARKS) if r]
+    if found:
+        m = found[0]["machine"]
+        lines += [
+            f"Machine: {m['cpu_model']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
+            f"{m['platform']}; torch {m['versions'].get('torch')}, dae {m['dae_version']}.",
+            "",
+            "The CPU may be shared with other work while these run: absolute numbers are noisy; "
+            "ratios measured side by side in one run are the meaningful part.",
+            "",
+        ]
+    lines += ["## Targets", ""] + _table(
+        ["target", "measured", "verdict"], [list(t) for t in targets(results_dir)]
+    )
+    tp = _load(results_dir, "throughput")
+    if tp:
+        lines += ["", f"## Training throughput ({tp['mode']}, {tp['machine']['date']})", ""]
+        lines += _table(
+            ["model", "tutorial", "batch", "dae img/s", "reference img/s", "ratio"],
+            [
+                [
+                    _name(r),
+                    "yes" if r["tutorial"] else "no",
+                    r["batch_size"],
+                    f"{r['dae_images_per_s']:.0f}",
+                    f"{r['reference_images_per_s']:.0f}",
+                    f"{r['ratio']:.2f}",
+                ]
+                for r in tp["rows"]
+            ],
+        )
+    ttq = _load(results_dir, "time_to_quality")
+    if ttq:
+        e = ttq["eval"]
+        lines += [
+            "",
+            f"## Time to quality ({ttq['mode']}, {ttq['machine']['date']})",
+            "",
+            f"Test PSNR on the first {e['images']} MNIST test images, {e['noise']} clipped, seed {e['seed']} "
+            f"(noisy input: {e['noisy_input_psnr_db']:.2f} dB).",
+            "",
+        ]
+        lines += _table(
+            ["model", "tutorial", "budget s", "test PSNR dB", "steps", "epochs"],
+            [
+                [
+                    _name(r),
+                    "yes" if r["tutorial"] else "no",
+                    f"{r['budget_s']:g}",
+                    f"{r['test_psnr_db']:.2f}",
+                    r["steps"],
+                    r["epochs_completed"],
+                ]
+                for r in ttq["runs"]
+            ],
+        )
+        for b, m in ttq.get("margins", {}).items():
+            lines += [
+                "",
+                f"At {b} s: best new model {m['best_new_model']} {m['best_new_psnr_db']:.2f} dB, "
+                f"best tutorial {m['best_tutorial_model']} {m['best_tutorial_psnr_db']:.2f} dB, "
+                f"margin {m['margin_db']:.2f} dB.",
+            ]
+    inf = _load(results_dir, "inference")
+    if inf:
+        mn = inf["mnist"]
+        rows = []
+        if "error" in mn:
+            rows.append(["MNIST test", mn["error"], "—"])
+        else:
+            rows.append(
+                [
+                    f"{mn['n_images']} MNIST test images, batch {mn['batch_size']}",
+                    f"{mn['images_per_s']:.0f} img/s",
+                    _mib(mn["peak_minus_baseline_bytes"]),
+                ]
+            )
+        for r in inf["images"]:
+            if "error" in r:
+                rows.append([f"{r.get('size')}x{r.get('size')}", r["error"], "—"])
+            else:
+                rows.append(
+                    [
+                        f"one {r['size']}x{r['size']} grey image",
+                        f"{r['latency_s'] * 1000:.0f} ms (first call {r['first_call_s'] * 1000:.0f} ms)",
+                        _mib(r["peak_minus_baseline_bytes"]),
+                    ]
+                )
+        lines += ["", f"## Inference ({inf['mode']}, model {inf['model']}, {inf['machine']['date']})", ""]
+        lines += _table(["workload", "throughput / latency", "peak memory above baseline"], rows)
+    fl = _load(results_dir, "flops")
+    if fl:
+        bf = f", bf16 {fl['bf16_peak']['gflops']:.1f} GFLOP/s" if fl.get("bf16_peak") else ""
+        lines += [
+            "",
+            f"## FLOP efficiency ({fl['mode']}, {fl['machine']['date']})",
+            "",
+            f"Matmul peak (torch.mm 2048x2048, this run): fp32 {fl['fp32_peak']['gflops']:.1f} GFLOP/s{bf}.",
+            "",
+        ]
+        lines += _table(
+            ["model", "fwd MFLOP/img", "train img/s", "train GFLOP/s", "% of fp32 peak"],
+            [
+                [
+                    _name(r),
+                    f"{r['forward_flops_per_image'] / 1e6:.2f}",
+                    f"{r['train_images_per_s']:.0f}",
+                    f"{r['train_gflops']:.2f}",
+                    f"{r['train_percent_of_fp32_peak']:.1f}",
+                ]
+                for r in fl["rows"]
+            ],
+        )
+        if fl.get("inference"):
+            i = fl["inference"]
+            lines += [
+                "",
+                f"Inference ({i['model']}): {i['images_per_s']:.0f} img/s = {i['gflops']:.2f} GFLOP/s = "
+                f"{i['percent_of_fp32_peak']:.1f}% of fp32 peak.",
+            ]
+        if fl.get("bf16"):
+            lines += ["", _bf16_line(fl["bf16"])]
+    path = results_dir / "SUMMARY.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="dae benchmark suite")
+    parser.add_argument("--out", default="bench/results", help="folder for <name>.json and SUMMARY.md")
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes in all)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--models", default="", help="comma-separated architectures (default: all registered)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's own choice)"
+    )
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(BENCHMARKS)
+    unknown = [s for s in only if s not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(BENCHMARKS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if common.data_dir() is None:
+        print("bench: no MNIST found; set DAE_DATA_DIR to the folder holding mnist/", file=sys.stderr)
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or None
+    out = Path(args.out)
+    for name in only:
+        print(f"bench: {name} ({'quick' if args.quick else 'full'})", flush=True)
+        t0 = time.perf_counter()
+        if name == "throughput":
+            result = bench_throughput(args.quick, models)
+        elif name == "time_to_quality":
+            result = bench_time_to_quality(args.quick, models)
+        elif name == "inference":
+            result = bench_inference(args.quick)
+        else:
+            result = bench_flops(args.quick, models, results_dir=out)
+        result["bench_wall_s"] = time.perf_counter() - t0
+        path = common.write_result(out, name, result)
+        print(f"bench: wrote {path} ({result['bench_wall_s']:.0f} s)", flush=True)
+    print(f"bench: wrote {write_summary(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Self-describing checkpoints nothing can corrupt.
+
+A checkpoint `NAME.safetensors` is three files in one directory:
+  NAME.safetensors  weights (safetensors; the JSON record is also embedded in its metadata)
+  NAME.state.pt     optional training state (optimiser, step, RNG states), only ever read with weights_only=True
+  NAME.json         the record: model name + kwargs, resolved config, metrics, dae version, and the SHA-256 and
+                    size of the other two files. It is written last, so its presence marks a complete generation.
+Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync the directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from dae.errors import CheckpointError, ResourceError, TrainingError
+
+FORMAT = "dae-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` so that `path` holds either its old content or all of `data`, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def paths_for(weights: str | Path) -> tuple[Path, Path, Path]:
+    """(weights, state, record) paths of one checkpoint generation."""
+    weights = Path(weights)
+    stem = weights.name[: -len(WEIGHTS_SUFFIX)] if weights.name.endswith(WEIGHTS_SUFFIX) else weights.stem
+    return (
+        weights.with_name(stem + WEIGHTS_SUFFIX),
+        weights.with_name(stem + ".state.pt"),
+        weights.with_name(stem + ".json"),
+    )
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
+    step: int | None = None,
+    epoch: int | None = None,
+) -> Path:
+    """Write `path` (.safetensors) plus its JSON record (and training state if given); returns the weights path.
+
+    Example:
+        >>> save_checkpoint(model, "runs/x/checkpoints/best.safetensors", metrics={"val_psnr": 21.3})
+    """
+    from dae import __version__
+
+    weights_path, state_path, record_path = paths_for(path)
+    if not hasattr(model, "dae_name"):
+        raise CheckpointError(
+            "model was not built with dae.create_model, so it cannot describe itself; use create_model"
+        )
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingError(f"refusing to save non-finite weights ({key}) to {weights_path}")
+        tensors[key] = (
+            value.detach().to("cpu").contiguous().clone()
+        )  # clone: safetensors refuses shared storage
+    record: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dae_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {
+            "name": model.dae_name,
+            "kwargs": model.dae_kwargs,
+            "output_kind": getattr(model, "output_kind", None),
+            "num_parameters": sum(t.numel() for t in model.parameters()),
+        },
+        "config": config or {},
+        "metrics": metrics or {},
+        "step": step,
+        "epoch": epoch,
+    }
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    blob = st_save(tensors, metadata={"dae": json.dumps(record)})
+    atomic_write_bytes(weights_path, blob)
+    files = {"weights": {"file": weights_path.name, "sha256": sha256_bytes(blob), "bytes": len(blob)}}
+    if train_state is not None:
+        buf = io.BytesIO()
+        torch.save(train_state, buf)
+        state_blob = buf.getvalue()
+        atomic_write_bytes(state_path, state_blob)
+        files["state"] = {
+            "file": state_path.name,
+            "sha256": sha256_bytes(state_blob),
+            "bytes": len(state_blob),
+        }
+    else:
+        state_path.unlink(missing_ok=True)
+    record["files"] = files
+    atomic_write_bytes(record_path, json.dumps(record, indent=2, default=str).encode())
+    return weights_path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a .safetensors or .json path, a checkpoints/ directory or a run directory; return the weights path."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "best.safetensors", p / "best.safetensors"):
+            if candidate.exists():
+                return candidate
+        raise ResourceError(f"no checkpoint in directory {p} (looked for checkpoints/best.safetensors)")
+    if p.suffix == ".json":
+        p = paths_for(p)[0]
+    if not p.exists():
+        raise ResourceError(f"checkpoint {p} does not exist")
+    return p
+
+
+def _read_verified(path: Path, entry: dict[str, Any] | None, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e.strerror}") from None
+    if entry is not None:
+        if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):
+            raise CheckpointError(
+                f"{what} {path} does not match its manifest ({len(data)} bytes, expected {entry.get('bytes')}): "
+                "truncated or corrupted"
+            )
+    return data
+
+
+def read_record(weights_path: Path) -> dict[str, Any]:
+    """The JSON record beside a weights file; falls back to the copy embedded in the safetensors header."""
+    _, _, record_path = paths_for(weights_path)
+    if record_path.exists():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
+    else:
+        record = _embedded_record(weights_path)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise CheckpointError(f"{record_path} is not a dae checkpoint record (no format: {FORMAT!r})")
+    if record.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{record_path} has format version {record['format_version']}; this dae reads up to {FORMAT_VERSION}"
+        )
+    return record
+
+
+def _embedded_record(weights_path: Path) -> dict[str, Any]:
+    try:
+        with open(weights_path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise ValueError
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"]["dae"])
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"{weights_path} is not a dae safetensors checkpoint (no readable dae metadata)"
+        ) from None
+
+
+@dataclass
+class Checkpoint:
+    model: torch.nn.Module
+    record: dict[str, Any]
+    state: dict[str, Any] | None
+    path: Path
+
+
+def load_checkpoint(
+    path: str | Path, *, with_state: bool = False, device: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Verify and load a checkpoint; the training state is read only when asked, and only as plain tensors."""
+    from dae.models import MODELS, create_model
+
+    weights_path = resolve_checkpoint(path)
+    record = read_record(weights_path)
+    files = record.get("files", {})
+    blob = _read_verified(weights_path, files.get("weights"), "checkpoint weights")
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{weights_path} is not a valid safetensors file ({str(e).splitlines()[0]})"
+        ) from None
+    model_info = record.get("model") or {}
+    name, kwargs = model_info.get("name"), model_info.get("kwargs") or {}
+    if name not in MODELS:
+        raise CheckpointError(f"{weights_path} names model {name!r}, which this dae does not have")
+    try:
+        model = create_model(name, **kwargs)
+    except Exception as e:  # a foreign or edited record: the kwargs do not build
+        raise CheckpointError(f"{weights_path}: cannot build model {name!r} from {kwargs} ({e})") from None
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit model {name!r} ({str(e).splitlines()[0]})"
+        ) from None
+    model.to(device).eval()
+
+    state = None
+    if with_state:
+        _, state_path, _ = paths_for(weights_path)
+        entry = files.get("state")
+        if entry is None or not state_path.exists():
+            raise CheckpointError(f"{weights_path} has no training state to resume from")
+        state_blob = _read_verified(state_path, entry, "training state")
+        try:
+            state = torch.load(io.BytesIO(state_blob), map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+            raise CheckpointError(
+                f"training state {state_path} refused: not plain tensors ({str(e).splitlines()[0]})"
+            ) from None
+    return Checkpoint(model=model, record=record, state=state, path=weights_path)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a trained model from its checkpoint alone, in eval mode.
+
+    Example:
+        >>> model = dae.load_model("runs/demo/checkpoints/best.safetensors")
+        >>> clean = dae.denoise(model, noisy)
+    """
+    return load_checkpoint(path, device=device).model

@@ -1,0 +1,338 @@
+"""The `dae` command: each subcommand parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from dae.errors import DaeError, PartialFailure, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _train_config(args: argparse.Namespace, overrides: list[str]):
+    from dae.config import build_config, load_config_file, merge, parse_duration, parse_override
+    from dae.recipes import get_recipe
+
+    file_layer = load_config_file(args.config) if args.config else {}
+    recipe_name = args.recipe or file_layer.get("recipe")
+    layers: list[dict[str, Any]] = []
+    if recipe_name:
+        r = get_recipe(recipe_name)
+        layers.append(
+            {
+                "recipe": r.name,
+                "model": {"name": r.model, "kwargs": dict(r.model_kwargs)},
+                "train": {
+                    "loss": r.loss,
+                    "optimizer": r.optimizer,
+                    "lr": r.lr,
+                    "batch_size": r.batch_size,
+                    "noise": r.noise,
+                    "epochs": r.epochs,
+                },
+            }
+        )
+    layers.append(file_layer)
+    flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
+    if args.dataset:
+        flags["data"]["dataset"] = args.dataset
+    if args.data_dir:
+        flags["data"]["data_dir"] = args.data_dir
+    if args.model:
+        flags["model"]["name"] = args.model
+        if recipe_name and args.model != layers[0]["model"]["name"]:
+            layers[0]["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
+    if args.noise:
+        flags["train"]["noise"] = args.noise
+    stops = {
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "time_budget": parse_duration(args.time_budget) if args.time_budget else None,
+    }
+    if any(v is not None for v in stops.values()):
+        flags["train"].update(stops)  # a stop condition on the command line replaces the recipe's
+    if args.seed is not None:
+        flags["seed"] = args.seed
+    if args.out:
+        flags["out"] = args.out
+    if args.name:
+        flags["name"] = args.name
+    layers.append(flags)
+    dotted: dict[str, Any] = {}
+    for item in overrides:
+        dotted = merge(dotted, parse_override(item))
+    if "train" in dotted and "time_budget" in dotted["train"]:
+        dotted["train"]["time_budget"] = parse_duration(dotted["train"]["time_budget"])
+    layers.append(dotted)
+    return build_config(*layers)
+
+
+def _collect_overrides(rest: list[str]) -> list[str]:
+    """Accept --a.b=value and --a.b value; anything else is an unknown argument."""
+    out, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("--") and "." in arg.split("=", 1)[0]:
+            if "=" in arg:
+                out.append(arg[2:])
+            elif i + 1 < len(rest):
+                out.append(f"{arg[2:]}={rest[i + 1]}")
+                i += 1
+            else:
+                raise UsageError(f"override {arg} needs a value, e.g. {arg}=VALUE")
+        else:
+            raise UsageError(f"unrecognised argument {arg!r} (overrides look like --train.lr=1e-3)")
+        i += 1
+    return out
+
+
+def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.train import train
+
+    cfg = _train_config(args, _collect_overrides(rest))
+    if args.resume and not cfg.out:
+        raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(
+        f"run: {result.run_dir}  steps: {result.step}  time: {result.elapsed_s:.1f}s  "
+        f"best val PSNR: {result.best_val_psnr:.2f} dB"
+    )
+    print(f"best checkpoint: {result.best_checkpoint}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ eval
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.evaluate import DEFAULT_LEVELS, evaluate, format_table, parse_levels
+
+    levels = parse_levels(args.levels)
+    if levels is None and (args.noise is None or ":" not in args.noise):
+        levels = list(DEFAULT_LEVELS)
+    baselines = [b for b in (args.baselines or "").split(",") if b]
+    out = args.out or (
+        str(Path(args.checkpoint[0]).parent.parent / "eval") if args.checkpoint else "runs/eval"
+    )
+    result = evaluate(
+        args.checkpoint or [],
+        baselines,
+        dataset=args.dataset,
+        noise=args.noise or "gaussian",
+        levels=levels,
+        limit=args.limit,
+        slow_limit=args.slow_limit,
+        seed=args.seed,
+        sigma=args.sigma,
+        data_dir=args.data_dir,
+        out=out,
+        device=args.device,
+        verbose=not args.quiet,
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    print(format_table(result.records, "psnr"))
+    print()
+    print(format_table(result.records, "ssim"))
+    print(f"wrote: {', '.join(str(f) for f in result.files)}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ denoise
+
+
+def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.inference import denoise_files
+
+    report = denoise_files(
+        [Path(p) for p in args.inputs], args.checkpoint, Path(args.output), add_noise=args.add_noise,
+        seed=args.seed, force=args.force, device=args.device, tile=args.tile, overlap=args.overlap,
+    )
+    for line in report.error_lines():
+        print(f"dae: {line}", file=sys.stderr)
+    print(f"wrote {len(report.written)} file(s) to {args.output}" + (f"; {len(report.failed)} failed" if report.failed else ""))
+    if report.failed:
+        raise PartialFailure(f"{len(report.failed)} of {report.total} input file(s) failed (listed above)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ misc
+
+
+def cmd_report(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.report import write_report
+
+    path = write_report(Path(args.run_dir), data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.models import MODELS, create_model
+    from dae.recipes import get_recipe, list_recipes
+
+    if args.recipes:
+        for name in list_recipes():
+            r = get_recipe(name)
+            print(f"{name:<28} {r.description}")
+        return 0
+    for name in MODELS.names():
+        model = create_model(name)
+        doc = (MODELS.get(name).__doc__ or type(model).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {doc}")
+    return 0
+
+
+def cmd_list(kind: str):
+    def run(args: argparse.Namespace, rest: list[str]) -> int:
+        if kind == "noises":
+            from dae.data.noise import NOISES as registry
+        else:
+            from dae.baselines import BASELINES as registry
+        for name in registry.names():
+            doc = (registry.get(name).__doc__ or "").strip().splitlines()
+            print(f"{name:<14} {doc[0] if doc else ''}")
+        return 0
+
+    return run
+
+
+def cmd_data_check(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.data.datasets import check_dataset
+
+    for line in check_dataset(args.name, root=args.data_dir, download=args.download):
+        print(line)
+    return 0
+
+
+def cmd_study(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.study import run_study
+
+    path = run_study(
+        out=Path(args.out), quick=args.quick, budget=args.budget, data_dir=args.data_dir, seed=args.seed
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dae import __version__
+
+    p = _Parser(prog="dae", description="Denoising autoencoders for images.")
+    p.add_argument("--version", action="version", version=f"dae {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a denoiser (dotted overrides such as --train.lr=1e-3 accepted)")
+    t.add_argument("--config", help="YAML or TOML file setting config values")
+    t.add_argument("--dataset", help="mnist, fashion-mnist or folder (default mnist)")
+    t.add_argument(
+        "--data-dir", help="directory holding the dataset (default $DAE_DATA_DIR, cache, download)"
+    )
+    t.add_argument("--model", help="model name (see 'dae models'); default: the best model")
+    t.add_argument("--recipe", help="a named preset (see 'dae models --recipes')")
+    t.add_argument("--noise", help="training noise spec, e.g. gaussian:0.5 or gaussian:0.1-0.9")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--time-budget", help="wall-clock budget, e.g. 90s, 2m, 1h")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default runs/<name>)")
+    t.add_argument("--name", help="run name")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last good checkpoint"
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train, allow_rest=True)
+
+    e = sub.add_parser("eval", help="PSNR/SSIM of checkpoints and baselines across noise levels")
+    e.add_argument(
+        "--checkpoint", action="append", help="checkpoint (.safetensors) or run directory; repeatable"
+    )
+    e.add_argument("--baselines", help="comma-separated: identity,gaussian_blur,median,nlm,tv,wavelet,bm3d")
+    e.add_argument("--dataset", default="mnist")
+    e.add_argument("--data-dir")
+    e.add_argument("--levels", help="comma-separated noise levels (default 0.1,...,1.0 for a noise family)")
+    e.add_argument("--noise", help="noise family or full spec (default gaussian, clipped)")
+    e.add_argument("--limit", type=int, help="first N test images")
+    e.add_argument("--slow-limit", type=int, default=200, help="images for slow baselines (nlm, bm3d)")
+    e.add_argument("--seed", type=int, default=1234, help="evaluation noise seed")
+    e.add_argument(
+        "--sigma", choices=["given", "estimate"], default="given", help="noise level for baselines"
+    )
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", help="output directory (default RUN/eval for the first checkpoint)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("denoise", help="denoise image files or folders")
+    d.add_argument("inputs", nargs="+", metavar="INPUT")
+    d.add_argument("--checkpoint", required=True)
+    d.add_argument("-o", "--output", required=True, help="output directory")
+    d.add_argument("--add-noise", help="corrupt inputs first (for demos), e.g. gaussian:0.3")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    d.add_argument("--device", help="cpu, cuda or mps (default: the model's)")
+    d.add_argument("--tile", type=int, help="tile size (default: automatic above 512x512; 0 never tiles)")
+    d.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    d.set_defaults(func=cmd_denoise)
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.html")
+    r.add_argument("run_dir")
+    r.add_argument("--data-dir")
+    r.set_defaults(func=cmd_report)
+
+    m = sub.add_parser("models", help="list models (or --recipes)")
+    m.add_argument("--recipes", action="store_true")
+    m.set_defaults(func=cmd_models)
+    sub.add_parser("noises", help="list noise models").set_defaults(func=cmd_list("noises"))
+    sub.add_parser("baselines", help="list classical baselines").set_defaults(func=cmd_list("baselines"))
+
+    data = sub.add_parser("data", help="dataset tools")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    dc = dsub.add_parser("check", help="locate (download if needed) and verify a dataset's files")
+    dc.add_argument("name")
+    dc.add_argument("--data-dir")
+    dc.add_argument("--download", action="store_true", help="download and verify if not found locally")
+    dc.set_defaults(func=cmd_data_check)
+
+    s = sub.add_parser("study", help="reproduce the tutorials' experiments and answer their open questions")
+    s.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
+    s.add_argument("--budget", help="training time per model, e.g. 60s")
+    s.add_argument("--out", default="runs/study")
+    s.add_argument("--data-dir")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_study)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args, rest = parser.parse_known_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        if rest and not getattr(args, "allow_rest", False):
+            raise UsageError(f"unrecognised arguments: {' '.join(rest)}")
+        return args.func(args, rest)
+    except DaeError as e:
+        print(f"dae: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dae: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

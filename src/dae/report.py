@@ -1,0 +1,671 @@
+"""The run report: one self-contained HTML page (figures inlined as base64 PNG, inline CSS, no other files).
+
+`write_report(run_dir)` reads what a run left behind (config.yaml, metrics.csv, checkpoints/best.*, eval/) and
+builds whatever it can: a missing piece becomes a short note in its section, never a crash. The page helpers
+(`render_html`, `img_tag`, `table_html`, `Html`) are public so that other reports (the study) look the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from dae.errors import DaeError, DataError, ResourceError, UsageError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# page helpers (shared with other reports)
+
+
+class Html(str):
+    """Markup that is already safe: `table_html` and `render_html` insert it as is (all else is escaped)."""
+
+
+def esc(value: Any) -> Html:
+    """Escape any value for HTML text or attributes."""
+    return Html(html.escape(str(value), quote=True))
+
+
+def img_tag(png_path: str | Path, alt: str = "") -> Html:
+    """An <img> with the PNG inlined as a data: URI, so the page needs no other file.
+
+    Example:
+        >>> img_tag("runs/demo/figures/training_curves.png", alt="training curves")
+    """
+    path = Path(png_path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ResourceError(f"cannot read figure {path}: {e.strerror}") from None
+    if not data.startswith(PNG_MAGIC):
+        raise DataError(f"figure {path} is not a PNG file")
+    b64 = base64.b64encode(data).decode("ascii")
+    return Html(f'<img src="data:image/png;base64,{b64}" alt="{esc(alt or path.stem)}">')
+
+
+def figure_html(png_path: str | Path, caption: str = "", alt: str = "") -> Html:
+    """An inlined image with an (escaped) caption below it."""
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return Html(f"<figure>{img_tag(png_path, alt or caption)}{cap}</figure>")
+
+
+def note_html(text: str) -> Html:
+    """A short boxed note, used where a piece of the report had to be skipped."""
+    return Html(f'<p class="note">{esc(text)}</p>')
+
+
+def format_value(value: Any) -> str:
+    """Table cell text: floats to 4 significant digits, None as a dash, everything else as str()."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2014"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    return str(value)
+
+
+def table_html(
+    rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+    columns: Sequence[str],
+    caption: str | None = None,
+    *,
+    numeric: Sequence[str] = (),
+) -> Html:
+    """A <table> with `columns` as header; rows are mappings (looked up by column) or sequences (in order).
+
+    Cells are escaped unless they are `Html`; numbers and the `numeric` columns are right-aligned.
+
+    Example:
+        >>> table_html([{"method": "unet", "psnr": 27.31}], ["method", "psnr"])
+    """
+
+    right = [c in numeric for c in columns]
+
+    def cell(value: Any, force_right: bool) -> str:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        text = value if isinstance(value, Html) else esc(format_value(value))
+        return f'<td class="num">{text}</td>' if is_number or force_right else f"<td>{text}</td>"
+
+    out = ["<table>"]
+    if caption:
+        out.append(f"<caption>{esc(caption)}</caption>")
+    heads = [
+        (c if isinstance(c, Html) else esc(c), ' class="num"' if r else "")
+        for c, r in zip(columns, right, strict=True)
+    ]
+    out.append("<thead><tr>" + "".join(f"<th{cls}>{text}</th>" for text, cls in heads) + "</tr></thead>")
+    out.append("<tbody>")
+    for row in rows:
+        values = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
+        out.append(
+            "<tr>"
+            + "".join(cell(v, r) for v, r in zip(values, right + [False] * len(values), strict=False))
+            + "</tr>"
+        )
+    out.append("</tbody></table>")
+    return Html("".join(out))
+
+
+CSS = """
+:root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0969da; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--ink); background: #fff;
+       font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", "Liberation Sans", sans-serif; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 32px 48px; }
+header { border-bottom: 1px solid var(--line); margin-bottom: 8px; }
+h1 { font-size: 26px; margin: 8px 0 2px; }
+.subtitle { color: var(--muted); margin: 0 0 14px; }
+nav { font-size: 14px; margin: 10px 0 8px; }
+nav a { color: var(--accent); text-decoration: none; margin-right: 14px; white-space: nowrap; }
+nav a:hover { text-decoration: underline; }
+section { margin-top: 28px; }
+h2 { font-size: 20px; border-bottom: 1px solid var(--line); padding-bottom: 4px; margin: 0 0 12px; }
+h3 { font-size: 16px; margin: 18px 0 8px; }
+p { margin: 6px 0 10px; }
+figure { margin: 10px 0 18px; }
+figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line);
+             border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; max-width: 900px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+caption { caption-side: bottom; text-align: left; color: var(--muted); font-size: 13px; padding-top: 6px; }
+th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: var(--soft); font-weight: 600; }
+tbody tr:nth-child(even) { background: #fbfcfd; }
+th.num { text-align: right; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.kv th { width: 13em; }
+.scroll { overflow-x: auto; }
+.row { display: flex; flex-wrap: wrap; gap: 0 20px; align-items: flex-start; }
+.row figure { flex: 1 1 440px; min-width: 0; }
+.note { background: #fff8c5; border-left: 4px solid #d4a72c; padding: 6px 12px; border-radius: 0 4px 4px 0;
+        color: #4d3800; font-size: 14px; }
+.muted { color: var(--muted); }
+b.best { color: #1a7f37; }
+pre { background: var(--soft); border: 1px solid var(--line); border-radius: 4px; padding: 10px 14px;
+      overflow-x: auto; font-size: 13px; line-height: 1.4; }
+details summary { cursor: pointer; color: var(--accent); }
+footer { margin-top: 36px; border-top: 1px solid var(--line); padding-top: 8px; color: var(--muted);
+         font-size: 13px; }
+"""
+
+
+def _slug(text: str, used: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}-{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def render_html(
+    title: str, sections: Sequence[tuple[str, str]], *, subtitle: str | None = None, footer: str | None = None
+) -> str:
+    """A complete self-contained HTML page: escaped title, a table of contents, then each (heading, fragment).
+
+    Headings, subtitle and footer are plain text (escaped); fragments are HTML built with the helpers here.
+
+    Example:
+        >>> page = render_html("dae study", [("Results", table_html(rows, ["method", "psnr"]))])
+    """
+    used: set[str] = set()
+    ids = [_slug(h, used) for h, _ in sections]
+    nav = "".join(f'<a href="#{i}">{esc(h)}</a>' for i, (h, _) in zip(ids, sections, strict=True))
+    body = "\n".join(
+        f'<section id="{i}">\n<h2>{esc(h)}</h2>\n{frag}\n</section>'
+        for i, (h, frag) in zip(ids, sections, strict=True)
+    )
+    from dae import __version__
+
+    foot = footer or f"generated by dae {__version__} on {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}"
+    sub = f'<p class="subtitle">{esc(subtitle)}</p>' if subtitle else ""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<header>\n<h1>{esc(title)}</h1>\n{sub}\n<nav>{nav}</nav>\n</header>\n"
+        f"{body}\n<footer>{esc(foot)}</footer>\n</main>\n</body>\n</html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading a run
+
+
+class _Skip(Exception):
+    """A piece of the report cannot be built; the message becomes a note in its section."""
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether `path` looks like a `dae train` output directory."""
+    p = Path(path)
+    markers = ("config.yaml", "metrics.csv", "checkpoints/best.safetensors", "checkpoints/best.json")
+    return p.is_dir() and any((p / m).exists() for m in markers)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise _Skip(f"{path} could not be read ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise _Skip(f"{path} does not hold a mapping")
+    return data
+
+
+def _read_csv_rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise _Skip(f"{path} could not be read ({e})") from None
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _get(d: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "\u2014"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Records and notes from eval/results.json (typed), else eval/results.csv; ([], []) if neither exists."""
+    eval_dir = Path(eval_dir)
+    js, cs = eval_dir / "results.json", eval_dir / "results.csv"
+    if js.exists():
+        try:
+            data = json.loads(js.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{js} is not valid JSON ({e})") from None
+        if isinstance(data, list):
+            return [dict(r) for r in data], []
+        if isinstance(data, dict) and isinstance(data.get("records"), list):
+            return [dict(r) for r in data["records"]], [str(n) for n in data.get("notes") or []]
+        raise DataError(f"{js} holds neither a list of records nor {{'records': [...]}}")
+    if cs.exists():
+        try:
+            rows = _read_csv_rows(cs)
+        except _Skip as e:
+            raise DataError(str(e)) from None
+        for r in rows:
+            for key in ("level", "psnr", "ssim", "mse"):
+                if key in r:
+                    r[key] = _num(r[key]) if r[key] not in ("", "None") else None
+        return rows, []
+    return [], []
+
+
+# ----------------------------------------------------------------------------------------------------
+# the run report
+
+
+def _noise_specs(train_noise: str | None, levels: Sequence[float]) -> list[tuple[str, float]]:
+    """Specs of the training noise's family at `levels` (gaussian if the family takes no single level)."""
+    from dae.evaluate import noise_specs
+
+    family = re.sub(r":[-+0-9.eE]+", "", str(train_noise or "gaussian"))
+    try:
+        return [(s, float(lv)) for s, lv in noise_specs(family, levels)]
+    except UsageError:  # composed or level-free training noise: show the canonical gaussian sweep instead
+        return [(s, float(lv)) for s, lv in noise_specs("gaussian", levels)]
+
+
+def _code_of(model: Any, x: Tensor) -> Tensor:
+    """The code layer of one image: encode(pad(x)), taking the tensor out of a (code, skips) tuple or dict."""
+    xp = model.pad(x)[0] if hasattr(model, "pad") else x
+    with torch.inference_mode():
+        code = model.encode(xp)
+    if isinstance(code, Mapping):
+        code = code.get("code", next((v for v in code.values() if isinstance(v, Tensor)), None))
+    elif isinstance(code, tuple | list):
+        code = next((v for v in code if isinstance(v, Tensor)), None)
+    if not isinstance(code, Tensor):
+        raise _Skip(f"{type(model).__name__}.encode returned no tensor to show")
+    return code[0]
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    levels: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+    n_images: int = 8,
+    seed: int = 1234,
+    images: Tensor | None = None,
+) -> Path:
+    """Write RUN_DIR/report.html (figures also saved under RUN_DIR/figures/) and return its path.
+
+    `images` replaces the run's test images (default: the first `n_images` of its dataset's test split).
+
+    Example:
+        >>> dae.report.write_report("runs/demo")
+        PosixPath('runs/demo/report.html')
+    """
+    from dae import __version__, plots
+    from dae.checkpoint import atomic_write_bytes
+
+    run = Path(run_dir)
+    if not is_run_dir(run):
+        what = "does not exist" if not run.exists() else "is not a run directory"
+        raise UsageError(
+            f"{run} {what} (no config.yaml, metrics.csv or checkpoints/best.safetensors); "
+            "give the --out directory of `dae train`"
+        )
+    figures = run / "figures"
+    figures.mkdir(exist_ok=True)
+    notes: dict[str, list[Html]] = {}
+
+    def skip(section: str, text: str) -> None:
+        notes.setdefault(section, []).append(note_html(text))
+
+    # --- what the run left behind
+    config: dict[str, Any] = {}
+    if (run / "config.yaml").exists():
+        try:
+            config = _read_yaml(run / "config.yaml")
+        except _Skip as e:
+            skip("Summary", str(e))
+    model, record = None, {}
+    weights = run / "checkpoints" / "best.safetensors"
+    no_model = f"no checkpoint yet ({weights.relative_to(run)} is missing)"
+    if weights.exists():
+        from dae.checkpoint import load_checkpoint, read_record
+
+        try:
+            ck = load_checkpoint(weights)
+            model, record = ck.model.eval(), ck.record
+        except DaeError as e:
+            skip("Summary", f"best checkpoint not loaded: {e}")
+            no_model = "the best checkpoint could not be loaded (see the summary)"
+            try:
+                record = read_record(weights)
+            except DaeError:
+                record = {}
+    config = config or record.get("config") or {}
+    metrics: list[dict[str, str]] = []
+    if (run / "metrics.csv").exists():
+        try:
+            metrics = _read_csv_rows(run / "metrics.csv")
+        except _Skip as e:
+            skip("Training", str(e))
+
+    # --- summary
+    psnrs = [_num(r.get("val_psnr")) for r in metrics]
+    best_i = max((i for i, v in enumerate(psnrs) if not math.isnan(v)), key=lambda i: psnrs[i], default=None)
+    last = metrics[-1] if metrics else {}
+    best_psnr = psnrs[best_i] if best_i is not None else _num(_get(record, "metrics.val_psnr"))
+    model_name = _get(record, "model.name") or _get(config, "model.name") or "\u2014"
+    kwargs = _get(record, "model.kwargs") or _get(config, "model.kwargs") or {}
+    n_params = _get(record, "model.num_parameters")
+    if n_params is None and model is not None:
+        n_params = sum(p.numel() for p in model.parameters())
+    train_noise = _get(config, "train.noise")
+    summary_rows: list[tuple[str, Any]] = [
+        ("run", str(run.resolve())),
+        ("model", f"{model_name} {json.dumps(kwargs, default=str)}" if kwargs else model_name),
+        ("parameters", f"{n_params:,}" if isinstance(n_params, int) else None),
+        ("dataset", _get(config, "data.dataset")),
+        ("training noise", train_noise),
+        ("loss", _get(config, "train.loss")),
+        (
+            "optimizer",
+            f"{_get(config, 'train.optimizer', '?')}, lr {_get(config, 'train.lr', '?')}, "
+            f"batch {_get(config, 'train.batch_size', '?')}"
+            if _get(config, "train")
+            else None,
+        ),
+        ("steps", last.get("step") or _get(record, "step")),
+        ("epochs", last.get("epoch") or _get(record, "epoch")),
+        ("training time", _duration(_num(last.get("time_s")))),
+        (
+            "throughput",
+            f"{_num(last.get('images_per_s')):,.0f} images/s" if last.get("images_per_s") else None,
+        ),
+        (
+            "best val PSNR",
+            None
+            if math.isnan(best_psnr)
+            else f"{best_psnr:.2f} dB"
+            + (
+                f" (step {metrics[best_i].get('step')}, SSIM {_num(metrics[best_i].get('val_ssim')):.4f})"
+                if best_i is not None
+                else ""
+            ),
+        ),
+        ("seed", _get(config, "seed")),
+        (
+            "checkpoint",
+            f"{weights.relative_to(run)}, dae {record.get('dae_version', '?')}, "
+            f"written {record.get('created', '?')}"
+            if record
+            else None,
+        ),
+        ("report", f"dae {__version__}"),
+    ]
+    summary = Html(
+        '<table class="kv"><tbody>'
+        + "".join(f"<tr><th>{esc(k)}</th><td>{esc(format_value(v))}</td></tr>" for k, v in summary_rows)
+        + "</tbody></table>"
+    )
+    sections: list[tuple[str, str]] = [("Summary", Html("".join(notes.get("Summary", [])) + summary))]
+
+    # --- model figures: denoising grid, code layer, decoder activations
+    model_parts: list[str] = []
+    clean = None
+    if model is not None:
+        dataset = _get(config, "data.dataset", "mnist")
+        if images is not None:
+            clean = images[:n_images].float()
+        else:
+            from dae.data.datasets import load_images
+
+            root = data_dir if data_dir is not None else _get(config, "data.data_dir")
+            try:
+                clean = load_images(dataset, "test", root=root, limit=n_images).float()
+            except DaeError as e:
+                model_parts.append(note_html(f"test images not loaded, so no model figures: {e}"))
+    if clean is not None:
+        from dae.data.noise import make_noisy
+
+        specs = _noise_specs(train_noise, levels)
+        try:
+            noisy = {spec: make_noisy(clean, spec, seed) for spec, _ in specs}
+            denoised = {spec: model.denoise(x) for spec, x in noisy.items()}
+            grid = plots.plot_denoise_grid(clean, noisy, denoised, figures / "denoise_grid.png", n=n_images)
+            model_parts.append(
+                "<h3>Clean, noisy and denoised</h3>"
+                + figure_html(
+                    grid,
+                    f"First {len(clean)} test images of {dataset}; noise "
+                    f"{', '.join(s for s, _ in specs)} fixed by seed {seed} (make_noisy). "
+                    "Row labels give the mean PSNR of the images shown.",
+                )
+            )
+            mid_spec = specs[len(specs) // 2][0]
+            one = noisy[mid_spec][:1]
+            code = _code_of(model, one)
+            shape = "x".join(str(s) for s in code.shape)
+            path = plots.plot_code_layer(
+                code, figures / "code_layer.png", f"code layer, test image 0 at {mid_spec}"
+            )
+            model_parts.append(
+                "<h3>Code layer</h3>"
+                + figure_html(
+                    path,
+                    f"encode() output ({shape}) for test image 0 with {mid_spec} noise; "
+                    + (
+                        "feature maps share one colour scale, so all-dark maps are inactive channels."
+                        if code.dim() == 3 and code.shape[1:].numel() > 1
+                        else "a vector code: one bar per unit, and the same values as a tile."
+                    ),
+                )
+            )
+            path = plots.plot_activations(model, one, figures / "activations.png")
+            model_parts.append(
+                "<h3>Decoder activations</h3>"
+                + figure_html(
+                    path,
+                    "Outputs of the decoder's layers (the conv, transposed conv, upsample and unpool "
+                    "layers that run inside decode(); Linear layers for fully connected models) for the "
+                    "same input: the first channels of each, each on its own colour scale.",
+                )
+            )
+        except (DaeError, _Skip) as e:
+            model_parts.append(note_html(f"model figures stopped: {e}"))
+    elif model is None:
+        model_parts.append(
+            note_html(f"{no_model}: denoising examples, code layer and activations are skipped")
+        )
+    sections.append(("Model", Html("".join(model_parts))))
+
+    # --- training curves
+    train_parts: list[str] = list(notes.get("Training", []))
+    if metrics:
+        try:
+            path = plots.plot_training_curves(metrics, figures / "training_curves.png")
+            train_parts.append(
+                figure_html(
+                    path,
+                    f"{len(metrics)} validation passes from metrics.csv; "
+                    "the star marks the best validation PSNR (the best checkpoint).",
+                )
+            )
+        except DaeError as e:
+            train_parts.append(note_html(f"training curves skipped: {e}"))
+    elif not train_parts:
+        train_parts.append(note_html("no metrics.csv yet: training curves skipped"))
+    sections.append(("Training", Html("".join(train_parts))))
+
+    # --- evaluation
+    sections.append(("Evaluation", _eval_section(run, figures)))
+
+    # --- configuration
+    if config:
+        text = yaml.safe_dump(config, sort_keys=False)
+        sections.append(
+            (
+                "Configuration",
+                Html(f"<details open><summary>config.yaml</summary><pre>{esc(text)}</pre></details>"),
+            )
+        )
+
+    run_name = _get(config, "name") or run.resolve().name
+    subtitle = f"{model_name} on {_get(config, 'data.dataset', '?')}"
+    if train_noise:
+        subtitle += f", trained with {train_noise} noise"
+    page = render_html(f"dae run report \u2014 {run_name}", sections, subtitle=subtitle)
+    out = run / "report.html"
+    atomic_write_bytes(out, page.encode("utf-8"))
+    out.chmod(
+        0o644
+    )  # the temp file behind the atomic write is private (0600); a report is meant to be shared
+    return out
+
+
+def _eval_section(run: Path, figures: Path) -> Html:
+    """PSNR/SSIM-vs-noise figures, the train x test matrix and the method x level table from eval/."""
+    from dae import plots
+
+    eval_dir = run / "eval"
+    try:
+        records, eval_notes = load_records(eval_dir)
+    except DaeError as e:
+        return note_html(f"evaluation results unreadable: {e}")
+    if not records:
+        return note_html(
+            f"no evaluation yet ({eval_dir.relative_to(run)}/results.csv is missing); run "
+            f"`dae eval --checkpoint {run / 'checkpoints' / 'best.safetensors'} --out {eval_dir}`"
+        )
+    parts: list[str] = [f'<p class="muted">{esc(n)}</p>' for n in eval_notes]
+    curves: list[str] = []
+    for metric, label in (("psnr", "PSNR"), ("ssim", "SSIM")):
+        if any(not math.isnan(_num(r.get(metric))) for r in records):
+            try:
+                path = plots.plot_psnr_vs_noise(records, figures / f"{metric}_vs_noise.png", metric=metric)
+            except DaeError as e:
+                parts.append(note_html(f"{label} plot skipped: {e}"))
+                continue
+            caption = f"{label} against noise level: learned solid, baselines dashed, noisy input dotted."
+            curves.append(figure_html(path, caption))
+    if curves:
+        parts.append('<div class="row">' + "".join(curves) + "</div>")
+    matrix_src: Any = None
+    if (eval_dir / "matrix.csv").exists():
+        matrix_src = eval_dir / "matrix.csv"
+    elif (
+        len(
+            {
+                str(r.get("train_noise"))
+                for r in records
+                if r.get("kind") == "learned" and r.get("train_noise")
+            }
+        )
+        > 1
+    ):
+        matrix_src = records
+    if matrix_src is not None:
+        try:
+            path = plots.plot_matrix(matrix_src, figures / "matrix.png")
+            parts.append(
+                "<h3>Train noise x test noise</h3>"
+                + figure_html(
+                    path,
+                    "PSNR of each trained model at each test level; the best model for "
+                    "each test level in bold.",
+                )
+            )
+        except DaeError as e:
+            parts.append(note_html(f"train x test matrix skipped: {e}"))
+    parts.append("<h3>Results table</h3>" + eval_table(records))
+    return Html("".join(parts))
+
+
+def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
+    """Method x noise table of 'PSNR / SSIM' cells, the best PSNR per column in bold, the noisy floor last.
+
+    Example:
+        >>> eval_table(dae.evaluate([...], ["median"]).records)
+    """
+    from dae.plots import _level_key, _short_levels
+
+    specs = sorted({str(r.get("noise")) for r in records}, key=_level_key)
+    rank = {"learned": 0, "baseline": 1, "noisy": 2}
+    methods = sorted(
+        dict.fromkeys(str(r.get("method")) for r in records),
+        key=lambda m: next(rank.get(str(r.get("kind")), 1) for r in records if str(r.get("method")) == m),
+    )
+    cells = {(str(r.get("method")), str(r.get("noise"))): r for r in records}
+    kinds = {str(r.get("method")): str(r.get("kind", "")) for r in records}
+    best = {}
+    for s in specs:
+        cands = [
+            (_num(cells[m, s].get("psnr")), m) for m in methods if (m, s) in cells and kinds[m] != "noisy"
+        ]
+        cands = [c for c in cands if not math.isnan(c[0])]
+        if cands:
+            best[s] = max(cands)[1]
+    heads, family = _short_levels(specs)
+    rows = []
+    for m in methods:
+        row: list[Any] = [m, kinds[m]]
+        for s in specs:
+            r = cells.get((m, s))
+            if r is None:
+                row.append(Html('<span class="muted">\u2014</span>'))
+                continue
+            text = f"{_num(r.get('psnr')):.2f} / {_num(r.get('ssim')):.3f}"
+            row.append(Html(f'<b class="best">{esc(text)}</b>' if best.get(s) == m else esc(text)))
+        counts = sorted({str(r.get("n_images")) for r in records if str(r.get("method")) == m})
+        row.append(", ".join(counts))
+        rows.append(row)
+    level_heads = heads
+    seeds = sorted({str(r.get("seed")) for r in records if r.get("seed") is not None})
+    caption = (
+        (f"Columns: {family} noise level. " if family else "")
+        + "Each cell: PSNR (dB, data range 1.0, per image then averaged) / SSIM (11x11 Gaussian window); "
+        "best PSNR per noise level in bold"
+        + (f"; noise fixed by seed {', '.join(seeds)}" if seeds else "")
+        + "."
+    )
+    return Html(
+        '<div class="scroll">'
+        + table_html(
+            rows, ["method", "kind", *level_heads, "images"], caption, numeric=[*level_heads, "images"]
+        )
+        + "</div>"
+    )

@@ -1,0 +1,467 @@
+"""The training loop, readable top to bottom: data in memory as uint8, noise per batch, checkpoints you can trust."""
+
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
+from dae.config import Config, build_config, save_config
+from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
+from dae.losses import get_loss
+from dae.metrics import psnr, ssim
+from dae.models import create_model
+
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "time_s",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_psnr",
+    "val_ssim",
+    "images_per_s",
+]
+
+
+class Interrupted(DaeError):
+    """SIGINT/SIGTERM: the current step finished and a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    step: int
+    epoch: int
+    elapsed_s: float
+    best_val_psnr: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def select_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; a named device that is missing is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ResourceError(f"device {name!r} requested but CUDA is not available; use --train.device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ResourceError("device 'mps' requested but MPS is not available; use --train.device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+
+
+def autocast_for(device: torch.device, precision: str):
+    """Mixed precision context: bf16 on GPU by default, fp32 on CPU unless asked."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext(), precision
+    if precision not in ("bf16", "fp16"):
+        raise UsageError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype), precision
+
+
+def lr_at(cfg: Config, step: int, progress: float) -> float:
+    """Linear warm-up, then constant or cosine decay over `progress` in [0, 1] (steps or time budget)."""
+    t = cfg.train
+    warm = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+    if t.schedule == "constant":
+        return t.lr * warm
+    if t.schedule == "cosine":
+        return t.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    raise UsageError(f"unknown schedule {t.schedule!r}; use cosine or constant")
+
+
+def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    raise UsageError(f"unknown optimizer {t.optimizer!r}; use adam or adamw")
+
+
+def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
+    """uint8 (N, C, H, W) training images and held-out validation images from the end of the training split."""
+    from dae.data.datasets import create_dataset
+
+    kwargs = {"patch_size": cfg.data.patch_size} if cfg.data.dataset == "folder" else {}
+    images = create_dataset(cfg.data.dataset, "train", root=cfg.data.data_dir, **kwargs).images
+    n = images.shape[0]
+    n_val = min(cfg.data.val_size, max(1, n // 10))
+    train, val = images[: n - n_val], images[n - n_val :]
+    if cfg.data.limit is not None:
+        if cfg.data.limit < 1:
+            raise UsageError(f"data.limit must be >= 1, got {cfg.data.limit}")
+        train = train[: cfg.data.limit]
+    return train, val
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
+    # Derived from (seed, epoch) alone, so a resumed run draws the same order without saved state.
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def to_float(batch: Tensor, channels_last: bool) -> Tensor:
+    x = batch.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def validate(model, loss_fn, noisy: Tensor, clean: Tensor, amp, batch_size: int = 500) -> dict[str, float]:
+    """Loss, PSNR and SSIM on the fixed-seed noisy validation set."""
+    model.eval()
+    losses, psnrs, ssims = [], [], []
+    for i in range(0, noisy.shape[0], batch_size):
+        x, y = noisy[i : i + batch_size], clean[i : i + batch_size]
+        with amp:
+            out = model(x)
+        out = out.float()
+        losses.append(loss_fn(out, y, model.output_kind).item() * x.shape[0])
+        img = model.to_image(out)
+        psnrs.append(psnr(img, y))
+        ssims.append(ssim(img, y))
+    model.train()
+    n = noisy.shape[0]
+    return {
+        "val_loss": sum(losses) / n,
+        "val_psnr": torch.cat(psnrs).mean().item(),
+        "val_ssim": torch.cat(ssims).mean().item(),
+    }
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
+    """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
+    generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
+    problems = []
+    for record in generations:
+        try:
+            return load_checkpoint(paths_for(record)[0], with_state=True)
+        except (CheckpointError, ResourceError) as e:
+            problems.append(str(e))
+            print(f"dae: skipping bad checkpoint generation: {e}")
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise CheckpointError(f"no good checkpoint to resume from in {ckpt_dir}{detail}")
+
+
+def prune_generations(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` step-* generations (best.* is separate); the JSON goes first so a half-deleted
+    generation is never mistaken for a complete one."""
+    for record in sorted(ckpt_dir.glob("step-*.json"), reverse=True)[keep:]:
+        for p in (record, *paths_for(record)[:2]):
+            p.unlink(missing_ok=True)
+
+
+def _append_metrics(path: Path, row: dict[str, float]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+    path.unlink()
+    for r in rows:
+        _append_metrics(path, r)
+
+
+def resolve_config(config: Config | dict[str, Any] | None) -> Config:
+    if config is None:
+        return Config()
+    if isinstance(config, dict):
+        return build_config(config)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def train(
+    config: Config | dict[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int, float], bool] | None = None,
+) -> TrainResult:
+    """Train a denoiser as `config` says; returns where the run and its checkpoints are.
+
+    `on_step(step, loss)` may return True to stop early, exactly as SIGINT does (checkpoint saved).
+
+    Example:
+        >>> result = dae.train({"train": {"steps": 200}, "data": {"limit": 2048}, "out": "runs/quick"})
+        >>> model = dae.load_model(result.best_checkpoint)
+    """
+    from dae.data.noise import make_noisy, parse_noise
+
+    cfg = resolve_config(config)
+    t = cfg.train
+    if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
+        t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
+    for name in ("epochs", "steps", "batch_size"):
+        value = getattr(t, name)
+        if value is not None and value < 1:
+            raise UsageError(f"train.{name} must be >= 1, got {value}")
+    if t.time_budget is not None and t.time_budget <= 0:
+        raise UsageError(f"train.time_budget must be > 0, got {t.time_budget}")
+    cfg.name = cfg.name or (
+        Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir = Path(cfg.out or f"runs/{cfg.name}")
+    ckpt_dir = run_dir / "checkpoints"
+    if not resume and any(ckpt_dir.glob("step-*.json")):
+        raise ResourceError(
+            f"run directory {run_dir} already holds checkpoints; use --resume or another --out"
+        )
+    get_loss(t.loss)  # validate names before loading data
+    noise = parse_noise(t.noise)
+    device = select_device(t.device)
+    amp, precision = autocast_for(device, t.precision)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(cfg.seed)  # model initialisation
+
+    # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
+    train_u8, val_u8 = load_train_val(cfg)
+    n_train = train_u8.shape[0]
+    in_channels = train_u8.shape[1]
+    train_u8 = train_u8.to(device)
+    val_clean = val_u8.float().div(255.0)
+    val_noisy = make_noisy(val_clean, noise.spec, cfg.eval_seed).to(
+        device
+    )  # same noisy set every epoch and run
+    val_clean = val_clean.to(device)
+    if t.channels_last:
+        val_noisy = val_noisy.contiguous(memory_format=torch.channels_last)
+
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.setdefault("in_channels", in_channels)
+    model = create_model(cfg.model.name, **kwargs).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = get_loss(t.loss)
+    optimizer = make_optimizer(cfg, model)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+    batches_per_epoch = math.ceil(n_train / t.batch_size)
+    total_steps = min(
+        t.steps if t.steps is not None else math.inf,
+        t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
+    )
+    step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
+    if resume:
+        ck = latest_good_generation(ckpt_dir)
+        model.load_state_dict(ck.model.state_dict())
+        optimizer.load_state_dict(ck.state["optimizer"])
+        noise_gen.set_state(ck.state["noise_rng"])
+        torch.set_rng_state(ck.state["torch_rng"])
+        step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
+        elapsed_before, best_psnr = float(ck.state["elapsed_s"]), float(ck.state["best_val_psnr"])
+        _truncate_metrics(run_dir / "metrics.csv", step)
+        print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    writer = _tensorboard(run_dir)
+
+    def save_generation(metrics: dict[str, float]) -> Path:
+        nonlocal best_psnr
+        is_best = metrics.get("val_psnr", -math.inf) > best_psnr
+        best_psnr = max(best_psnr, metrics.get("val_psnr", -math.inf))
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "noise_rng": noise_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": step,
+            "epoch": epoch,
+            "batch_index": batch_index,
+            "elapsed_s": elapsed(),
+            "best_val_psnr": best_psnr,
+        }
+        meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
+        path = save_checkpoint(model, ckpt_dir / f"step-{step:08d}.safetensors", train_state=state, **meta)
+        if is_best:
+            save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
+        prune_generations(ckpt_dir, t.keep_last)
+        return path
+
+    start = time.perf_counter()
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
+    def training_progress() -> float:
+        p = step / total_steps if total_steps < math.inf else 0.0
+        return max(p, elapsed() / t.time_budget) if t.time_budget else p
+
+    bar = _progress_bar(progress, total_steps, step)
+    history: list[dict[str, float]] = []
+    last_path: Path | None = None
+    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    model.train()
+    with StopSignals() as stop:
+        done = False
+        while not done:
+            order = epoch_permutation(n_train, cfg.seed, epoch).to(device)
+            while batch_index < batches_per_epoch:
+                # One step: index a batch, corrupt it in one vectorised call, fit the clean target.
+                idx = order[batch_index * t.batch_size : (batch_index + 1) * t.batch_size]
+                clean = to_float(train_u8[idx], t.channels_last)  # (B, C, H, W) in [0, 1]
+                noisy = noise(clean, noise_gen)
+                lr = lr_at(cfg, step, training_progress())
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with amp:
+                    out = model(noisy)
+                loss = loss_fn(out.float(), clean, model.output_kind)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped without saving "
+                        f"this step's weights; try a lower --train.lr (now {t.lr:g})"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                step += 1
+                batch_index += 1
+                window_loss += loss.item() * clean.shape[0]
+                window_images += clean.shape[0]
+
+                user_stop = on_step(step, loss.item()) if on_step else False
+                out_of_budget = step >= total_steps or (
+                    t.time_budget is not None and elapsed() >= t.time_budget
+                )
+                due = t.val_every is not None and step % t.val_every == 0
+                epoch_end = batch_index >= batches_per_epoch
+                if epoch_end:
+                    epoch, batch_index = epoch + 1, 0
+                if due or epoch_end or out_of_budget or user_stop or stop.signum:
+                    rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+                    row = {
+                        "epoch": epoch,
+                        "step": step,
+                        "time_s": round(elapsed(), 3),
+                        "lr": lr,
+                        "train_loss": window_loss / max(window_images, 1),
+                        "images_per_s": rate,
+                        **validate(model, loss_fn, val_noisy, val_clean, amp),
+                    }
+                    history.append(row)
+                    _append_metrics(run_dir / "metrics.csv", row)
+                    if writer is not None:
+                        for k, v in row.items():
+                            writer.add_scalar(k, v, step)
+                    last_path = save_generation(
+                        {k: row[k] for k in ("val_loss", "val_psnr", "val_ssim", "train_loss")}
+                    )
+                    bar.set_postfix(
+                        loss=f"{row['train_loss']:.4f}",
+                        val_psnr=f"{row['val_psnr']:.2f}",
+                        img_s=f"{rate:.0f}",
+                    )
+                    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                bar.update(1)
+                if stop.signum:
+                    bar.close()
+                    name = signal.Signals(stop.signum).name
+                    raise Interrupted(
+                        f"{name}: stopped at step {step}; checkpoint saved to {last_path}", stop.signum
+                    )
+                if out_of_budget or user_stop:
+                    done = True
+                    break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    best = ckpt_dir / "best.safetensors"
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best if best.exists() else None,
+        last_checkpoint=last_path,
+        step=step,
+        epoch=epoch,
+        elapsed_s=elapsed(),
+        best_val_psnr=best_psnr,
+        history=history,
+    )
+
+
+def _progress_bar(enabled: bool, total_steps: float, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=None if total_steps == math.inf else int(total_steps),
+        initial=initial,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+    )
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer when tensorboard is installed; CSV logging always happens regardless."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))

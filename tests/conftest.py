@@ -1,0 +1,28 @@
+"""Shared fixtures: where the test data lives, and the MNIST test set loaded once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """$DAE_DATA_DIR, else ../shared/data beside the checkout; skips the test when mnist is not there."""
+    path = Path(os.environ.get("DAE_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+    if not (path / "mnist").is_dir():
+        pytest.skip(f"no MNIST under {path}; set DAE_DATA_DIR to a folder holding mnist/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_dir: Path) -> torch.Tensor:
+    """The 10,000 MNIST test images, float32 (10000, 1, 28, 28) in [0, 1]; shared: clone before changing."""
+    from dae.data.datasets import create_dataset
+
+    return create_dataset("mnist", "test", root=data_dir, download=False).as_float()

@@ -1,0 +1,77 @@
+"""Smoke tests for the benchmark suite: the tiniest run of each benchmark, checking the schema only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import run  # noqa: E402
+
+MACHINE_KEYS = {"platform", "cpu_model", "cores", "torch_threads", "versions", "dae_version", "date"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> str:
+    """The registered model with the fewest parameters (the cheapest to train for a step or two)."""
+    from dae.models import create_model, list_models
+
+    if common.data_dir() is None:
+        pytest.skip("no MNIST: set DAE_DATA_DIR")
+    names = list_models()
+    if not names:
+        pytest.skip("no models registered yet")
+    return min(names, key=lambda n: create_model(n).num_parameters())
+
+
+def test_throughput_rows_compare_both_loops(tiny_model):
+    result = run.bench_throughput(quick=True, models=[tiny_model], window=1, windows=1)
+    (row,) = result["rows"]
+    assert row["model"] == tiny_model and isinstance(row["tutorial"], bool)
+    assert row["dae_images_per_s"] > 0 and row["reference_images_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["dae_images_per_s"] / row["reference_images_per_s"])
+
+
+def test_time_to_quality_evaluates_on_fixed_test_set(tiny_model):
+    result = run.bench_time_to_quality(quick=True, models=[tiny_model], budgets=[0.5], eval_images=50)
+    assert result["eval"] == {**result["eval"], "images": 50, "seed": 1234, "noise": "gaussian:0.5"}
+    (r,) = result["runs"]
+    assert r["budget_s"] == 0.5 and r["steps"] >= 1
+    assert 0 < r["test_psnr_db"] < 60
+
+
+def test_inference_probe_reports_rate_latency_and_memory(tiny_model):
+    result = run.bench_inference(quick=True, model=tiny_model, n_images=100, sizes=(28,))
+    assert "error" not in result["mnist"], result["mnist"]
+    assert result["mnist"]["n_images"] == 100 and result["mnist"]["images_per_s"] > 0
+    (img,) = result["images"]
+    assert "error" not in img, img
+    assert img["size"] == 28 and img["latency_s"] > 0 and img["peak_rss_bytes"] >= img["baseline_rss_bytes"]
+
+
+def test_flops_and_summary(tiny_model, tmp_path):
+    result = run.bench_flops(quick=True, models=[tiny_model], bf16=False, window=1, inference_images=50)
+    (row,) = result["rows"]
+    assert (
+        row["forward_flops_per_image"] > 0
+        and row["train_flops_per_image"] == 3 * row["forward_flops_per_image"]
+    )
+    assert result["fp32_peak"]["gflops"] > 0 and row["train_percent_of_fp32_peak"] > 0
+    path = common.write_result(tmp_path, "flops", result)
+    record = json.loads(path.read_text())
+    assert MACHINE_KEYS <= set(record["machine"]) and record["benchmark"] == "flops"
+    summary = run.write_summary(tmp_path).read_text()
+    assert "## Targets" in summary and "## FLOP efficiency" in summary
+    assert summary.count("| not measured |") >= 4  # benchmarks that did not run are not passed or failed
+
+
+def test_unknown_benchmark_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        run.main(["--out", str(tmp_path), "--only", "nope"])
+    assert e.value.code == 2

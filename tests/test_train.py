@@ -1,0 +1,127 @@
+import os
+import signal
+
+import pytest
+import torch
+
+from dae.checkpoint import load_checkpoint, load_model
+from dae.errors import CheckpointError, ResourceError, TrainingError
+from dae.train import Interrupted, train
+
+
+def small_config(tmp_path, data_dir, name="run", **train_kw):
+    train_cfg = {"batch_size": 64, "lr": 2e-3, "warmup_steps": 2, "noise": "gaussian:0.5", **train_kw}
+    return {
+        "out": str(tmp_path / name),
+        "data": {"data_dir": str(data_dir), "limit": 256, "val_size": 128},
+        "model": {"name": "strided"},
+        "train": train_cfg,
+    }
+
+
+def weights(path):
+    return {k: v.clone() for k, v in load_model(path).state_dict().items()}
+
+
+def test_loss_goes_down_and_run_dir_is_complete(tmp_path, data_dir):
+    losses = []
+    cfg = small_config(tmp_path, data_dir, steps=40)
+    cfg["data"]["limit"] = 1024
+    result = train(cfg, progress=False, on_step=lambda step, loss: losses.append(loss) and False)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    run = result.run_dir
+    assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
+    assert (run / "checkpoints" / "best.safetensors").exists() and (run / "checkpoints" / "best.json").exists()
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "val_psnr" in header and "images_per_s" in header
+    assert result.best_val_psnr > 10
+
+
+def test_resume_is_bitwise_exact(tmp_path, data_dir):
+    straight = train(small_config(tmp_path, data_dir, "a", epochs=2), progress=False)
+    # Same run, stopped after the first epoch (4 steps) as a signal would stop it, then resumed.
+    train(small_config(tmp_path, data_dir, "b", epochs=2), progress=False, on_step=lambda s, _: s == 4)
+    resumed = train(small_config(tmp_path, data_dir, "b", epochs=2), resume=True, progress=False)
+    assert resumed.step == straight.step == 8
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_epoch_then_resume_for_a_second_matches_two_epochs(tmp_path, data_dir):
+    straight = train(small_config(tmp_path, data_dir, "a", epochs=2, schedule="constant"), progress=False)
+    train(small_config(tmp_path, data_dir, "b", epochs=1, schedule="constant"), progress=False)
+    resumed = train(small_config(tmp_path, data_dir, "b", epochs=2, schedule="constant"), resume=True, progress=False)
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_falls_back_to_previous_good_generation(tmp_path, data_dir, capsys):
+    cfg = small_config(tmp_path, data_dir, epochs=2)
+    first = train(cfg, progress=False)
+    gens = sorted((first.run_dir / "checkpoints").glob("step-*.safetensors"))
+    assert len(gens) == 2
+    gens[-1].write_bytes(gens[-1].read_bytes()[:-50])  # truncate the newest
+    cfg["train"]["epochs"] = 3
+    resumed = train(cfg, resume=True, progress=False)
+    assert "skipping bad checkpoint" in capsys.readouterr().out
+    assert resumed.step == 12  # resumed from step 4, not 8
+
+
+def test_resume_with_no_good_generation_errors(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, epochs=1)
+    first = train(cfg, progress=False)
+    for p in (first.run_dir / "checkpoints").glob("step-*.safetensors"):
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no good checkpoint"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_existing_run_needs_resume(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    train(cfg, progress=False)
+    with pytest.raises(ResourceError, match="--resume"):
+        train(cfg, progress=False)
+
+
+def test_sigint_finishes_step_saves_and_exits_130(tmp_path, data_dir):
+    def interrupt(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+    with pytest.raises(Interrupted) as info:
+        train(small_config(tmp_path, data_dir, steps=50), progress=False, on_step=interrupt)
+    assert info.value.exit_code == 130
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000003.safetensors", with_state=True)
+    assert ck.state["step"] == 3
+
+
+def test_nan_loss_stops_without_writing_weights(tmp_path, data_dir, monkeypatch):
+    import dae.train as train_module
+
+    real = train_module.get_loss("mse")
+    calls = []
+
+    def flaky(out, target, kind):
+        calls.append(1)
+        loss = real(out, target, kind)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(train_module, "get_loss", lambda name: flaky)
+    with pytest.raises(TrainingError, match="loss became nan at step 3"):
+        train(small_config(tmp_path, data_dir, steps=10), progress=False)
+    assert not list((tmp_path / "run").glob("checkpoints/*.safetensors"))
+
+
+def test_bad_values_rejected_before_work(tmp_path, data_dir):
+    from dae.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown loss"):
+        train(small_config(tmp_path, data_dir, steps=1, loss="hinge"), progress=False)
+    with pytest.raises(UsageError, match="train.steps"):
+        train(small_config(tmp_path, data_dir, steps=0), progress=False)
+    with pytest.raises(UsageError, match="noise"):
+        train(small_config(tmp_path, data_dir, steps=1, noise="gausian:0.5"), progress=False)
+    assert not (tmp_path / "run").exists()
