@@ -20,7 +20,7 @@ EVAL_SEED = 1234
 EVAL_NOISE = "gaussian:0.5"
 EVAL_IMAGES = 2000
 # Names the classic tutorials use for their architectures; used only when the model zoo does not say itself.
-KNOWN_TUTORIAL_NAMES = ("fc", "mlp", "conv", "conv_small", "strided", "upsample", "keras", "deep_conv")
+KNOWN_TUTORIAL_NAMES = ("fc", "strided", "transpose", "unpool", "upsample")
 
 
 def data_dir() -> str | None:
@@ -107,6 +107,12 @@ def is_tutorial(name: str) -> bool:
     source = getattr(model, "source", None) or getattr(model, "origin", None)
     if isinstance(source, str) and source:
         return "tutorial" in source.lower()
+    # The zoo's docstrings say which models reproduce a tutorial and which are "Not from the tutorials".
+    doc = " ".join((type(model).__doc__ or "").split()).lower() if model is not None else ""
+    if "not from the tutorial" in doc:
+        return False
+    if "tutorial" in doc:
+        return True
     return name in KNOWN_TUTORIAL_NAMES
 
 

@@ -376,7 +376,8 @@ def bench_flops(
         "mode": "quick" if quick else "full",
         "method": (
             "FLOPs from torch.utils.flop_counter.FlopCounterMode on a forward pass of 28x28 images "
-            "(training = 3x forward); peak = best torch.mm 2048x2048 in this run, default thread count"
+            "(training = 3x forward); peak = best torch.mm 2048x2048 in this run (measured before and "
+            "after), default thread count"
         ),
         "fp32_peak": peak,
         "bf16_peak": peak_bf16,
@@ -407,6 +408,14 @@ def bench_flops(
         }
     if bf16:
         out["bf16"] = bf16_default(quick, default, window, results_dir)
+    # Other work on a shared CPU lowers a peak measured at one moment; the best seen bounds it better.
+    again = matmul_peak(torch.float32, repeats=5 if quick else 10)
+    if again["gflops"] > peak["gflops"]:
+        peak.update(again)
+        for r in rows:
+            r["train_percent_of_fp32_peak"] = 100 * r["train_gflops"] / peak["gflops"]
+        if "inference" in out:
+            out["inference"]["percent_of_fp32_peak"] = 100 * out["inference"]["gflops"] / peak["gflops"]
     return out
 
 

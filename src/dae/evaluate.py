@@ -186,12 +186,12 @@ def evaluate(
             k = min(n, slow_limit) if m.slow else n
             t0 = time.perf_counter()
             outs = [
-                m.denoiser.denoise(noisy[i : i + batch_size], sigma_value) for i in range(0, k, batch_size)
+                m.denoiser.denoise(noisy[i : min(i + batch_size, k)], sigma_value) for i in range(0, k, batch_size)
             ]
             rows.append((m.name, m.kind, m.train_noise, torch.cat(outs).float().cpu(), k))
             if verbose:
                 print(f"  {spec:<28} {m.name:<28} {k} images in {time.perf_counter() - t0:.1f}s", flush=True)
-        for name, kind, train_noise, out, k in rows:
+        for name, kind, train_noise, denoised, k in rows:
             ref = clean[:k]
             records.append(
                 {
@@ -199,9 +199,9 @@ def evaluate(
                     "kind": kind,
                     "noise": spec,
                     "level": level,
-                    "psnr": psnr(out, ref).mean().item(),
-                    "ssim": ssim(out, ref).mean().item(),
-                    "mse": mse_fn(out, ref).mean().item(),
+                    "psnr": psnr(denoised, ref).mean().item(),
+                    "ssim": ssim(denoised, ref).mean().item(),
+                    "mse": mse_fn(denoised, ref).mean().item(),
                     "n_images": k,
                     "seed": seed,
                     "train_noise": train_noise,

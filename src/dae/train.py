@@ -430,6 +430,8 @@ def train(
                 if out_of_budget or user_stop:
                     done = True
                     break
+                if epoch_end:
+                    break  # a new epoch draws a new order
     bar.close()
     if writer is not None:
         writer.close()

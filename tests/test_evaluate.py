@@ -1,0 +1,63 @@
+import json
+
+import pytest
+import torch
+
+from dae.errors import UsageError
+from dae.evaluate import evaluate, noise_specs, train_test_matrix
+from dae.models import create_model
+
+
+def test_noise_specs_expand_levels_and_keep_options():
+    assert noise_specs("gaussian,clip=false", [0.1, 0.5]) == [("gaussian:0.1,clip=false", 0.1), ("gaussian:0.5,clip=false", 0.5)]
+    assert noise_specs("salt_pepper:0.2", None) == [("salt_pepper:0.2", 0.2)]
+    with pytest.raises(UsageError):
+        noise_specs("gaussian:0.3", [0.1])
+    with pytest.raises(UsageError):
+        noise_specs("gausian", [0.1])
+
+
+def test_every_method_sees_the_same_noisy_images(mnist_test, tmp_path):
+    images = mnist_test[:60].clone()
+    model = create_model("strided")
+    res = evaluate(
+        baselines=["identity", "median", "nlm"], models=[model], images=images, levels=[0.3, 0.6],
+        slow_limit=25, batch_size=16, out=tmp_path, verbose=False,
+    )
+    by = {(r["method"], r["noise"]): r for r in res.records}
+    for level in ("gaussian:0.3", "gaussian:0.6"):
+        # identity returns the noisy input, so it must score exactly the noisy floor.
+        assert by[("identity", level)]["psnr"] == pytest.approx(by[("noisy input", level)]["psnr"])
+        assert by[("median", level)]["psnr"] > by[("noisy input", level)]["psnr"]
+        assert by[("nlm", level)]["n_images"] == 25 and by[("median", level)]["n_images"] == 60
+    assert by[("noisy input", "gaussian:0.3")]["psnr"] > by[("noisy input", "gaussian:0.6")]["psnr"]
+    assert any("nlm is slow" in note for note in res.notes)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["records"]) == len(res.records) == 2 * 5
+    assert (tmp_path / "results.csv").read_text().startswith("method,kind,noise,level,psnr")
+    assert (tmp_path / "psnr_vs_noise.png").stat().st_size > 1000
+
+
+def test_same_seed_same_numbers_batch_size_irrelevant(mnist_test):
+    images = mnist_test[:40].clone()
+    a = evaluate(baselines=["median"], images=images, levels=[0.5], batch_size=7, verbose=False)
+    b = evaluate(baselines=["median"], images=images, levels=[0.5], batch_size=40, verbose=False)
+    c = evaluate(baselines=["median"], images=images, levels=[0.5], seed=99, verbose=False)
+    assert [r["psnr"] for r in a.records] == [r["psnr"] for r in b.records]
+    assert a.records[1]["psnr"] != c.records[1]["psnr"]
+
+
+def test_matrix_needs_two_training_levels():
+    recs = [
+        {"method": f"m{t}", "kind": "learned", "train_noise": f"gaussian:{t}", "noise": f"gaussian:{s}", "psnr": t + s}
+        for t in (0.3, 0.8) for s in (0.3, 0.5)
+    ]
+    table = train_test_matrix(recs)
+    assert table[0] == ["train_noise", "method", "gaussian:0.3", "gaussian:0.5"]
+    assert table[1][2] == pytest.approx(0.6)
+    assert train_test_matrix(recs[:2]) is None
+
+
+def test_nothing_to_evaluate_is_usage_error():
+    with pytest.raises(UsageError, match="nothing to evaluate"):
+        evaluate(images=torch.rand(2, 1, 28, 28), levels=[0.5])

@@ -1,0 +1,157 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from dae.study import (
+    WHITE,
+    StudySettings,
+    answer_artefacts,
+    answer_beyond,
+    answer_compare,
+    answer_occlusion,
+    answer_train_level,
+    period2_share,
+    run_experiments,
+    white_share,
+)
+
+
+def rec(method, noise, psnr, kind="learned", train_noise=None, level=None):
+    if level is None and ":" in noise:
+        try:
+            level = float(noise.split(":")[1])
+        except ValueError:
+            level = None
+    return {
+        "method": method,
+        "kind": kind,
+        "noise": noise,
+        "level": level,
+        "psnr": psnr,
+        "train_noise": train_noise,
+        "n_images": 10,
+    }
+
+
+def matrix_records(lo_scores, hi_scores, blind_scores, levels=(0.3, 0.5, 0.7, 0.9)):
+    out = []
+    for name, tn, scores in (
+        ("a", "gaussian:0.3", lo_scores),
+        ("b", "gaussian:0.8", hi_scores),
+        ("c", "gaussian:0.1-0.9", blind_scores),
+    ):
+        out += [
+            rec(name, f"gaussian:{lv:g}", s, train_noise=tn) for lv, s in zip(levels, scores, strict=True)
+        ]
+    return out
+
+
+def test_train_level_answer_follows_the_numbers():
+    crossing = answer_train_level(matrix_records([30, 25, 20, 15], [28, 24, 21, 18], [29, 25, 21, 17]))
+    assert "higher PSNR than training at 0.3 at test levels >= 0.7" in crossing
+    assert "by up to 3.00 dB" in crossing and "better by up to 2.00 dB" in crossing
+    assert "at most 1.00 dB behind" in crossing
+    always = answer_train_level(matrix_records([20, 19, 18, 17], [28, 24, 21, 18], [29, 25, 22, 19]))
+    assert "Training at 0.8 gave higher PSNR than training at 0.3 at every test level" in always
+    assert "matched or beat both specialists" in always
+    never = answer_train_level(matrix_records([30, 25, 22, 19], [28, 24, 21, 18], [29, 25, 21, 17]))
+    assert "Training at 0.3 gave higher PSNR than training at 0.8 at every test level" in never
+    assert len({crossing, always, never}) == 3
+
+
+def test_compare_answer_names_the_measured_winner():
+    recs = [
+        rec("mse", "gaussian:0.5", 20.0),
+        rec("bce", "gaussian:0.5", 21.5),
+        rec("mse", "gaussian:0.7", 18.0),
+        rec("bce", "gaussian:0.7", 17.0),
+    ]
+    text = answer_compare(recs, ["mse", "bce"])
+    assert text.startswith("bce had the highest mean PSNR (19.25 dB") and "best at 1 of 2" in text
+    recs[1]["psnr"] = 19.0
+    assert answer_compare(recs, ["mse", "bce"]).startswith("mse had the highest mean PSNR (19.00 dB")
+    assert "Not enough" in answer_compare(recs, ["mse", "missing"])
+
+
+def test_artefact_measure_and_answer():
+    h = w = 28
+    checker = torch.tensor([[(-1.0) ** (i + j) for j in range(w)] for i in range(h)])
+    assert period2_share(checker) == pytest.approx(1.0)
+    noise = torch.randn(200, h, w, generator=torch.Generator().manual_seed(0))
+    assert period2_share(noise) == pytest.approx(white_share(h, w), rel=0.1)
+    white = white_share(h, w)
+    rows = [
+        {"method": "transpose", "period2_share": 0.30, "mean_map_share": 0.5, "white_share": white},
+        {"method": "upsample", "period2_share": 0.06, "mean_map_share": 0.1, "white_share": white},
+        {"method": WHITE, "period2_share": white, "mean_map_share": white, "white_share": white},
+    ]
+    text = answer_artefacts(rows)
+    assert text.startswith("transpose concentrated") and "Above 1.5x white: transpose" in text
+    rows[0]["period2_share"] = 0.05
+    assert "None exceeded 1.5x" in answer_artefacts(rows)
+
+
+def test_occlusion_and_beyond_answers():
+    occ = [
+        rec("noisy input", "block:third", 10.0, kind="noisy"),
+        rec("g", "block:third", 12.0),
+        rec("blk", "block:third", 15.0),
+    ]
+    assert "blk restored best (15.00 dB, +5.00 dB" in answer_occlusion(occ)
+    beyond = [
+        rec("unet", "salt_pepper:0.1", 25.0),
+        rec("median", "salt_pepper:0.1", 22.0, kind="baseline"),
+        rec("unet", "salt_pepper:0.2", 20.0),
+        rec("median", "salt_pepper:0.2", 21.0, kind="baseline"),
+    ]
+    text = answer_beyond(beyond)
+    assert "at 1 of 2 levels (margin -1.00 to +3.00 dB)" in text
+
+
+def test_study_end_to_end_tiny(tmp_path, data_dir):
+    settings = StudySettings(
+        train_seconds=1.5, limit=256, val_size=64, n_test=40, slow_limit=5, baselines=("median",)
+    )
+    experiments = ["loss", "code"]
+    lines = []
+    html, sections = run_experiments(
+        tmp_path / "study",
+        settings,
+        experiments,
+        str(data_dir),
+        seed=0,
+        log=lambda *a, **k: lines.append(" ".join(map(str, a))),
+    )
+    assert html.exists() and (tmp_path / "study" / "study.json").exists()
+    page = html.read_text()
+    assert "MSE vs cross-entropy" in page and "code layer" in page and "data:image/png;base64" in page
+    data = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert set(data["experiments"]) == set(experiments)
+    loss = data["experiments"]["loss"]
+    assert {r["method"] for r in loss["records"]} >= {
+        "upsample @gaussian:0.5 bce",
+        "upsample @gaussian:0.5 mse",
+    }
+    assert all(math.isfinite(r["psnr"]) for r in loss["records"])
+    assert loss["answer"].split(" had the highest")[0] in {r["method"] for r in loss["records"]}
+    assert data["experiments"]["code"]["extra"] and data["experiments"]["code"]["extra"][0]["code_size"] > 0
+    with open(tmp_path / "study" / "study.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["experiment"] for r in rows} == set(experiments)
+    assert any(r["psnr"] and float(r["psnr"]) > 0 for r in rows if r["experiment"] == "loss")
+    assert any(line.startswith("[study] train") for line in lines)
+    # A second run reuses the cached models instead of training them again.
+    lines.clear()
+    run_experiments(
+        tmp_path / "study",
+        settings,
+        ["loss"],
+        str(data_dir),
+        seed=0,
+        log=lambda *a, **k: lines.append(" ".join(map(str, a))),
+    )
+    assert not any(line.startswith("[study] train") for line in lines)
+    assert sum(line.startswith("[study] reuse") for line in lines) == 2
