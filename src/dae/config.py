@@ -32,7 +32,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     noise: str = "gaussian:0.5"
-    loss: str = "mse"  # mse | bce | l1
+    loss: str = "bce"  # bce (on logits) | mse | l1; bce: mse through a sigmoid can stall at "all background"
     optimizer: str = "adamw"  # adam | adamw
     lr: float = 3e-3
     weight_decay: float = 0.0
