@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
+	rm -rf runs/demo
 	$(VENV)/bin/dae train --time-budget 2m --out runs/demo
-	$(VENV)/bin/dae eval --checkpoint runs/demo/checkpoints/best.safetensors --limit 2000 --out runs/demo/eval
+	$(VENV)/bin/dae eval --checkpoint runs/demo/checkpoints/best.safetensors --baselines median,tv,wavelet --limit 1000 --out runs/demo/eval
 	$(VENV)/bin/dae report runs/demo
 
 test: $(VENV)/.installed
