@@ -45,7 +45,7 @@ class TrainConfig:
     val_every: int | None = None  # steps between validation passes; None: once per epoch (and at the end)
     grad_clip: float | None = 1.0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on GPU and bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
     threads: int | None = None  # CPU threads; None: torch's default
     channels_last: bool = True
     keep_last: int = 2  # checkpoint generations kept besides best

@@ -76,10 +76,18 @@ def select_device(name: str) -> torch.device:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16, AMX), where oneDNN runs bf16 convs faster than fp32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers moved: stay on the safe side
+        return False
+
+
 def autocast_for(device: torch.device, precision: str):
-    """Mixed precision context: bf16 on GPU by default, fp32 on CPU unless asked."""
+    """Mixed precision context: bf16 on GPUs and on CPUs with native bf16 (measured faster, same quality), else fp32."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
     if precision == "fp32":
         return nullcontext(), precision
     if precision not in ("bf16", "fp16"):
