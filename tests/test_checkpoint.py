@@ -14,7 +14,10 @@ def saved(tmp_path):
     torch.manual_seed(0)
     model = create_model("fc")
     path = save_checkpoint(
-        model, tmp_path / "m.safetensors", config={"seed": 3}, metrics={"val_psnr": 20.0},
+        model,
+        tmp_path / "m.safetensors",
+        config={"seed": 3},
+        metrics={"val_psnr": 20.0},
         train_state={"step": 5, "rng": torch.get_rng_state()},
     )
     return model, path
@@ -73,7 +76,11 @@ def test_pickle_that_runs_code_refused(tmp_path, saved):
     record = json.loads(record_path.read_text())
     import hashlib
 
-    record["files"]["state"] = {"file": state_path.name, "sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    record["files"]["state"] = {
+        "file": state_path.name,
+        "sha256": hashlib.sha256(evil).hexdigest(),
+        "bytes": len(evil),
+    }
     record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(path, with_state=True)

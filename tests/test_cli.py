@@ -7,7 +7,9 @@ import pytest
 
 
 def dae(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "dae", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dae", *map(str, args)], capture_output=True, text=True, cwd=cwd
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -23,7 +25,9 @@ def test_bad_override_names_field(data_dir):
 
 
 def test_unknown_model_lists_valid_names(tmp_path, data_dir):
-    code, _, err = dae("train", "--model", "nope", "--steps", "1", "--data-dir", data_dir, "--out", tmp_path / "r")
+    code, _, err = dae(
+        "train", "--model", "nope", "--steps", "1", "--data-dir", data_dir, "--out", tmp_path / "r"
+    )
     assert code == 2 and "valid names" in err and "unet" in err
 
 
@@ -43,15 +47,38 @@ def test_data_check_verifies_shared_data(data_dir):
 def test_train_eval_denoise_round_trip(tmp_path, data_dir):
     run = tmp_path / "run"
     code, out, err = dae(
-        "train", "--model", "strided", "--steps", "20", "--data-dir", data_dir, "--out", run, "--quiet",
-        "--data.limit=512", "--data.val_size=100", "--train.batch_size=32",
+        "train",
+        "--model",
+        "strided",
+        "--steps",
+        "20",
+        "--data-dir",
+        data_dir,
+        "--out",
+        run,
+        "--quiet",
+        "--data.limit=512",
+        "--data.val_size=100",
+        "--train.batch_size=32",
     )
     assert code == 0, err
     ckpt = run / "checkpoints" / "best.safetensors"
     assert ckpt.exists()
     code, out, err = dae(
-        "eval", "--checkpoint", ckpt, "--baselines", "identity,median", "--levels", "0.3,0.5", "--limit", "50",
-        "--data-dir", data_dir, "--out", tmp_path / "eval", "--quiet",
+        "eval",
+        "--checkpoint",
+        ckpt,
+        "--baselines",
+        "identity,median",
+        "--levels",
+        "0.3,0.5",
+        "--limit",
+        "50",
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path / "eval",
+        "--quiet",
     )
     assert code == 0, err
     assert (tmp_path / "eval" / "results.csv").exists() and (tmp_path / "eval" / "results.json").exists()
@@ -61,7 +88,9 @@ def test_train_eval_denoise_round_trip(tmp_path, data_dir):
 
     img = tmp_path / "in.png"
     Image.new("L", (37, 53), 40).save(img)
-    code, _, err = dae("denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "out", "--add-noise", "gaussian:0.3")
+    code, _, err = dae(
+        "denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "out", "--add-noise", "gaussian:0.3"
+    )
     assert code == 0, err
     assert (tmp_path / "out" / "in.png").exists()
     code, _, err = dae("denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "out")
@@ -75,7 +104,9 @@ def test_corrupt_checkpoint_exit_code(tmp_path):
     assert code == 4 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args", [["eval", "--levels", "a,b", "--baselines", "identity"], ["eval", "--noise", "gausian"]])
+@pytest.mark.parametrize(
+    "args", [["eval", "--levels", "a,b", "--baselines", "identity"], ["eval", "--noise", "gausian"]]
+)
 def test_eval_bad_args(args):
     code, _, err = dae(*args)
     assert code == 2 and "Traceback" not in err

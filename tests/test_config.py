@@ -31,7 +31,9 @@ def test_override_keeps_noise_spec_verbatim():
 
 
 def test_model_kwargs_override_merges():
-    cfg = build_config({"model": {"name": "unet", "kwargs": {"width": 8}}}, parse_override("model.kwargs.depth=3"))
+    cfg = build_config(
+        {"model": {"name": "unet", "kwargs": {"width": 8}}}, parse_override("model.kwargs.depth=3")
+    )
     assert cfg.model.kwargs == {"width": 8, "depth": 3}
 
 

@@ -9,7 +9,10 @@ from dae.models import create_model
 
 
 def test_noise_specs_expand_levels_and_keep_options():
-    assert noise_specs("gaussian,clip=false", [0.1, 0.5]) == [("gaussian:0.1,clip=false", 0.1), ("gaussian:0.5,clip=false", 0.5)]
+    assert noise_specs("gaussian,clip=false", [0.1, 0.5]) == [
+        ("gaussian:0.1,clip=false", 0.1),
+        ("gaussian:0.5,clip=false", 0.5),
+    ]
     assert noise_specs("salt_pepper:0.2", None) == [("salt_pepper:0.2", 0.2)]
     with pytest.raises(UsageError):
         noise_specs("gaussian:0.3", [0.1])
@@ -21,8 +24,14 @@ def test_every_method_sees_the_same_noisy_images(mnist_test, tmp_path):
     images = mnist_test[:60].clone()
     model = create_model("strided")
     res = evaluate(
-        baselines=["identity", "median", "nlm"], models=[model], images=images, levels=[0.3, 0.6],
-        slow_limit=25, batch_size=16, out=tmp_path, verbose=False,
+        baselines=["identity", "median", "nlm"],
+        models=[model],
+        images=images,
+        levels=[0.3, 0.6],
+        slow_limit=25,
+        batch_size=16,
+        out=tmp_path,
+        verbose=False,
     )
     by = {(r["method"], r["noise"]): r for r in res.records}
     for level in ("gaussian:0.3", "gaussian:0.6"):
@@ -49,8 +58,15 @@ def test_same_seed_same_numbers_batch_size_irrelevant(mnist_test):
 
 def test_matrix_needs_two_training_levels():
     recs = [
-        {"method": f"m{t}", "kind": "learned", "train_noise": f"gaussian:{t}", "noise": f"gaussian:{s}", "psnr": t + s}
-        for t in (0.3, 0.8) for s in (0.3, 0.5)
+        {
+            "method": f"m{t}",
+            "kind": "learned",
+            "train_noise": f"gaussian:{t}",
+            "noise": f"gaussian:{s}",
+            "psnr": t + s,
+        }
+        for t in (0.3, 0.8)
+        for s in (0.3, 0.5)
     ]
     table = train_test_matrix(recs)
     assert table[0] == ["train_noise", "method", "gaussian:0.3", "gaussian:0.5"]

@@ -34,7 +34,10 @@ VARIANTS: list[tuple[str, dict, tuple[int, ...]]] = [
     ("dncnn", {}, (2, 32, 28, 28)),
     ("dncnn", {"depth": 4, "width": 8, "norm": "batch"}, (2, 8, 28, 28)),
 ]
-CASES = [pytest.param(name, kw, shape, id=f"{name}-{json.dumps(kw, sort_keys=True)}") for name, kw, shape in VARIANTS]
+CASES = [
+    pytest.param(name, kw, shape, id=f"{name}-{json.dumps(kw, sort_keys=True)}")
+    for name, kw, shape in VARIANTS
+]
 CONV_CASES = [c for c in CASES if c.values[0] != "fc"]
 
 

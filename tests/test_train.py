@@ -32,7 +32,9 @@ def test_loss_goes_down_and_run_dir_is_complete(tmp_path, data_dir):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     run = result.run_dir
     assert (run / "config.yaml").exists() and (run / "metrics.csv").exists()
-    assert (run / "checkpoints" / "best.safetensors").exists() and (run / "checkpoints" / "best.json").exists()
+    assert (run / "checkpoints" / "best.safetensors").exists() and (
+        run / "checkpoints" / "best.json"
+    ).exists()
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert "val_psnr" in header and "images_per_s" in header
     assert result.best_val_psnr > 10
@@ -52,7 +54,9 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir):
 def test_one_epoch_then_resume_for_a_second_matches_two_epochs(tmp_path, data_dir):
     straight = train(small_config(tmp_path, data_dir, "a", epochs=2, schedule="constant"), progress=False)
     train(small_config(tmp_path, data_dir, "b", epochs=1, schedule="constant"), progress=False)
-    resumed = train(small_config(tmp_path, data_dir, "b", epochs=2, schedule="constant"), resume=True, progress=False)
+    resumed = train(
+        small_config(tmp_path, data_dir, "b", epochs=2, schedule="constant"), resume=True, progress=False
+    )
     a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

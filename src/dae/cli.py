@@ -156,12 +156,22 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.inference import denoise_files
 
     report = denoise_files(
-        [Path(p) for p in args.inputs], args.checkpoint, Path(args.output), add_noise=args.add_noise,
-        seed=args.seed, force=args.force, device=args.device, tile=args.tile, overlap=args.overlap,
+        [Path(p) for p in args.inputs],
+        args.checkpoint,
+        Path(args.output),
+        add_noise=args.add_noise,
+        seed=args.seed,
+        force=args.force,
+        device=args.device,
+        tile=args.tile,
+        overlap=args.overlap,
     )
     for line in report.error_lines():
         print(f"dae: {line}", file=sys.stderr)
-    print(f"wrote {len(report.written)} file(s) to {args.output}" + (f"; {len(report.failed)} failed" if report.failed else ""))
+    print(
+        f"wrote {len(report.written)} file(s) to {args.output}"
+        + (f"; {len(report.failed)} failed" if report.failed else "")
+    )
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {report.total} input file(s) failed (listed above)")
     return 0

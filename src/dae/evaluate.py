@@ -186,7 +186,8 @@ def evaluate(
             k = min(n, slow_limit) if m.slow else n
             t0 = time.perf_counter()
             outs = [
-                m.denoiser.denoise(noisy[i : min(i + batch_size, k)], sigma_value) for i in range(0, k, batch_size)
+                m.denoiser.denoise(noisy[i : min(i + batch_size, k)], sigma_value)
+                for i in range(0, k, batch_size)
             ]
             rows.append((m.name, m.kind, m.train_noise, torch.cat(outs).float().cpu(), k))
             if verbose:

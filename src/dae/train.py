@@ -87,7 +87,9 @@ def cpu_has_native_bf16() -> bool:
 def autocast_for(device: torch.device, precision: str):
     """Mixed precision context: bf16 on GPUs and on CPUs with native bf16 (measured faster, same quality), else fp32."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+        precision = (
+            "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+        )
     if precision == "fp32":
         return nullcontext(), precision
     if precision not in ("bf16", "fp16"):

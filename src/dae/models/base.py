@@ -34,7 +34,9 @@ class Denoiser(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() != 4:
-            raise UsageError(f"{type(self).__name__} expects a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+            raise UsageError(
+                f"{type(self).__name__} expects a (N, C, H, W) batch, got shape {tuple(x.shape)}"
+            )
         if self.fixed_size is not None and tuple(x.shape[1:]) != tuple(self.fixed_size):
             c, h, w = self.fixed_size
             raise UsageError(

@@ -34,7 +34,10 @@ class DnCNN(SideInfoDenoiser):
         check_positive(in_channels, "in_channels", where)
         check_positive(depth, "depth", where, minimum=2)
         check_positive(width, "width", where)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), make_activation(activation, where)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            make_activation(activation, where),
+        ]
         for _ in range(depth - 2):
             layers += [
                 nn.Conv2d(width, width, 3, padding=1, bias=norm == "none"),

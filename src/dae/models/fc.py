@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from dae.models import MODELS
 from dae.errors import UsageError
-from dae.models._common import check_positive, ZooDenoiser
+from dae.models import MODELS
+from dae.models._common import ZooDenoiser, check_positive
 
 
 class FullyConnected(ZooDenoiser):
@@ -21,7 +21,9 @@ class FullyConnected(ZooDenoiser):
 
     output_kind = "logits"
 
-    def __init__(self, in_channels: int = 1, height: int = 28, width: int = 28, hidden: Sequence[int] = (64,)):
+    def __init__(
+        self, in_channels: int = 1, height: int = 28, width: int = 28, hidden: Sequence[int] = (64,)
+    ):
         super().__init__()
         self.in_channels = in_channels
         where = "model fc"
@@ -52,7 +54,9 @@ class FullyConnected(ZooDenoiser):
 
 
 @MODELS.register("fc")
-def fc(in_channels: int = 1, height: int = 28, width: int = 28, hidden: Sequence[int] = (64,)) -> FullyConnected:
+def fc(
+    in_channels: int = 1, height: int = 28, width: int = 28, hidden: Sequence[int] = (64,)
+) -> FullyConnected:
     """Fully connected autoencoder 784-64-784 (hidden sizes configurable).
 
     Example:

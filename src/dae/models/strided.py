@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from dae.errors import UsageError
 from dae.models import MODELS
-from dae.models._common import check_positive, parse_channels, ZooDenoiser
+from dae.models._common import ZooDenoiser, check_positive, parse_channels
 
 
 class StridedConv(ZooDenoiser):
@@ -53,7 +53,9 @@ class StridedConv(ZooDenoiser):
 
 
 @MODELS.register("strided")
-def strided(in_channels: int = 1, channels: str | Sequence[int] = (16, 32), kernel_size: int = 5) -> StridedConv:
+def strided(
+    in_channels: int = 1, channels: str | Sequence[int] = (16, 32), kernel_size: int = 5
+) -> StridedConv:
     """Strided conv autoencoder (5x5 stride-2 convs 16-32, transposed-conv decoder).
 
     Example:

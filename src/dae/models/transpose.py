@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.models import MODELS
-from dae.models._common import check_positive, parse_channels, ZooDenoiser
+from dae.models._common import ZooDenoiser, check_positive, parse_channels
 
 
 def _exact_size(n: int, levels: int) -> int:

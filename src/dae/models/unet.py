@@ -55,8 +55,12 @@ class UNet(SideInfoDenoiser):
             _block(cin, cout, convs, norm, activation, where)
             for cin, cout in zip([in_channels, *widths[:-1]], widths)
         )
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels))
-        self.merge = nn.ModuleList(_block(widths[i], widths[i], convs, norm, activation, where) for i in range(levels))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels)
+        )
+        self.merge = nn.ModuleList(
+            _block(widths[i], widths[i], convs, norm, activation, where) for i in range(levels)
+        )
         self.head = nn.Conv2d(width, in_channels, 1)
         if self.residual:
             nn.init.zeros_(self.head.weight)
@@ -77,7 +81,9 @@ class UNet(SideInfoDenoiser):
         h = code
         skips = side["skips"]
         for i in reversed(range(len(self.up))):
-            h = self.merge[i](self.up[i](h) + skips[i])  # additive skip: as good as concat here, half the FLOPs
+            h = self.merge[i](
+                self.up[i](h) + skips[i]
+            )  # additive skip: as good as concat here, half the FLOPs
         out = self.head(h)
         return side["input"] + out if self.residual else out
 
