@@ -32,6 +32,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from dae.errors import DataError, ResourceError, UsageError
+from dae.fileio import fsync_dir
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
 
@@ -191,7 +192,7 @@ def write_image(
             os.replace(tmp, path)
         else:
             _rename_no_clobber(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, FileExistsError):
@@ -235,17 +236,3 @@ def _rename_no_clobber(src: Path, dst: Path) -> None:
         os.replace(src, dst)
         return
     src.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; not every platform can open a directory, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

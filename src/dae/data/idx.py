@@ -6,7 +6,6 @@ import gzip as _gzip
 import hashlib
 import math
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import BinaryIO
 import numpy as np
 
 from dae.errors import DataError, UsageError
+from dae.fileio import atomic_write_bytes
 
 # IDX type code -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 TYPE_CODES: dict[int, np.dtype] = {
@@ -175,15 +175,6 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, gzip: bool | None = No
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temp file beside `path`, then rename, so readers never see a partial file."""
+    """Write bytes so readers never see a partial file (creates the parent directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
-    # os.open with 0o666 (not mkstemp's 0o600) so the result gets the usual umask permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
