@@ -19,8 +19,8 @@ import dae
 EVAL_SEED = 1234
 EVAL_NOISE = "gaussian:0.5"
 EVAL_IMAGES = 2000
-# Names the classic tutorials use for their architectures; used only when the model zoo does not say itself.
-KNOWN_TUTORIAL_NAMES = ("fc", "strided", "transpose", "unpool", "upsample")
+# The architectures that reproduce a classic tutorial: the baselines the new models must beat.
+TUTORIAL_MODELS = ("fc", "strided", "transpose", "unpool", "upsample")
 
 
 def data_dir() -> str | None:
@@ -94,62 +94,29 @@ def list_archs() -> list[str]:
 
 def is_tutorial(name: str) -> bool:
     """Whether an architecture reproduces a classic tutorial (the baseline the new models must beat)."""
-    from dae.models import create_model
-
-    try:
-        model = create_model(name)
-    except Exception:  # a model that needs kwargs to build: fall back to its name
-        model = None
-    for attr in ("tutorial", "is_tutorial"):
-        value = getattr(model, attr, None)
-        if isinstance(value, bool):
-            return value
-    source = getattr(model, "source", None) or getattr(model, "origin", None)
-    if isinstance(source, str) and source:
-        return "tutorial" in source.lower()
-    # The zoo's docstrings say which models reproduce a tutorial and which are "Not from the tutorials".
-    doc = " ".join((type(model).__doc__ or "").split()).lower() if model is not None else ""
-    if "not from the tutorial" in doc:
-        return False
-    if "tutorial" in doc:
-        return True
-    return name in KNOWN_TUTORIAL_NAMES
+    return name in TUTORIAL_MODELS
 
 
 def recipe_layer(name: str) -> dict[str, Any]:
-    """The model's recipe (src/dae/recipes.py) as a config layer, or {} when there is none."""
-    try:
-        from dae import recipes
-    except ImportError:
-        return {}
-    for fn_name in ("recipe_for", "get_recipe", "recipe"):
-        fn = getattr(recipes, fn_name, None)
-        if callable(fn):
-            try:
-                layer = fn(name)
-            except Exception:
-                continue
-            if hasattr(layer, "to_dict"):
-                layer = layer.to_dict()
-            if isinstance(layer, dict):
-                return layer
-    table = getattr(recipes, "RECIPES", None)
-    if table is not None:
-        try:
-            layer = table.get(name)
-        except Exception:
-            return {}
-        if callable(layer):
-            layer = layer()
-        if isinstance(layer, dict):
-            return layer
-    return {}
+    """The model's default recipe (src/dae/recipes.py) as a config layer."""
+    from dae.recipes import recipe_for
+
+    return recipe_for(name).to_dict()
 
 
-def recipe_batch_size(name: str, fallback: int = 128) -> int:
-    layer = recipe_layer(name)
-    value = layer.get("train", {}).get("batch_size") if isinstance(layer.get("train"), dict) else None
-    return int(value) if value else fallback
+def recipe_batch_size(name: str) -> int:
+    from dae.recipes import recipe_for
+
+    return recipe_for(name).batch_size
+
+
+def build_model(name: str, in_channels: int = 1) -> torch.nn.Module:
+    """The model exactly as its recipe builds it (e.g. upsample 32-32-16), so every benchmark row compares
+    the same network."""
+    from dae.models import create_model
+    from dae.recipes import recipe_for
+
+    return create_model(name, **{**recipe_for(name).model_kwargs, "in_channels": in_channels})
 
 
 def load_split(split: str, limit: int | None = None) -> Tensor:

@@ -31,7 +31,7 @@ class NoisyImages(Dataset):
 
 
 def reference_throughput(
-    model_name: str,
+    model: torch.nn.Module,
     images_u8: Tensor,
     *,
     batch_size: int = 128,
@@ -42,12 +42,14 @@ def reference_throughput(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Steady-state images/s of the tutorial loop: steps after `warmup_steps` timed, loading included."""
+    """Steady-state images/s of the tutorial loop: steps after `warmup_steps` timed, loading included.
+
+    `model` is built by the caller exactly as dae's loop builds it, and `loss` is the recipe's, so the two
+    loops differ only in how they feed and run the network.
+    """
     from dae.losses import get_loss
-    from dae.models import create_model
 
     torch.manual_seed(seed)
-    model = create_model(model_name, in_channels=images_u8.shape[1])
     loss_fn = get_loss(loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(

@@ -87,9 +87,7 @@ def dae_throughput(
 
 def calibrate_window(model_name: str, batch_size: int, target_s: float, minimum: int) -> int:
     """Steps per timing window so one lasts about `target_s` (tiny models need many steps to time well)."""
-    from dae.models import create_model
-
-    model = create_model(model_name)
+    model = common.build_model(model_name)
     optimizer = torch.optim.Adam(model.parameters())
     shape = model.fixed_size or (1, 28, 28)
     x = torch.rand((batch_size, *shape))
@@ -109,9 +107,7 @@ def model_forward_flops(model_name: str, shape: tuple[int, int, int] = (1, 28, 2
     """Forward FLOPs per image (FlopCounterMode counts matmuls and convolutions; a multiply-add = 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from dae.models import create_model
-
-    model = create_model(model_name, in_channels=shape[0]).eval()
+    model = common.build_model(model_name, in_channels=shape[0]).eval()
     x = torch.rand((batch, *shape))
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
@@ -173,9 +169,17 @@ def bench_throughput(
             batch = common.recipe_batch_size(name)
             steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
             images = common.load_split("train", limit=max(batch * steps * (windows + 2), 1024))
-            dae_r = dae_throughput(name, batch_size=batch, window=steps, windows=windows, tmp=tmp)
+            # dae as it runs by default: precision "auto" is bf16 only on CPUs with native bf16.
+            dae_r = dae_throughput(
+                name, batch_size=batch, window=steps, windows=windows, precision="auto", tmp=tmp
+            )
             ref = reference_throughput(
-                name, images, batch_size=batch, warmup_steps=steps, measure_steps=steps * windows
+                common.build_model(name),
+                images,
+                batch_size=batch,
+                warmup_steps=steps,
+                measure_steps=steps * windows,
+                loss=common.recipe_layer(name)["train"]["loss"],
             )
             rows.append(
                 {
@@ -193,12 +197,17 @@ def bench_throughput(
                 f"reference {ref['images_per_s']:.0f} img/s, x{rows[-1]['ratio']:.2f}",
                 flush=True,
             )
+    from dae.train import autocast_for
+
     return {
         "mode": "quick" if quick else "full",
+        "dae_precision": autocast_for(torch.device("cpu"), "auto")[1],
         "method": (
-            "dae: dae.train(steps, val_every=window), images/s of every logging window but the first "
-            "(warm-up), validation and checkpoint time excluded; reference: torch Dataset with per-sample "
-            "torch.randn noise, DataLoader(shuffle=True, num_workers=0), same model, loss (mse), Adam; "
+            "dae: dae.train(steps, val_every=window, precision auto, channels_last, recipe model and loss), "
+            "images/s of every logging window but the first (warm-up), validation and checkpoint time "
+            "excluded; reference: torch Dataset with per-sample "
+            "torch.randn noise, DataLoader(shuffle=True, num_workers=0), same model and loss, Adam, fp32, "
+            "contiguous (NCHW) memory; "
             "same batch size; data loading timed"
         ),
         "rows": rows,
