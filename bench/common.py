@@ -59,7 +59,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "versions": {p: _version(p) for p in ("torch", "numpy", "safetensors", "scikit-image", "pillow")},
         "dae_version": dae.__version__,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cuda": torch.cuda.is_available(),
     }
 
@@ -98,10 +98,12 @@ def is_tutorial(name: str) -> bool:
 
 
 def recipe_layer(name: str) -> dict[str, Any]:
-    """The model's default recipe (src/dae/recipes.py) as a config layer."""
+    """The model's default recipe (src/dae/recipes.py) as a config layer: its model, loss, optimizer, lr and
+    batch size, trained with dae's defaults (cosine schedule, warm-up, clipping, precision auto) so that
+    architectures, not optimisation tricks, are compared."""
     from dae.recipes import recipe_for
 
-    return recipe_for(name).to_dict()
+    return recipe_for(name).to_dict(exact=False)
 
 
 def recipe_batch_size(name: str) -> int:

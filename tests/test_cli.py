@@ -94,7 +94,25 @@ def test_train_eval_denoise_round_trip(tmp_path, data_dir):
     assert code == 0, err
     assert (tmp_path / "out" / "in.png").exists()
     code, _, err = dae("denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "out")
-    assert code != 0 and "Traceback" not in err  # exists, no --force
+    assert code == 5 and "exists" in err and "Traceback" not in err  # output exists, no --force
+    for device, want in (("gpu", 2), ("cuda:7", 5)):
+        code, _, err = dae("denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "o2", "--device", device)
+        assert code == want and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    # eval of a run directory writes beside the run, not into the working directory
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    code, _, err = dae(
+        "eval", "--checkpoint", run, "--baselines", "identity", "--levels", "0.5", "--limit", "5",
+        "--data-dir", data_dir, "--quiet", cwd=elsewhere,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (run / "eval" / "results.csv").exists() and not (elsewhere / "eval").exists()
+    code, out, err = dae(
+        "eval", "--noise", "none", "--baselines", "identity", "--limit", "5", "--data-dir", data_dir,
+        "--out", tmp_path / "e2", "--quiet",
+    )  # fmt: skip
+    assert code == 0 and "none" in out, err
 
 
 def test_corrupt_checkpoint_exit_code(tmp_path):
@@ -105,8 +123,30 @@ def test_corrupt_checkpoint_exit_code(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["eval", "--levels", "a,b", "--baselines", "identity"], ["eval", "--noise", "gausian"]]
+    "args",
+    [
+        ["eval", "--levels", "a,b", "--baselines", "identity"],
+        ["eval", "--noise", "gausian"],
+        ["eval", "--baselines", "nlm", "--slow-limit", "0"],
+    ],
 )
 def test_eval_bad_args(args):
     code, _, err = dae(*args)
     assert code == 2 and "Traceback" not in err
+
+
+def test_resume_continues_under_the_runs_own_config(tmp_path, data_dir):
+    run = tmp_path / "run"
+    common = ["--data-dir", data_dir, "--out", run, "--quiet"]
+    code, _, err = dae(
+        "train", "--model", "strided", "--steps", "4", "--data.limit=256", "--data.val_size=64", *common
+    )
+    assert code == 0, err
+    # No flags again: the saved config (strided, 4 steps) holds, so the finished run has nothing to do.
+    code, out, err = dae("train", "--resume", *common)
+    assert code == 0 and "nothing to do" in out, err
+    code, out, err = dae("train", "--resume", "--steps", "6", *common)
+    assert code == 0 and "steps: 6" in out, err
+    assert "name: strided" in (run / "config.yaml").read_text()
+    code, _, err = dae("train", "--resume", "--model", "unet", *common)
+    assert code == 2 and "cannot continue" in err and len(err.strip().splitlines()) == 1

@@ -37,6 +37,31 @@ def test_model_kwargs_override_merges():
     assert cfg.model.kwargs == {"width": 8, "depth": 3}
 
 
+def test_two_cli_kwargs_overrides_both_apply():
+    # The CLI merges dotted overrides before building: the second must not drop the first.
+    from dae.cli import _collect_overrides, _train_config, build_parser
+
+    args, rest = build_parser().parse_known_args(["train"])
+    cfg = _train_config(args, _collect_overrides(["--model.kwargs.width=32", "--model.kwargs.depth=3"]))
+    assert cfg.model.kwargs == {"width": 32, "depth": 3}
+
+
+def test_recipe_sets_dataset_and_plain_optimisation():
+    from dae.cli import _train_config, build_parser
+
+    args, _ = build_parser().parse_known_args(["train", "--recipe", "tf-intro-fashion-0.2"])
+    cfg = _train_config(args, [])
+    assert cfg.data.dataset == "fashion-mnist"
+    assert (cfg.train.schedule, cfg.train.warmup_steps, cfg.train.grad_clip, cfg.train.precision) == (
+        "constant",
+        0,
+        None,
+        "fp32",
+    )
+    args, _ = build_parser().parse_known_args(["train", "--recipe", "unet-fast"])
+    assert _train_config(args, []).train.schedule == "cosine"  # ours keep dae's defaults
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [

@@ -51,11 +51,64 @@ def test_resume_is_bitwise_exact(tmp_path, data_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_mid_epoch_is_bitwise_exact(tmp_path, data_dir):
+    straight = train(small_config(tmp_path, data_dir, "a", epochs=2), progress=False)
+    # Stopped after step 3 of the 4 in an epoch: resuming must pick up the same epoch order and position.
+    train(small_config(tmp_path, data_dir, "b", epochs=2), progress=False, on_step=lambda s, _: s == 3)
+    resumed = train(small_config(tmp_path, data_dir, "b", epochs=2), resume=True, progress=False)
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path, data_dir, capsys):
+    done = train(small_config(tmp_path, data_dir, steps=4), progress=False)
+    again = train(small_config(tmp_path, data_dir, steps=4), resume=True, progress=False)
+    assert again.step == done.step == 4 and again.last_checkpoint == done.last_checkpoint
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_resume_with_another_model_is_a_usage_error(tmp_path, data_dir):
+    from dae.errors import UsageError
+
+    train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    cfg = small_config(tmp_path, data_dir, steps=4)
+    cfg["model"] = {"name": "unet"}
+    with pytest.raises(UsageError, match="cannot continue"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_keep_last_zero_is_refused(tmp_path, data_dir):
+    from dae.errors import UsageError
+
+    with pytest.raises(UsageError, match="keep_last"):
+        train(small_config(tmp_path, data_dir, steps=2, keep_last=0), progress=False)
+
+
 def test_one_epoch_then_resume_for_a_second_matches_two_epochs(tmp_path, data_dir):
     straight = train(small_config(tmp_path, data_dir, "a", epochs=2, schedule="constant"), progress=False)
     train(small_config(tmp_path, data_dir, "b", epochs=1, schedule="constant"), progress=False)
     resumed = train(
         small_config(tmp_path, data_dir, "b", epochs=2, schedule="constant"), resume=True, progress=False
+    )
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_exactly(tmp_path, data_dir):
+    # fp16 autocast runs on the CPU too, so the GradScaler path (GPU's fp16) is exercised here.
+    cfg = small_config(tmp_path, data_dir, "long", steps=40, precision="fp16")
+    cfg["data"]["limit"] = 1024
+    assert train(cfg, progress=False).best_val_psnr > 10  # as fp32 reaches in 40 steps (10.46 dB both, here)
+    straight = train(small_config(tmp_path, data_dir, "a", epochs=2, precision="fp16"), progress=False)
+    state = load_checkpoint(straight.last_checkpoint, with_state=True).state
+    assert state["grad_scaler"]["scale"] > 0
+    train(
+        small_config(tmp_path, data_dir, "b", epochs=2, precision="fp16"),
+        progress=False,
+        on_step=lambda s, _: s == 4,
+    )
+    resumed = train(
+        small_config(tmp_path, data_dir, "b", epochs=2, precision="fp16"), resume=True, progress=False
     )
     a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -27,22 +27,13 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
     file_layer = load_config_file(args.config) if args.config else {}
     recipe_name = args.recipe or file_layer.get("recipe")
     layers: list[dict[str, Any]] = []
-    if recipe_name:
-        r = get_recipe(recipe_name)
-        layers.append(
-            {
-                "recipe": r.name,
-                "model": {"name": r.model, "kwargs": dict(r.model_kwargs)},
-                "train": {
-                    "loss": r.loss,
-                    "optimizer": r.optimizer,
-                    "lr": r.lr,
-                    "batch_size": r.batch_size,
-                    "noise": r.noise,
-                    "epochs": r.epochs,
-                },
-            }
-        )
+    saved = Path(args.out) / "config.yaml" if args.resume and args.out else None
+    if saved is not None and saved.is_file():
+        # A resumed run continues under the config it started with; only what is given again changes.
+        layers.append(load_config_file(saved))
+    recipe_layer = get_recipe(recipe_name).to_dict() if recipe_name else None
+    if recipe_layer:
+        layers.append(recipe_layer)
     layers.append(file_layer)
     flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
     if args.dataset:
@@ -51,8 +42,8 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         flags["data"]["data_dir"] = args.data_dir
     if args.model:
         flags["model"]["name"] = args.model
-        if recipe_name and args.model != layers[0]["model"]["name"]:
-            layers[0]["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
+        if recipe_layer and args.model != recipe_layer["model"]["name"]:
+            recipe_layer["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
     if args.noise:
         flags["train"]["noise"] = args.noise
     stops = {
@@ -116,15 +107,20 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.checkpoint import resolve_checkpoint
     from dae.evaluate import DEFAULT_LEVELS, evaluate, format_table, parse_levels
 
     levels = parse_levels(args.levels)
-    if levels is None and (args.noise is None or ":" not in args.noise):
+    if levels is None and (args.noise is None or ":" not in args.noise) and args.noise != "none":
         levels = list(DEFAULT_LEVELS)
     baselines = [b for b in (args.baselines or "").split(",") if b]
-    out = args.out or (
-        str(Path(args.checkpoint[0]).parent.parent / "eval") if args.checkpoint else "runs/eval"
-    )
+    # Beside the (first) run: RUN/eval whether RUN, RUN/checkpoints or a .safetensors file was named.
+    out = args.out or "runs/eval"
+    if args.checkpoint and not args.out:
+        weights = resolve_checkpoint(args.checkpoint[0])
+        out = str(
+            (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent) / "eval"
+        )
     result = evaluate(
         args.checkpoint or [],
         baselines,

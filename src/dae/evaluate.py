@@ -157,6 +157,8 @@ def evaluate(
 
     if sigma not in ("given", "estimate"):
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
+    if slow_limit < 1:
+        raise UsageError(f"--slow-limit must be >= 1 (images for the slow baselines), got {slow_limit}")
     methods = resolve_methods(checkpoints, baselines, models, device)
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")

@@ -1,29 +1,66 @@
-"""Atomic, durable file writes shared by checkpoints, datasets, results and reports."""
+"""Atomic, durable file writes: the one helper behind checkpoints, datasets, images, figures and reports.
+
+A write goes to a temp file in the target's directory, is flushed and fsynced, then renamed over the target
+and the directory fsynced, so a reader (or a crash) sees the old file or the whole new one, never a mix.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` so that `path` holds either its old content or all of `data`, never a mix."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, overwrite: bool = True) -> Path:
+    """Call `write(f)` on a temp file beside `path`, then move it into place atomically.
+
+    With overwrite=False an existing `path` is never replaced, checked at the final rename itself (a file
+    that appears meanwhile is not clobbered); FileExistsError is raised then.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should get the usual permissions
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the permissions any new file would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_no_clobber(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` so that `path` holds either its old content or all of `data`, never a mix."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _rename_no_clobber(src: Path, dst: Path) -> None:
+    """Move src to dst unless dst exists, atomically where the filesystem supports hard links."""
+    try:
+        os.link(src, dst)  # fails with FileExistsError if dst appeared meanwhile
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network or FAT filesystems): check, then rename
+        if dst.exists():
+            raise FileExistsError(str(dst)) from None
+        os.replace(src, dst)
+        return
+    src.unlink()
 
 
 def fsync_dir(directory: str | Path) -> None:

@@ -20,8 +20,6 @@ Rules (what a file becomes, and what is written back):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from dae.errors import DataError, ResourceError, UsageError
-from dae.fileio import fsync_dir
+from dae.fileio import atomic_write
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
 
@@ -177,29 +175,12 @@ def write_image(
     if not overwrite and path.exists():
         raise ResourceError(f"{path}: output exists; pass --force to overwrite")
 
-    parent = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        atomic_write(path, lambda f: im.save(f, format=fmt, **params), overwrite=overwrite)
+    except FileExistsError:
+        raise ResourceError(f"{path}: output exists; pass --force to overwrite") from None
     except OSError as e:
-        raise ResourceError(f"{path}: cannot write to {parent} ({e.strerror or e})") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt, **params)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _rename_no_clobber(tmp, path)
-        fsync_dir(parent)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, FileExistsError):
-            raise ResourceError(f"{path}: output exists; pass --force to overwrite") from None
-        if isinstance(e, OSError):
-            raise ResourceError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
+        raise ResourceError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
 
 
@@ -222,17 +203,3 @@ def _to_pil(image: Tensor, info: ImageInfo, fmt: str, path: Path) -> Image.Image
     if a.shape[2] == 1:
         a = a[..., 0]
     return Image.fromarray(np.ascontiguousarray(a))  # L, LA, RGB or RGBA from the shape
-
-
-def _rename_no_clobber(src: Path, dst: Path) -> None:
-    """Move src to dst unless dst exists, atomically where the filesystem supports hard links."""
-    try:
-        os.link(src, dst)  # fails with FileExistsError if dst appeared meanwhile
-    except FileExistsError:
-        raise
-    except OSError:
-        if dst.exists():
-            raise FileExistsError(str(dst)) from None
-        os.replace(src, dst)
-        return
-    src.unlink()

@@ -435,10 +435,12 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from dae.checkpoint import load_model
+        from dae.train import select_device
 
         if device is None:
             return load_model(checkpoint_or_model)
-        return load_model(checkpoint_or_model, device=device)
+        # A missing or misspelt device is a one-line error here, not a traceback from model.to().
+        return load_model(checkpoint_or_model, device=select_device(str(device)))
     if not callable(getattr(checkpoint_or_model, "denoise", None)):
         raise UsageError(f"{type(checkpoint_or_model).__name__} is neither a checkpoint path nor a denoiser")
     return checkpoint_or_model

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from dae.errors import DataError, UsageError
+from dae.fileio import atomic_write
 
 DPI = 110
 CELL = 1.05  # inches per image cell in image grids
@@ -48,15 +47,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Render `fig` to PNG at `path` atomically (temp file + os.replace) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI, facecolor="white")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; figures are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, facecolor="white"))
     finally:
         fig.clear()  # drop the artists now rather than at garbage collection
     return path

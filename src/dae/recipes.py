@@ -39,6 +39,9 @@ class Recipe:
     noise: str
     epochs: int
     dataset: str = "mnist"
+    # A tutorial's recipe reruns it exactly: constant learning rate, no warm-up, no gradient clipping, fp32.
+    # Ours (exact=False) keep dae's training defaults (cosine schedule, warm-up, clipping, precision auto).
+    exact: bool = True
 
     def __post_init__(self) -> None:
         where = f"recipe {self.name!r}"
@@ -53,8 +56,14 @@ class Recipe:
         # Read-only so that a recipe handed out by get_recipe cannot be edited for everyone.
         object.__setattr__(self, "model_kwargs", MappingProxyType(dict(self.model_kwargs)))
 
-    def to_dict(self) -> dict[str, Any]:
-        """This recipe as a config layer (the shape `dae.config.build_config` merges)."""
+    def to_dict(self, exact: bool | None = None) -> dict[str, Any]:
+        """This recipe as a config layer (the shape `dae.config.build_config` merges).
+
+        exact=False leaves out the tutorial's plain optimisation (constant lr, no warm-up or clipping,
+        fp32), so its model trains with dae's defaults instead, e.g. to compare architectures fairly.
+        """
+        exact = self.exact if exact is None else exact
+        plain = {"schedule": "constant", "warmup_steps": 0, "grad_clip": None, "precision": "fp32"}
         return {
             "recipe": self.name,
             "model": {"name": self.model, "kwargs": dict(self.model_kwargs)},
@@ -66,6 +75,7 @@ class Recipe:
                 "batch_size": self.batch_size,
                 "noise": self.noise,
                 "epochs": self.epochs,
+                **(plain if exact else {}),
             },
         }
 
@@ -339,6 +349,7 @@ _add(
         batch_size=64,
         noise="gaussian:0.5",
         epochs=5,
+        exact=False,
     ),
     default_for_model=True,
 )
@@ -354,6 +365,7 @@ _add(
         batch_size=64,
         noise="gaussian:0.1-0.9",
         epochs=10,
+        exact=False,
     )
 )
 _add(
@@ -368,6 +380,7 @@ _add(
         batch_size=64,
         noise="gaussian:0.5",
         epochs=5,
+        exact=False,
     ),
     default_for_model=True,
 )
@@ -383,5 +396,6 @@ _add(
         batch_size=64,
         noise="gaussian:0.1-0.9",
         epochs=10,
+        exact=False,
     )
 )

@@ -551,9 +551,6 @@ def write_report(
     page = render_html(f"dae run report \u2014 {run_name}", sections, subtitle=subtitle)
     out = run / "report.html"
     atomic_write_bytes(out, page.encode("utf-8"))
-    out.chmod(
-        0o644
-    )  # the temp file behind the atomic write is private (0600); a report is meant to be shared
     return out
 
 

@@ -67,9 +67,9 @@ def select_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ResourceError(f"device {name!r} requested but CUDA is not available; use --train.device=cpu")
+        raise ResourceError(f"device {name!r} requested but CUDA is not available; use the cpu device")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ResourceError("device 'mps' requested but MPS is not available; use --train.device=cpu")
+        raise ResourceError("device 'mps' requested but MPS is not available; use the cpu device")
     try:
         return torch.device(name)
     except RuntimeError:
@@ -272,6 +272,8 @@ def train(
             raise UsageError(f"train.{name} must be >= 1, got {value}")
     if t.time_budget is not None and t.time_budget <= 0:
         raise UsageError(f"train.time_budget must be > 0, got {t.time_budget}")
+    if t.keep_last < 1:
+        raise UsageError(f"train.keep_last must be >= 1 (resuming needs a generation), got {t.keep_last}")
     cfg.name = cfg.name or (
         Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -310,6 +312,8 @@ def train(
     loss_fn = get_loss(t.loss)
     optimizer = make_optimizer(cfg, model)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler then passes through).
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     batches_per_epoch = math.ceil(n_train / t.batch_size)
     total_steps = min(
@@ -319,9 +323,19 @@ def train(
     step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
     if resume:
         ck = latest_good_generation(ckpt_dir)
-        model.load_state_dict(ck.model.state_dict())
-        optimizer.load_state_dict(ck.state["optimizer"])
+        try:
+            model.load_state_dict(ck.model.state_dict())
+            optimizer.load_state_dict(ck.state["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            saved = ck.record.get("model", {})
+            raise UsageError(
+                f"{ck.path} holds model {saved.get('name')} {saved.get('kwargs') or ''}; this config's "
+                f"{cfg.model.name} {cfg.model.kwargs or ''} (or its optimizer) cannot continue it; resume "
+                "with the run's own settings or use another --out"
+            ) from None
         noise_gen.set_state(ck.state["noise_rng"])
+        if "grad_scaler" in ck.state:
+            scaler.load_state_dict(ck.state["grad_scaler"])
         torch.set_rng_state(ck.state["torch_rng"])
         step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
         elapsed_before, best_psnr = float(ck.state["elapsed_s"]), float(ck.state["best_val_psnr"])
@@ -339,6 +353,7 @@ def train(
         state = {
             "optimizer": optimizer.state_dict(),
             "noise_rng": noise_gen.get_state(),
+            **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "epoch": epoch,
@@ -364,11 +379,16 @@ def train(
 
     bar = _progress_bar(progress, total_steps, step)
     history: list[dict[str, float]] = []
-    last_path: Path | None = None
+    last_path: Path | None = ck.path if resume else None
     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
     model.train()
     with StopSignals() as stop:
-        done = False
+        # A resumed run that had already reached its stop condition trains no further step.
+        done = resume and (
+            step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget)
+        )
+        if done:
+            print(f"dae: {run_dir} already reached its stop condition at step {step}; nothing to do")
         while not done:
             order = epoch_permutation(n_train, cfg.seed, epoch).to(device)
             while batch_index < batches_per_epoch:
@@ -388,10 +408,12 @@ def train(
                         f"this step's weights; try a lower --train.lr (now {t.lr:g})"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if t.grad_clip:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 step += 1
                 batch_index += 1
                 window_loss += loss.item() * clean.shape[0]
