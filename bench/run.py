@@ -324,7 +324,7 @@ def bench_inference(
     model = model or common.default_model()
     repeats = 2 if quick else 3
     base = {"model": model, "checkpoint": checkpoint, "repeats": repeats}
-    mnist = run_probe({**base, "kind": "mnist", "n_images": n_images, "batch_size": 1000})
+    mnist = run_probe({**base, "kind": "mnist", "n_images": n_images})
     print(f"  inference {model}: {mnist.get('images_per_s', float('nan')):.0f} img/s", flush=True)
     images = []
     for size in sizes:
@@ -334,8 +334,9 @@ def bench_inference(
         images.append(r)
         if "error" not in r:
             print(
-                f"  inference {size}x{size}: {r['latency_s']:.3f} s, peak +"
-                f"{r['peak_minus_baseline_bytes'] / 2**20:.0f} MiB",
+                f"  inference {size}x{size}: {r['latency_s']:.3f} s, process peak "
+                f"{r['peak_rss_bytes'] / 2**20:.0f} MiB (+{r['peak_minus_baseline_bytes'] / 2**20:.0f} MiB "
+                "over imports and model)",
                 flush=True,
             )
     return {
@@ -343,8 +344,9 @@ def bench_inference(
         "model": model,
         "method": (
             "each measurement in a fresh subprocess; dae.inference.denoise under torch.inference_mode "
-            "(large images take its default tiling); memory = ru_maxrss peak minus ru_maxrss after imports "
-            "and model construction (mnist: also after loading the data); latency after one warm-up call "
+            "(large images take its default tiling); memory = the probe process's peak resident size (VmHWM) "
+            "and that peak minus the size after imports and model construction (mnist: also after loading the "
+            "data); latency after one warm-up call "
             "of the same size"
         ),
         "mnist": mnist,
@@ -414,7 +416,6 @@ def bench_flops(
                 "model": default,
                 "kind": "mnist",
                 "n_images": inference_images or (2000 if quick else 10000),
-                "batch_size": 1000,
                 "repeats": 2,
             }
         ).get("images_per_s")
@@ -457,7 +458,6 @@ def bf16_default(
                     "model": default,
                     "kind": "mnist",
                     "n_images": 2000,
-                    "batch_size": 1000,
                     "repeats": 2,
                     "bf16": precision == "bf16",
                 }
@@ -590,12 +590,12 @@ def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
     big = next((r for r in (inf or {}).get("images", []) if r.get("size") == 2048 and "error" not in r), None)
     rows.append(
         (
-            "2048x2048 peak memory < 1 GiB",
-            f"{big['peak_minus_baseline_bytes'] / 2**20:.0f} MiB above baseline "
-            f"({big['peak_rss_bytes'] / 2**20:.0f} MiB process peak)"
+            "2048x2048 peak memory < 1 GiB (whole process)",
+            f"{big['peak_rss_bytes'] / 2**20:.0f} MiB process peak "
+            f"({big['peak_minus_baseline_bytes'] / 2**20:.0f} MiB above imports and model)"
             if big
             else "—",
-            _verdict(big["peak_minus_baseline_bytes"] < GIB if big else None),
+            _verdict(big["peak_rss_bytes"] < GIB if big else None),
         )
     )
     return rows

@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dae.errors import CheckpointError, ResourceError, TrainingError
-from dae.fileio import atomic_write_bytes, fsync_dir  # noqa: F401  (re-exported: other modules import it from here)
+from dae.fileio import atomic_write_bytes
 
 FORMAT = "dae-checkpoint"
 FORMAT_VERSION = 1

@@ -218,7 +218,7 @@ def evaluate(
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:
     """results.csv, results.json, a PSNR-vs-noise plot and, for several trained levels, a train x test matrix."""
-    from dae.checkpoint import atomic_write_bytes
+    from dae.fileio import atomic_write_bytes
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
     out.mkdir(parents=True, exist_ok=True)

@@ -337,7 +337,7 @@ def write_report(
         PosixPath('runs/demo/report.html')
     """
     from dae import __version__, plots
-    from dae.checkpoint import atomic_write_bytes
+    from dae.fileio import atomic_write_bytes
 
     run = Path(run_dir)
     if not is_run_dir(run):

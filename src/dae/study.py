@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from dae.errors import DaeError, PartialFailure
+from dae.fileio import atomic_write_bytes
 
 # ----------------------------------------------------------------------------------------------------
 # settings and the models the experiments need
@@ -445,7 +446,7 @@ class Study:
             if result.best_checkpoint is None:
                 self.failures[sp] = "training produced no checkpoint"
                 continue
-            marker.write_text(json.dumps(wanted, indent=2))
+            atomic_write_bytes(marker, json.dumps(wanted, indent=2).encode())
             self.checkpoints[sp] = result.best_checkpoint
             self.log(
                 f"[study]   {result.step} steps in {time.perf_counter() - t0:.1f}s, "
@@ -779,7 +780,6 @@ def run_experiments(
     log: Callable[..., None] = print,
 ) -> tuple[Path, list[Section]]:
     """Run the named experiments (all by default); writes study.html, study.json and study.csv under `out`."""
-    from dae.checkpoint import atomic_write_bytes
     from dae.errors import UsageError
     from dae.report import note_html, render_html
 

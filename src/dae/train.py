@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import signal
 import time
@@ -18,6 +19,7 @@ from torch import Tensor
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
 from dae.config import Config, build_config, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
+from dae.fileio import atomic_write_text
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
@@ -229,9 +231,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
-    path.unlink()
-    for r in rows:
-        _append_metrics(path, r)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: r.get(k, "") for k in METRIC_COLUMNS} for r in rows)
+    atomic_write_text(path, text.getvalue())  # a crash here leaves the old log, never a half-written one
 
 
 def resolve_config(config: Config | dict[str, Any] | None) -> Config:
