@@ -26,6 +26,8 @@ from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_imag
 
 TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
 DEFAULT_TILE = 256
+# Images per forward pass: batch 128 channels_last ran the default unet fastest on a 2-core CPU (measured).
+DEFAULT_BATCH = 128
 TILE_BATCH = 8  # tiles per forward pass; bounds device memory independently of image size
 VALUES_PER_BATCH = 1 << 22  # untiled batches are also capped at ~4M input values (16 MB) per forward pass
 
@@ -56,7 +58,7 @@ def denoise(
     model: Any,
     images: Tensor,
     *,
-    batch_size: int = 128,
+    batch_size: int = DEFAULT_BATCH,
     device: str | torch.device | None = None,
     tile: int | None = None,
     overlap: int = 32,
