@@ -58,7 +58,7 @@ def test_bit_flip_refused(saved):
     data = bytearray(path.read_bytes())
     data[-10] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="does not match its manifest"):
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_model(path)
 
 
@@ -125,3 +125,51 @@ def test_unknown_model_name_refused(saved):
     record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="no-such-model"):
         load_model(path)
+
+
+def test_new_weights_load_when_crash_left_the_old_sidecar(tmp_path):
+    """A hard kill between replacing best.safetensors and best.json leaves new weights beside the old record."""
+    torch.manual_seed(0)
+    old_model, new_model = create_model("fc"), create_model("fc")
+    path = save_checkpoint(old_model, tmp_path / "best.safetensors", metrics={"val_psnr": 18.0})
+    stale_record = paths_for(path)[2].read_bytes()
+    save_checkpoint(new_model, path, metrics={"val_psnr": 19.0})
+    paths_for(path)[2].write_bytes(stale_record)  # as if the second rename never happened
+    ck = load_checkpoint(path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(ck.model(x), new_model.eval()(x))
+    assert ck.record["metrics"]["val_psnr"] == 19.0
+
+
+@pytest.mark.parametrize("sidecar", ["stale", "missing"])
+def test_corrupt_weights_refused_whatever_the_sidecar(tmp_path, sidecar):
+    torch.manual_seed(0)
+    path = save_checkpoint(create_model("fc"), tmp_path / "best.safetensors")
+    record_path = paths_for(path)[2]
+    if sidecar == "stale":
+        record = json.loads(record_path.read_text())
+        record["files"]["weights"]["sha256"] = "0" * 64
+        record_path.write_text(json.dumps(record))
+    else:
+        record_path.unlink()
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01  # in the tensor bytes, not the header
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_model(path)
+
+
+def test_checkpoint_without_embedded_hash_still_loads(tmp_path):
+    """Checkpoints written before the embedded hash: the sidecar is checked, or without one the file loads as is."""
+    from safetensors.torch import save as st_save
+
+    torch.manual_seed(0)
+    model = create_model("fc")
+    path = save_checkpoint(model, tmp_path / "old.safetensors")
+    record = json.loads(paths_for(path)[2].read_text())
+    del record["tensors_sha256"], record["files"]
+    tensors = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    path.write_bytes(st_save(tensors, metadata={"dae": json.dumps(record)}))
+    paths_for(path)[2].unlink()
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(load_model(path)(x), model.eval()(x))

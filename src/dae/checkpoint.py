@@ -6,6 +6,10 @@ A checkpoint `NAME.safetensors` is three files in one directory:
   NAME.json         the record: model name + kwargs, resolved config, metrics, dae version, and the SHA-256 and
                     size of the other two files. It is written last, so its presence marks a complete generation.
 Every file is written atomically (temp file in the same directory, fsync, os.replace, fsync the directory).
+
+The weights file verifies itself: its embedded record holds the SHA-256 of its tensor bytes and of the state
+file (written first). So when a crash lands between replacing `best.safetensors` and `best.json`, the new
+weights still load, under their own record, instead of failing against the stale sidecar.
 """
 
 from __future__ import annotations
@@ -93,9 +97,7 @@ def save_checkpoint(
         "epoch": epoch,
     }
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    blob = st_save(tensors, metadata={"dae": json.dumps(record)})
-    atomic_write_bytes(weights_path, blob)
-    files = {"weights": {"file": weights_path.name, "sha256": sha256_bytes(blob), "bytes": len(blob)}}
+    files: dict[str, Any] = {}
     if train_state is not None:
         buf = io.BytesIO()
         torch.save(train_state, buf)
@@ -108,9 +110,21 @@ def save_checkpoint(
         }
     else:
         state_path.unlink(missing_ok=True)
+    # The tensor bytes do not depend on the metadata, so serialise once to hash them, then again with the hash.
+    record["tensors_sha256"] = sha256_bytes(_tensor_bytes(st_save(tensors)))
+    record["files"] = dict(files)
+    blob = st_save(tensors, metadata={"dae": json.dumps(record, default=str)})
+    atomic_write_bytes(weights_path, blob)
+    files["weights"] = {"file": weights_path.name, "sha256": sha256_bytes(blob), "bytes": len(blob)}
     record["files"] = files
     atomic_write_bytes(record_path, json.dumps(record, indent=2, default=str).encode())
     return weights_path
+
+
+def _tensor_bytes(blob: bytes) -> bytes:
+    """The data section of a safetensors blob: everything after the 8-byte length and the JSON header."""
+    n = int.from_bytes(blob[:8], "little")
+    return blob[8 + n :]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -175,6 +189,24 @@ def _embedded_record(weights_path: Path) -> dict[str, Any]:
         ) from None
 
 
+def _self_verified_record(
+    weights_path: Path, blob: bytes, sidecar_error: CheckpointError | None
+) -> dict[str, Any]:
+    """The record embedded in the weights, once their tensor bytes match the hash it holds."""
+    record = _embedded_record(weights_path)
+    expected = record.get("tensors_sha256")
+    if expected is None:  # written before dae embedded the hash: the sidecar was all there was to check
+        if sidecar_error is not None:
+            raise sidecar_error
+        return record
+    if sha256_bytes(_tensor_bytes(blob)) != expected:
+        raise CheckpointError(
+            f"checkpoint weights {weights_path} do not match its manifest or embedded hash: "
+            "truncated or corrupted"
+        )
+    return record
+
+
 @dataclass
 class Checkpoint:
     model: torch.nn.Module
@@ -192,7 +224,14 @@ def load_checkpoint(
     weights_path = resolve_checkpoint(path)
     record = read_record(weights_path)
     files = record.get("files", {})
-    blob = _read_verified(weights_path, files.get("weights"), "checkpoint weights")
+    try:
+        blob = _read_verified(weights_path, files.get("weights"), "checkpoint weights")
+        if "weights" not in files:  # no sidecar: only the hash embedded in the weights can vouch for them
+            record = _self_verified_record(weights_path, blob, None)
+    except CheckpointError as e:  # the sidecar may be stale: a crash between replacing weights and record
+        blob = _read_verified(weights_path, None, "checkpoint weights")
+        record = _self_verified_record(weights_path, blob, e)
+    files = record.get("files", {})
     try:
         tensors = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as e:
