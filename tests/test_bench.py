@@ -46,6 +46,20 @@ def test_time_to_quality_evaluates_on_fixed_test_set(tiny_model):
     assert 0 < r["test_psnr_db"] < 60
 
 
+def test_time_to_quality_as_written_rows_use_the_tutorial_recipe(tiny_model):
+    """The strided tutorial trains with mse: its 'as written' row keeps it, its fair row gets bce."""
+    result = run.bench_time_to_quality(
+        quick=True, models=["strided", "dncnn"], budgets=[0.5], eval_images=20, as_written=True
+    )
+    by = {(r["model"], r["recipe"]): r for r in result["runs"]}
+    assert set(by) == {("strided", "dae"), ("dncnn", "dae"), ("strided", "as written")}
+    assert by["strided", "as written"]["loss"] == "mse" and by["strided", "dae"]["loss"] == "bce"
+    m = result["margins"]["0.5"]
+    assert m["best_tutorial_model"] == "strided" and m["best_tutorial_as_written_model"] == "strided"
+    assert m["best_tutorial_psnr_db"] == by["strided", "dae"]["test_psnr_db"]
+    assert m["best_tutorial_as_written_psnr_db"] == by["strided", "as written"]["test_psnr_db"]
+
+
 def test_inference_probe_reports_rate_latency_and_memory(tiny_model):
     result = run.bench_inference(quick=True, model=tiny_model, n_images=100, sizes=(28,))
     assert "error" not in result["mnist"], result["mnist"]

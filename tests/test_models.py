@@ -30,7 +30,9 @@ VARIANTS: list[tuple[str, dict, tuple[int, ...]]] = [
         for a in ("relu", "sigmoid")
     ],
     ("unet", {}, (2, 64, 7, 7)),
-    ("unet", {"width": 8, "norm": "group", "activation": "silu", "residual": True}, (2, 32, 7, 7)),
+    ("unet", {"shuffle": 1, "levels": 2, "width": 16, "norm": "none"}, (2, 64, 7, 7)),
+    ("unet", {"shuffle": 2, "levels": 2, "width": 8, "norm": "group"}, (2, 32, 4, 4)),
+    ("unet", {"width": 8, "norm": "group", "activation": "silu", "residual": True}, (2, 16, 7, 7)),
     ("dncnn", {}, (2, 32, 28, 28)),
     ("dncnn", {"depth": 4, "width": 8, "norm": "batch"}, (2, 8, 28, 28)),
 ]

@@ -40,8 +40,11 @@ def model_channels(model: Any) -> int | None:
     fixed = getattr(model, "fixed_size", None)
     if fixed:
         return int(fixed[0])
+    if isinstance(getattr(model, "in_channels", None), int):  # dae models say so themselves
+        return int(model.in_channels)
     if isinstance(model, nn.Module):
-        # A model built without create_model: its first layer says how many channels it reads.
+        # A model built without create_model: its first layer says how many channels it reads (not so
+        # for unet with shuffle > 1, whose first conv reads the space-to-depth channels).
         for module in model.modules():
             channels = getattr(module, "in_channels", None)
             if module is not model and isinstance(channels, int):

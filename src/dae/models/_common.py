@@ -104,11 +104,14 @@ class SideInfoDenoiser(ZooDenoiser):
         return self._decode(code, side)[..., :h, :w]
 
     def encode(self, x: Tensor) -> Tensor:
-        code, side = self._encode(x)
-        self._decode_context = (tuple(code.shape), side)
+        xp, size = self.pad(x)  # as forward does, so decode(encode(x)) == forward(x) at any size
+        code, side = self._encode(xp)
+        self._decode_context = (tuple(code.shape), side, size)
         return code
 
     def decode(self, code: Tensor) -> Tensor:
         ctx = self._decode_context
-        side = ctx[1] if ctx is not None and ctx[0] == tuple(code.shape) else self._default_side(code)
-        return self._decode(code, side)
+        if ctx is not None and ctx[0] == tuple(code.shape):
+            h, w = ctx[2]
+            return self._decode(code, ctx[1])[..., :h, :w]
+        return self._decode(code, self._default_side(code))

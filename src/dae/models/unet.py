@@ -21,24 +21,30 @@ def _block(cin: int, cout: int, convs: int, norm: str, activation: str, where: s
 
 
 class UNet(SideInfoDenoiser):
-    """U-Net denoiser: widths w, 2w, 4w over `levels` max-pool halvings, decoder adds the encoder's features back.
+    """U-Net denoiser: widths w, 2w, 4w.. over `levels` max-pool halvings, decoder adds the encoder's features back.
 
     Not from the tutorials: the skip connections carry full-resolution detail past the bottleneck, which
-    is what the tutorial autoencoders lose. Code layer: (N, 4w, H/4, W/4), e.g. (N, 64, 7, 7) at 28x28 for
-    width=16, levels=2. Inputs are padded to a multiple of 2**levels. Output: logits, or with
-    `residual=True` an image `x + correction` (output_kind "image", last conv zero-initialised so training
-    starts from the identity). `convs` is the number of 3x3 convs per block.
+    is what the tutorial autoencoders lose. `shuffle` > 1 first folds each shuffle x shuffle pixel block into
+    channels (pixel_unshuffle, as FFDNet does) and unfolds the output the same way, so the convs run at a
+    quarter of the positions with more channels each: the default (shuffle=2, levels=1, width=32, batch norm)
+    trains 2.5x the images/s of a plain width-16, 2-level U-Net with the same code layer, reaching the same
+    PSNR in 120 s on a 2-core CPU (measured, see the README's benchmark section); batch norm is what lifts
+    both from ~20.4 to ~20.9 dB there. Code layer: (N, 2**levels * w, H/(shuffle * 2**levels), ...), e.g.
+    (N, 64, 7, 7) at 28x28 for the default. Inputs are padded to a multiple of shuffle * 2**levels. Output:
+    logits, or with `residual=True` an image `x + correction` (output_kind "image", last conv zero-initialised
+    so training starts from the identity). `convs` is the number of 3x3 convs per block.
     """
 
     def __init__(
         self,
         in_channels: int = 1,
-        width: int = 16,
-        levels: int = 2,
+        width: int = 32,
+        levels: int = 1,
         convs: int = 2,
-        norm: str = "none",
+        norm: str = "batch",
         activation: str = "relu",
         residual: bool = False,
+        shuffle: int = 2,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -47,13 +53,15 @@ class UNet(SideInfoDenoiser):
         check_positive(width, "width", where)
         check_positive(levels, "levels", where)
         check_positive(convs, "convs", where)
-        self.size_multiple = 2**levels
+        check_positive(shuffle, "shuffle", where)
+        self.shuffle = shuffle
+        self.size_multiple = shuffle * 2**levels
         self.residual = bool(residual)
         self.output_kind = "image" if self.residual else "logits"
-        widths = [width * 2**i for i in range(levels + 1)]  # 16, 32, 64
+        widths = [width * 2**i for i in range(levels + 1)]  # 32, 64 by default
         self.down = nn.ModuleList(
             _block(cin, cout, convs, norm, activation, where)
-            for cin, cout in zip([in_channels, *widths[:-1]], widths)
+            for cin, cout in zip([in_channels * shuffle**2, *widths[:-1]], widths)
         )
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(levels)
@@ -61,20 +69,20 @@ class UNet(SideInfoDenoiser):
         self.merge = nn.ModuleList(
             _block(widths[i], widths[i], convs, norm, activation, where) for i in range(levels)
         )
-        self.head = nn.Conv2d(width, in_channels, 1)
+        self.head = nn.Conv2d(width, in_channels * shuffle**2, 1)
         if self.residual:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def _encode(self, x: Tensor) -> tuple[Tensor, dict[str, object]]:
         skips = []
-        h = x
+        h = F.pixel_unshuffle(x, self.shuffle) if self.shuffle > 1 else x
         for i, block in enumerate(self.down):
             if i > 0:
-                h = F.max_pool2d(h, 2)  # 28 -> 14 -> 7
+                h = F.max_pool2d(h, 2)  # 14 -> 7 after the default shuffle
             h = block(h)
-            skips.append(h)  # (N, 16, 28, 28), (N, 32, 14, 14), ...
-        code = skips.pop()  # (N, 64, 7, 7) at 28x28
+            skips.append(h)  # default at 28x28: (N, 32, 14, 14), (N, 64, 7, 7)
+        code = skips.pop()  # (N, 64, 7, 7) at 28x28 by default
         return code, {"skips": skips, "input": x if self.residual else None}
 
     def _decode(self, code: Tensor, side: dict[str, object]) -> Tensor:
@@ -85,22 +93,26 @@ class UNet(SideInfoDenoiser):
                 self.up[i](h) + skips[i]
             )  # additive skip: as good as concat here, half the FLOPs
         out = self.head(h)
+        if self.shuffle > 1:
+            out = F.pixel_shuffle(out, self.shuffle)
         return side["input"] + out if self.residual else out
 
 
 @MODELS.register("unet")
 def unet(
     in_channels: int = 1,
-    width: int = 16,
-    levels: int = 2,
+    width: int = 32,
+    levels: int = 1,
     convs: int = 2,
-    norm: str = "none",
+    norm: str = "batch",
     activation: str = "relu",
     residual: bool = False,
+    shuffle: int = 2,
 ) -> UNet:
-    """U-Net denoiser with additive skips (width, levels, convs per block, norm none|batch|group, activation).
+    """U-Net denoiser with additive skips (width, levels, convs per block, norm none|batch|group, activation,
+    shuffle: pixel-unshuffle factor in front; 1 for a plain U-Net).
 
     Example:
         >>> model = unet(width=16)
     """
-    return UNet(in_channels, width, levels, convs, norm, activation, residual)
+    return UNet(in_channels, width, levels, convs, norm, activation, residual, shuffle)
