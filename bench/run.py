@@ -334,9 +334,7 @@ def margins(runs: list[dict[str, Any]], default: str) -> dict[str, Any]:
                 "margin_db": bn["test_psnr_db"] - bt["test_psnr_db"],
                 "default_minus_best_tutorial_db": (d["test_psnr_db"] - bt["test_psnr_db"]) if d else None,
             }
-            written = [
-                r for r in runs if r["budget_s"] == budget and r.get("recipe") == "as written"
-            ]
+            written = [r for r in runs if r["budget_s"] == budget and r.get("recipe") == "as written"]
             if written:
                 bw = max(written, key=lambda r: r["test_psnr_db"])
                 out[f"{budget:g}"] |= {
