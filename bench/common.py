@@ -121,6 +121,17 @@ def build_model(name: str, in_channels: int = 1) -> torch.nn.Module:
     return create_model(name, **{**recipe_for(name).model_kwargs, "in_channels": in_channels})
 
 
+def model_fingerprint(name: str) -> dict[str, Any]:
+    """What identifies the network a result was measured on, so a later benchmark never reuses a number
+    measured on an earlier version of a model (e.g. before its defaults changed)."""
+    from dae.recipes import recipe_for
+
+    return {
+        "kwargs": dict(recipe_for(name).model_kwargs),
+        "num_parameters": build_model(name).num_parameters(),
+    }
+
+
 def load_split(split: str, limit: int | None = None) -> Tensor:
     """uint8 (N, 1, 28, 28) MNIST images (what the tutorial loop's Dataset converts one by one)."""
     from dae.data.datasets import create_dataset

@@ -184,6 +184,7 @@ def bench_throughput(
             rows.append(
                 {
                     **arch,
+                    "fingerprint": common.model_fingerprint(name),
                     "batch_size": batch,
                     "dae_images_per_s": dae_r["images_per_s"],
                     "reference_images_per_s": ref["images_per_s"],
@@ -230,7 +231,6 @@ def bench_time_to_quality(
     the tutorials themselves reached.
     """
     from dae.checkpoint import load_model
-    from dae.recipes import recipe_for
     from dae.train import train as run_training
 
     budgets = budgets or ([30.0] if quick else [30.0, 120.0])
@@ -254,17 +254,7 @@ def bench_time_to_quality(
             )
         for arch, budget, recipe in plan:
             name = arch["model"]
-            train = {"time_budget": budget, "noise": common.EVAL_NOISE}
-            if recipe == "dae" and common.build_model(name).output_kind == "logits":
-                # Every architecture gets its best known loss, not only the tutorial's: mse through a sigmoid
-                # (tf-strided, tf-unpool) sits on the all-background plateau (~10.2 dB) at these budgets,
-                # and a margin over a collapsed baseline would flatter the new models.
-                train["loss"] = "bce"
-            cfg = train_config(f"{tmp}/{name}-{budget:g}-{recipe.replace(' ', '-')}", name, train)
-            if recipe == "as written":
-                from dae.config import merge
-
-                cfg = merge(cfg, {"train": recipe_for(name).to_dict(exact=True)["train"] | train})
+            cfg = ttq_config(f"{tmp}/{name}-{budget:g}-{recipe.replace(' ', '-')}", name, budget, recipe)
             t0 = time.perf_counter()
             result = run_training(cfg, progress=False)
             wall = time.perf_counter() - t0
@@ -312,6 +302,26 @@ def bench_time_to_quality(
         "runs": runs,
         "margins": margins(runs, default),
     }
+
+
+def ttq_config(out: str, name: str, budget: float, recipe: str) -> dict[str, Any]:
+    """The time-to-quality config of one run: the model's recipe with dae's optimisation ("dae") or the
+    tutorial's own ("as written"), trained for `budget` seconds at the evaluation noise."""
+    from dae.config import merge
+    from dae.recipes import recipe_for
+
+    # epochs None: the recipe's epoch count would end a fast model's run before its budget (unet-fast's
+    # 5 epochs take ~150 s on 2 cores), and the budget is what is compared.
+    train = {"time_budget": budget, "epochs": None, "noise": common.EVAL_NOISE}
+    if recipe == "dae" and common.build_model(name).output_kind == "logits":
+        # Every architecture gets its best known loss, not only the tutorial's: mse through a sigmoid
+        # (tf-strided, tf-unpool) sits on the all-background plateau (~10.2 dB) at these budgets, and a
+        # margin over a collapsed baseline would flatter the new models.
+        train["loss"] = "bce"
+    cfg = train_config(out, name, train)
+    if recipe == "as written":
+        cfg = merge(cfg, {"train": recipe_for(name).to_dict(exact=True)["train"] | train})
+    return cfg
 
 
 def margins(runs: list[dict[str, Any]], default: str) -> dict[str, Any]:
@@ -376,6 +386,7 @@ def bench_inference(
     return {
         "mode": "quick" if quick else "full",
         "model": model,
+        "fingerprint": common.model_fingerprint(model) if checkpoint is None else None,
         "method": (
             "each measurement in a fresh subprocess; dae.inference.denoise under torch.inference_mode "
             "(large images take its default tiling); memory = the probe process's peak resident size (VmHWM) "
@@ -406,7 +417,8 @@ def bench_flops(
         for arch in arch_table(models):
             name = arch["model"]
             fwd = model_forward_flops(name)
-            if name in prior_rows:
+            # Reuse throughput.json's rate only if it was measured on this very network.
+            if prior_rows.get(name, {}).get("fingerprint") == common.model_fingerprint(name):
                 rate, source = prior_rows[name]["dae_images_per_s"], "throughput.json (dae loop)"
             else:
                 batch = common.recipe_batch_size(name)
@@ -443,7 +455,8 @@ def bench_flops(
     if fwd_default is None:
         fwd_default = model_forward_flops(default)
     inf = _load(results_dir, "inference") if results_dir else None
-    inf_rate = (inf or {}).get("mnist", {}).get("images_per_s")
+    same = (inf or {}).get("fingerprint") == common.model_fingerprint(default)
+    inf_rate = (inf or {}).get("mnist", {}).get("images_per_s") if same else None
     if inf_rate is None:
         inf_rate = run_probe(
             {

@@ -60,6 +60,18 @@ def test_time_to_quality_as_written_rows_use_the_tutorial_recipe(tiny_model):
     assert m["best_tutorial_as_written_psnr_db"] == by["strided", "as written"]["test_psnr_db"]
 
 
+@pytest.mark.parametrize("recipe", ["dae", "as written"])
+def test_time_to_quality_runs_end_on_the_budget_not_the_recipes_epochs(recipe):
+    from dae.config import build_config
+    from dae.recipes import recipe_for
+
+    assert recipe_for("strided").epochs is not None  # the cap this guards against
+    cfg = build_config(run.ttq_config("out", "strided", 120.0, recipe))
+    assert cfg.train.epochs is None and cfg.train.steps is None and cfg.train.time_budget == 120.0
+    assert cfg.train.loss == ("bce" if recipe == "dae" else recipe_for("strided").loss)
+    assert cfg.train.schedule == ("constant" if recipe == "as written" else "cosine")
+
+
 def test_inference_probe_reports_rate_latency_and_memory(tiny_model):
     result = run.bench_inference(quick=True, model=tiny_model, n_images=100, sizes=(28,))
     assert "error" not in result["mnist"], result["mnist"]
@@ -83,6 +95,23 @@ def test_flops_and_summary(tiny_model, tmp_path):
     summary = run.write_summary(tmp_path).read_text()
     assert "## Targets" in summary and "## FLOP efficiency" in summary
     assert summary.count("| not measured |") >= 4  # benchmarks that did not run are not passed or failed
+
+
+@pytest.mark.parametrize("same_network", [True, False])
+def test_flops_reuses_a_throughput_rate_only_for_the_same_network(tiny_model, tmp_path, same_network):
+    fingerprint = common.model_fingerprint(tiny_model)
+    if not same_network:  # e.g. measured before the model's defaults changed
+        fingerprint = {**fingerprint, "num_parameters": fingerprint["num_parameters"] + 1}
+    row = {"model": tiny_model, "fingerprint": fingerprint, "dae_images_per_s": 123.0}
+    common.write_result(tmp_path, "throughput", {"rows": [row]})
+    result = run.bench_flops(
+        quick=True, models=[tiny_model], results_dir=tmp_path, bf16=False, window=1, inference_images=50
+    )
+    (flops_row,) = result["rows"]
+    assert (flops_row["train_images_per_s"] == 123.0) == same_network
+    assert flops_row["train_images_per_s_source"].startswith(
+        "throughput.json" if same_network else "measured here"
+    )
 
 
 def test_unknown_benchmark_is_a_usage_error(tmp_path):
