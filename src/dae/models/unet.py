@@ -29,7 +29,8 @@ class UNet(SideInfoDenoiser):
     quarter of the positions with more channels each: the default (shuffle=2, levels=1, width=32, batch norm)
     trains 2.5x the images/s of a plain width-16, 2-level U-Net with the same code layer, and reaches the same
     PSNR in 120 s on a 2-core CPU; batch norm is what lifts both from ~20.4 to ~20.9 dB there (measured with
-    `make bench`'s time-to-quality on MNIST at gaussian 0.5). Code layer: (N, 2**levels * w, H/(shuffle * 2**levels), ...), e.g.
+    `make bench`'s time-to-quality on MNIST at gaussian 0.5).
+    Code layer: (N, 2**levels * w, H/(shuffle * 2**levels), ...), e.g.
     (N, 64, 7, 7) at 28x28 for the default. Inputs are padded to a multiple of shuffle * 2**levels. Output:
     logits, or with `residual=True` an image `x + correction` (output_kind "image", last conv zero-initialised
     so training starts from the identity). `convs` is the number of 3x3 convs per block.
