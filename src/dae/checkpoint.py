@@ -147,13 +147,20 @@ def _read_verified(path: Path, entry: dict[str, Any] | None, what: str) -> bytes
         data = path.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read {what} {path}: {e.strerror}") from None
-    if entry is not None:
-        if len(data) != entry.get("bytes") or sha256_bytes(data) != entry.get("sha256"):
-            raise CheckpointError(
-                f"{what} {path} does not match its manifest ({len(data)} bytes, expected {entry.get('bytes')}): "
-                "truncated or corrupted"
-            )
+    if entry is not None and not _matches(data, entry):
+        raise _manifest_mismatch(path, data, entry, what)
     return data
+
+
+def _manifest_mismatch(path: Path, data: bytes, entry: dict[str, Any], what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{what} {path} does not match its manifest ({len(data)} bytes, expected {entry.get('bytes')}): "
+        "truncated or corrupted"
+    )
+
+
+def _matches(data: bytes, entry: dict[str, Any]) -> bool:
+    return len(data) == entry.get("bytes") and sha256_bytes(data) == entry.get("sha256")
 
 
 def read_record(weights_path: Path) -> dict[str, Any]:
@@ -175,13 +182,17 @@ def read_record(weights_path: Path) -> dict[str, Any]:
     return record
 
 
-def _embedded_record(weights_path: Path) -> dict[str, Any]:
+def _embedded_record(weights_path: Path, blob: bytes | None = None) -> dict[str, Any]:
+    """The record in the safetensors header, parsed from `blob` when the file is already in memory."""
     try:
-        with open(weights_path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise ValueError
-            header = json.loads(f.read(n))
+        if blob is None:
+            with open(weights_path, "rb") as f:
+                blob = f.read(8)
+                blob += f.read(int.from_bytes(blob, "little"))
+        n = int.from_bytes(blob[:8], "little")
+        if not 0 < n < 100_000_000:
+            raise ValueError
+        header = json.loads(blob[8 : 8 + n])
         return json.loads(header["__metadata__"]["dae"])
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(
@@ -189,15 +200,13 @@ def _embedded_record(weights_path: Path) -> dict[str, Any]:
         ) from None
 
 
-def _self_verified_record(
-    weights_path: Path, blob: bytes, sidecar_error: CheckpointError | None
-) -> dict[str, Any]:
+def _self_verified_record(weights_path: Path, blob: bytes, entry: dict[str, Any] | None) -> dict[str, Any]:
     """The record embedded in the weights, once their tensor bytes match the hash it holds."""
-    record = _embedded_record(weights_path)
+    record = _embedded_record(weights_path, blob)
     expected = record.get("tensors_sha256")
     if expected is None:  # written before dae embedded the hash: the sidecar was all there was to check
-        if sidecar_error is not None:
-            raise sidecar_error
+        if entry is not None:
+            raise _manifest_mismatch(weights_path, blob, entry, "checkpoint weights")
         return record
     if sha256_bytes(_tensor_bytes(blob)) != expected:
         raise CheckpointError(
@@ -224,14 +233,13 @@ def load_checkpoint(
     weights_path = resolve_checkpoint(path)
     record = read_record(weights_path)
     files = record.get("files", {})
-    try:
-        blob = _read_verified(weights_path, files.get("weights"), "checkpoint weights")
-        if "weights" not in files:  # no sidecar: only the hash embedded in the weights can vouch for them
-            record = _self_verified_record(weights_path, blob, None)
-    except CheckpointError as e:  # the sidecar may be stale: a crash between replacing weights and record
-        blob = _read_verified(weights_path, None, "checkpoint weights")
-        record = _self_verified_record(weights_path, blob, e)
-    files = record.get("files", {})
+    blob = _read_verified(weights_path, None, "checkpoint weights")  # read once, checked just below
+    entry = files.get("weights")
+    if entry is None or not _matches(blob, entry):
+        # No sidecar, or a stale one (a crash between replacing weights and record): only the hash embedded
+        # in the weights can vouch for them.
+        record = _self_verified_record(weights_path, blob, entry)
+        files = record.get("files", {})
     try:
         tensors = st_load(blob)
     except (SafetensorError, ValueError, RuntimeError) as e:
