@@ -58,13 +58,20 @@ def steady_rate(history: list[dict[str, float]], batch_size: int) -> float:
 
 
 def dae_throughput(
-    model: str, *, batch_size: int, window: int, windows: int, precision: str = "fp32", tmp: str
+    model: str,
+    *,
+    batch_size: int,
+    window: int,
+    windows: int,
+    precision: str = "fp32",
+    compile: bool = False,
+    tmp: str,
 ) -> dict[str, Any]:
     """Steady-state images/s of dae.train: `window` warm-up steps, then `windows` timed windows of as many."""
     from dae.train import train
 
     cfg = train_config(
-        f"{tmp}/{model}-{precision}",
+        f"{tmp}/{model}-{precision}{'-compiled' if compile else ''}",
         model,
         {
             "steps": window * (windows + 1),
@@ -73,12 +80,16 @@ def dae_throughput(
             "noise": common.EVAL_NOISE,
             "optimizer": "adam",
             "precision": precision,
+            "compile": compile,
         },
         data={"val_size": 64},
     )
     result = train(cfg, progress=False)
+    rate = steady_rate(result.history, batch_size)
     return {
-        "images_per_s": steady_rate(result.history, batch_size),
+        "images_per_s": rate,
+        # What the first window cost beyond a steady one: warm-up, and compilation when compiling.
+        "first_window_extra_s": result.history[0]["time_s"] - window * batch_size / rate,
         "steps_timed": window * windows,
         "windows_images_per_s": [row["images_per_s"] for row in result.history],
         "final_val_psnr": result.best_val_psnr,
@@ -103,16 +114,23 @@ def calibrate_window(model_name: str, batch_size: int, target_s: float, minimum:
     return max(minimum, min(5000, math.ceil(target_s / max(step_s, 1e-6))))
 
 
-def model_forward_flops(model_name: str, shape: tuple[int, int, int] = (1, 28, 28), batch: int = 8) -> float:
-    """Forward FLOPs per image (FlopCounterMode counts matmuls and convolutions; a multiply-add = 2)."""
+def model_flops(
+    model_name: str, shape: tuple[int, int, int] = (1, 28, 28), batch: int = 8
+) -> tuple[float, float]:
+    """(forward, training step) FLOPs per image, both counted by FlopCounterMode (matmuls and convolutions;
+    a multiply-add = 2). The training count runs a real backward pass instead of assuming 3x forward: the
+    first layer needs no input gradient, so the true figure is a little under 3x."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = common.build_model(model_name, in_channels=shape[0]).eval()
+    model = common.build_model(model_name, in_channels=shape[0])
     x = torch.rand((batch, *shape))
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    return counter.get_total_flops() / batch
+    forward = FlopCounterMode(display=False)
+    with torch.no_grad(), forward:
+        model.eval()(x)
+    step = FlopCounterMode(display=False)
+    with step:
+        model.train()(x).float().mean().backward()
+    return forward.get_total_flops() / batch, step.get_total_flops() / batch
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> dict[str, Any]:
@@ -406,6 +424,7 @@ def bench_flops(
     bf16: bool = True,
     window: int | None = None,
     inference_images: int | None = None,
+    compile: bool = True,
 ) -> dict[str, Any]:
     """FLOPs per image per model, measured fp32 matmul peak, achieved fraction of it (training, inference)."""
     peak = matmul_peak(torch.float32, repeats=5 if quick else 10)
@@ -416,7 +435,7 @@ def bench_flops(
     with tempfile.TemporaryDirectory() as tmp:
         for arch in arch_table(models):
             name = arch["model"]
-            fwd = model_forward_flops(name)
+            fwd, step_flops = model_flops(name)
             # Reuse throughput.json's rate only if it was measured on this very network.
             if prior_rows.get(name, {}).get("fingerprint") == common.model_fingerprint(name):
                 rate, source = prior_rows[name]["dae_images_per_s"], "throughput.json (dae loop)"
@@ -427,12 +446,12 @@ def bench_flops(
                     "images_per_s"
                 ]
                 source = "measured here (dae loop)"
-            achieved = rate * 3 * fwd
+            achieved = rate * step_flops
             rows.append(
                 {
                     **arch,
                     "forward_flops_per_image": fwd,
-                    "train_flops_per_image": 3 * fwd,
+                    "train_flops_per_image": step_flops,
                     "train_images_per_s": rate,
                     "train_images_per_s_source": source,
                     "train_gflops": achieved / 1e9,
@@ -442,9 +461,9 @@ def bench_flops(
     out: dict[str, Any] = {
         "mode": "quick" if quick else "full",
         "method": (
-            "FLOPs from torch.utils.flop_counter.FlopCounterMode on a forward pass of 28x28 images "
-            "(training = 3x forward); peak = best torch.mm 2048x2048 in this run (measured before and "
-            "after), default thread count"
+            "FLOPs from torch.utils.flop_counter.FlopCounterMode on a forward pass of 28x28 images and on a "
+            "forward+backward pass (training); peak = best torch.mm 2048x2048 in this run (measured before "
+            "and after), default thread count"
         ),
         "fp32_peak": peak,
         "bf16_peak": peak_bf16,
@@ -453,7 +472,7 @@ def bench_flops(
     default = common.default_model()
     fwd_default = next((r["forward_flops_per_image"] for r in rows if r["model"] == default), None)
     if fwd_default is None:
-        fwd_default = model_forward_flops(default)
+        fwd_default = model_flops(default)[0]
     inf = _load(results_dir, "inference") if results_dir else None
     same = (inf or {}).get("fingerprint") == common.model_fingerprint(default)
     inf_rate = (inf or {}).get("mnist", {}).get("images_per_s") if same else None
@@ -475,6 +494,8 @@ def bench_flops(
         }
     if bf16:
         out["bf16"] = bf16_default(quick, default, window, results_dir)
+    if compile:
+        out["compile"] = compile_default(quick, default, window)
     # Other work on a shared CPU lowers a peak measured at one moment; the best seen bounds it better.
     again = matmul_peak(torch.float32, repeats=5 if quick else 10)
     if again["gflops"] > peak["gflops"]:
@@ -483,6 +504,25 @@ def bench_flops(
             r["train_percent_of_fp32_peak"] = 100 * r["train_gflops"] / peak["gflops"]
         if "inference" in out:
             out["inference"]["percent_of_fp32_peak"] = 100 * out["inference"]["gflops"] / peak["gflops"]
+    return out
+
+
+def compile_default(quick: bool, default: str, window: int | None) -> dict[str, Any]:
+    """torch.compile for the default model: steady training images/s against eager, and what compiling costs,
+    so the break-even training time can be read off (the README's advice on train.compile comes from here)."""
+    batch = common.recipe_batch_size(default)
+    window = window or calibrate_window(default, batch, 1.0 if quick else 3.0, minimum=5)
+    out: dict[str, Any] = {"model": default, "batch_size": batch}
+    with tempfile.TemporaryDirectory() as tmp:
+        for compiled in (False, True):
+            r = dae_throughput(default, batch_size=batch, window=window, windows=2, compile=compiled, tmp=tmp)
+            key = "compiled" if compiled else "eager"
+            out[f"train_images_per_s_{key}"] = r["images_per_s"]
+            out[f"first_window_extra_s_{key}"] = r["first_window_extra_s"]
+    gain = 1 - out["train_images_per_s_eager"] / out["train_images_per_s_compiled"]
+    cost = out["first_window_extra_s_compiled"] - out["first_window_extra_s_eager"]
+    # Seconds of training after which the compiled run has done more steps than the eager one.
+    out["break_even_s"] = max(cost, 0.0) / gain if gain > 0 else None
     return out
 
 
@@ -670,6 +710,10 @@ def _name(r: dict[str, Any]) -> str:
     return f"{r['model']}{' (default)' if r['default'] else ''}"
 
 
+def _share(s: float | None) -> str:
+    return "—" if s is None else f"{100 * s:.0f}% (data alone: <= {1 / max(1 - s, 1e-9):.2f}x)"
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
@@ -694,6 +738,16 @@ def _bf16_line(b: dict[str, Any]) -> str:
     return text + f"; {b.get('psnr_note', '')}."
 
 
+def _compile_line(c: dict[str, Any]) -> str:
+    even = c.get("break_even_s")
+    verdict = f"it pays after {even:.0f} s of training" if even is not None else "it never pays here"
+    return (
+        f"torch.compile ({c['model']}, batch {c['batch_size']}): training "
+        f"{_f(c['train_images_per_s_compiled'], '.0f')} img/s vs eager {_f(c['train_images_per_s_eager'], '.0f')}; "
+        f"compiling cost {_f(c['first_window_extra_s_compiled'] - c['first_window_extra_s_eager'])} s, so {verdict}."
+    )
+
+
 def write_summary(results_dir: str | Path) -> Path:
     """SUMMARY.md: targets with measured value and pass/miss, then one table per benchmark present."""
     results_dir = Path(results_dir)
@@ -716,7 +770,15 @@ def write_summary(results_dir: str | Path) -> Path:
     if tp:
         lines += ["", f"## Training throughput ({tp['mode']}, {tp['machine']['date']})", ""]
         lines += _table(
-            ["model", "tutorial", "batch", "dae img/s", "reference img/s", "ratio"],
+            [
+                "model",
+                "tutorial",
+                "batch",
+                "dae img/s",
+                "reference img/s",
+                "ratio",
+                "reference time in DataLoader",
+            ],
             [
                 [
                     _name(r),
@@ -725,10 +787,17 @@ def write_summary(results_dir: str | Path) -> Path:
                     f"{r['dae_images_per_s']:.0f}",
                     f"{r['reference_images_per_s']:.0f}",
                     f"{r['ratio']:.2f}",
+                    _share(r["reference"].get("loading_share")),
                 ]
                 for r in tp["rows"]
             ],
         )
+        lines += [
+            "",
+            "A reference loop that spends a share s of its time in the DataLoader can be sped up at most "
+            "1/(1-s)x by feeding the same network faster; the rest of any ratio comes from running the network "
+            "faster (channels_last here).",
+        ]
     ttq = _load(results_dir, "time_to_quality")
     if ttq:
         e = ttq["eval"]
@@ -806,11 +875,19 @@ def write_summary(results_dir: str | Path) -> Path:
             "",
         ]
         lines += _table(
-            ["model", "fwd MFLOP/img", "train img/s", "train GFLOP/s", "% of fp32 peak"],
+            [
+                "model",
+                "fwd MFLOP/img",
+                "train step MFLOP/img",
+                "train img/s",
+                "train GFLOP/s",
+                "% of fp32 peak",
+            ],
             [
                 [
                     _name(r),
                     f"{r['forward_flops_per_image'] / 1e6:.2f}",
+                    f"{r['train_flops_per_image'] / 1e6:.2f}",
                     f"{r['train_images_per_s']:.0f}",
                     f"{r['train_gflops']:.2f}",
                     f"{r['train_percent_of_fp32_peak']:.1f}",
@@ -827,6 +904,8 @@ def write_summary(results_dir: str | Path) -> Path:
             ]
         if fl.get("bf16"):
             lines += ["", _bf16_line(fl["bf16"])]
+        if fl.get("compile"):
+            lines += ["", _compile_line(fl["compile"])]
     path = results_dir / "SUMMARY.md"
     path.write_text("\n".join(lines) + "\n")
     return path

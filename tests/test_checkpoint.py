@@ -62,6 +62,8 @@ def test_bit_flip_refused(saved):
         load_model(path)
 
 
+# torch warns that the hostile pickle uses protocol 4 before refusing it; the refusal is what is tested.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_pickle_that_runs_code_refused(tmp_path, saved):
     class Evil:
         def __reduce__(self):
@@ -173,3 +175,54 @@ def test_checkpoint_without_embedded_hash_still_loads(tmp_path):
     paths_for(path)[2].unlink()
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(load_model(path)(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name", __import__("dae.models", fromlist=["list_models"]).list_models())
+def test_record_holds_every_constructor_argument(name, tmp_path):
+    import inspect
+
+    from dae.models import MODELS
+
+    path = save_checkpoint(create_model(name), tmp_path / "m.safetensors")
+    recorded = load_checkpoint(path).record["model"]["kwargs"]
+    assert set(recorded) == set(inspect.signature(MODELS.get(name)).parameters)
+
+
+def test_checkpoint_survives_a_later_change_of_defaults(tmp_path, monkeypatch):
+    import functools
+
+    from dae.models import MODELS
+
+    torch.manual_seed(0)
+    model = create_model("unet").eval()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    # A later release makes the blocks shallower by default: the saved network must still come back whole.
+    monkeypatch.setitem(MODELS._items, "unet", functools.partial(MODELS.get("unet"), convs=1))
+    assert create_model("unet").dae_kwargs["convs"] == 1
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), load_model(path)(x))
+
+
+@pytest.mark.parametrize("old", range(2))
+def test_records_of_earlier_releases_load_under_their_defaults(tmp_path, old):
+    from dae.models import MODELS
+
+    defaults = MODELS.get("unet").previous_defaults[old]
+    torch.manual_seed(0)
+    model = create_model("unet", **defaults).eval()
+    model.dae_kwargs = {"in_channels": 1}  # as earlier releases recorded it: only the arguments given
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(RuntimeError):
+        create_model("unet").load_state_dict(model.state_dict())  # today's defaults do not fit
+    loaded = load_model(path)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    assert {k: loaded.dae_kwargs[k] for k in defaults} == defaults
+
+
+def test_weights_that_fit_no_known_layout_are_refused(tmp_path):
+    model = create_model("unet", width=8).eval()
+    model.dae_kwargs = {"in_channels": 1}  # an old-style record that hides the width it was built with
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="weights do not fit model 'unet'"):
+        load_model(path)

@@ -228,7 +228,7 @@ def load_checkpoint(
     path: str | Path, *, with_state: bool = False, device: str | torch.device = "cpu"
 ) -> Checkpoint:
     """Verify and load a checkpoint; the training state is read only when asked, and only as plain tensors."""
-    from dae.models import MODELS, create_model
+    from dae.models import MODELS
 
     weights_path = resolve_checkpoint(path)
     record = read_record(weights_path)
@@ -250,16 +250,7 @@ def load_checkpoint(
     name, kwargs = model_info.get("name"), model_info.get("kwargs") or {}
     if name not in MODELS:
         raise CheckpointError(f"{weights_path} names model {name!r}, which this dae does not have")
-    try:
-        model = create_model(name, **kwargs)
-    except Exception as e:  # a foreign or edited record: the kwargs do not build
-        raise CheckpointError(f"{weights_path}: cannot build model {name!r} from {kwargs} ({e})") from None
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{weights_path}: weights do not fit model {name!r} ({str(e).splitlines()[0]})"
-        ) from None
+    model = _rebuild(weights_path, name, kwargs, tensors)
     model.to(device).eval()
 
     state = None
@@ -276,6 +267,33 @@ def load_checkpoint(
                 f"training state {state_path} refused: not plain tensors ({str(e).splitlines()[0]})"
             ) from None
     return Checkpoint(model=model, record=record, state=state, path=weights_path)
+
+
+def _rebuild(path: Path, name: str, kwargs: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    """The recorded model holding the recorded weights.
+
+    Records hold every constructor argument, defaults included. Those written before they did hold only the
+    arguments given, so for them the defaults of earlier releases (the builder's `previous_defaults`, if any)
+    are tried too, newest first, and the first network the weights fit exactly is the one that was saved.
+    """
+    from dae.models import MODELS, create_model, resolved_kwargs
+
+    builder = MODELS.get(name)
+    candidates = [kwargs]
+    if not set(resolved_kwargs(builder, {})) <= set(kwargs):
+        candidates += [{**old, **kwargs} for old in getattr(builder, "previous_defaults", ())]
+    misfit = None
+    for candidate in candidates:
+        try:
+            model = create_model(name, **candidate)
+        except Exception as e:  # a foreign or edited record: the kwargs do not build
+            raise CheckpointError(f"{path}: cannot build model {name!r} from {kwargs} ({e})") from None
+        try:
+            model.load_state_dict(tensors, strict=True)
+            return model
+        except RuntimeError as e:
+            misfit = misfit or str(e).splitlines()[0]
+    raise CheckpointError(f"{path}: weights do not fit model {name!r} ({misfit})")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

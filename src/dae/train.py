@@ -313,6 +313,9 @@ def train(
     model = create_model(cfg.model.name, **kwargs).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # The compiled module shares `model`'s parameters; checkpoints and validation use the eager `model`, so
+    # saved state_dicts keep their plain keys and eval mode does not trigger a second compilation.
+    forward = torch.compile(model) if t.compile else model
     loss_fn = get_loss(t.loss)
     optimizer = make_optimizer(cfg, model)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -404,7 +407,7 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with amp:
-                    out = model(noisy)
+                    out = forward(noisy)
                 loss = loss_fn(out.float(), clean, model.output_kind)
                 if not torch.isfinite(loss):
                     raise TrainingError(

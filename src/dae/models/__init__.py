@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from dae.models.base import Denoiser
@@ -16,10 +17,27 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
     Example:
         >>> model = create_model("unet", width=16)
     """
-    model = MODELS.create(name, **kwargs)
+    builder = MODELS.get(name)
+    model = builder(**kwargs)
     model.dae_name = name
-    model.dae_kwargs = dict(kwargs)
+    model.dae_kwargs = resolved_kwargs(builder, kwargs)
     return model
+
+
+def resolved_kwargs(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument the builder ran with, defaults filled in (tuples as lists, as JSON stores them).
+
+    A checkpoint records these, not just the ones given, so it rebuilds the same network after a later
+    release changes a default (unet's defaults changed twice while dae was young).
+    """
+    signature = inspect.signature(builder)
+    bound = signature.bind(**kwargs)
+    bound.apply_defaults()
+    resolved = dict(bound.arguments)
+    for p in signature.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:  # a builder taking **kwargs: keep them flat
+            resolved.update(resolved.pop(p.name, {}))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 
 def list_models() -> list[str]:
