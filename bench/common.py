@@ -124,12 +124,8 @@ def build_model(name: str, in_channels: int = 1) -> torch.nn.Module:
 def model_fingerprint(name: str) -> dict[str, Any]:
     """What identifies the network a result was measured on, so a later benchmark never reuses a number
     measured on an earlier version of a model (e.g. before its defaults changed)."""
-    from dae.recipes import recipe_for
-
-    return {
-        "kwargs": dict(recipe_for(name).model_kwargs),
-        "num_parameters": build_model(name).num_parameters(),
-    }
+    model = build_model(name)
+    return {"kwargs": model.dae_kwargs, "num_parameters": model.num_parameters()}  # kwargs: defaults included
 
 
 def load_split(split: str, limit: int | None = None) -> Tensor:

@@ -9,8 +9,10 @@ JSON file present, so the suite can be run in parts with --only. Numbers are mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -426,7 +428,8 @@ def bench_flops(
     inference_images: int | None = None,
     compile: bool = True,
 ) -> dict[str, Any]:
-    """FLOPs per image per model, measured fp32 matmul peak, achieved fraction of it (training, inference)."""
+    """FLOPs per image per model, measured fp32 matmul peak, achieved fraction of it (training, inference);
+    also bf16 autocast and torch.compile against plain fp32 training of the default model."""
     peak = matmul_peak(torch.float32, repeats=5 if quick else 10)
     peak_bf16 = matmul_peak(torch.bfloat16, repeats=2 if quick else 5) if bf16 else None
     prior = _load(results_dir, "throughput") if results_dir else None
@@ -512,18 +515,49 @@ def compile_default(quick: bool, default: str, window: int | None) -> dict[str, 
     so the break-even training time can be read off (the README's advice on train.compile comes from here)."""
     batch = common.recipe_batch_size(default)
     window = window or calibrate_window(default, batch, 1.0 if quick else 3.0, minimum=5)
-    out: dict[str, Any] = {"model": default, "batch_size": batch}
-    with tempfile.TemporaryDirectory() as tmp:
+    out: dict[str, Any] = {
+        "model": default,
+        "batch_size": batch,
+        "precision": "fp32",
+        "inductor_cache": "cold",
+    }
+    with tempfile.TemporaryDirectory() as tmp, _empty_inductor_cache():
         for compiled in (False, True):
-            r = dae_throughput(default, batch_size=batch, window=window, windows=2, compile=compiled, tmp=tmp)
+            r = dae_throughput(default, batch_size=batch, window=window, windows=3, compile=compiled, tmp=tmp)
             key = "compiled" if compiled else "eager"
             out[f"train_images_per_s_{key}"] = r["images_per_s"]
             out[f"first_window_extra_s_{key}"] = r["first_window_extra_s"]
-    gain = 1 - out["train_images_per_s_eager"] / out["train_images_per_s_compiled"]
-    cost = out["first_window_extra_s_compiled"] - out["first_window_extra_s_eager"]
-    # Seconds of training after which the compiled run has done more steps than the eager one.
-    out["break_even_s"] = max(cost, 0.0) / gain if gain > 0 else None
+    out["compile_cost_s"] = out["first_window_extra_s_compiled"] - out["first_window_extra_s_eager"]
+    out["break_even_s"] = break_even_s(
+        out["train_images_per_s_eager"], out["train_images_per_s_compiled"], out["compile_cost_s"]
+    )
     return out
+
+
+@contextlib.contextmanager
+def _empty_inductor_cache():
+    """Compile into an empty cache, as a first run on a machine does: inductor keeps compiled kernels on disk,
+    and a warm cache cut the default model's compile from ~20 s to ~2 s here, which would flatter compiling."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # read at each compilation, so this takes effect now
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def break_even_s(eager_rate: float, compiled_rate: float, cost_s: float) -> float | None:
+    """Seconds of eager training after which a compiled run, which first spent `cost_s` compiling, has done as
+    much work; None if compiling does not make steps faster. In t seconds the compiled run trains
+    (t - cost) * compiled_rate images, the eager one t * eager_rate: equal at t = cost / (1 - eager/compiled).
+    """
+    if compiled_rate <= eager_rate:
+        return None
+    return max(cost_s, 0.0) / (1 - eager_rate / compiled_rate)
 
 
 def bf16_default(
@@ -741,10 +775,12 @@ def _bf16_line(b: dict[str, Any]) -> str:
 def _compile_line(c: dict[str, Any]) -> str:
     even = c.get("break_even_s")
     verdict = f"it pays after {even:.0f} s of training" if even is not None else "it never pays here"
+    compiled, eager = _f(c["train_images_per_s_compiled"], ".0f"), _f(c["train_images_per_s_eager"], ".0f")
+    cost = c.get("compile_cost_s", c["first_window_extra_s_compiled"] - c["first_window_extra_s_eager"])
     return (
-        f"torch.compile ({c['model']}, batch {c['batch_size']}): training "
-        f"{_f(c['train_images_per_s_compiled'], '.0f')} img/s vs eager {_f(c['train_images_per_s_eager'], '.0f')}; "
-        f"compiling cost {_f(c['first_window_extra_s_compiled'] - c['first_window_extra_s_eager'])} s, so {verdict}."
+        f"torch.compile ({c['model']}, batch {c['batch_size']}, {c.get('precision', 'fp32')}, "
+        f"{c.get('inductor_cache', 'warm')} compile cache): training "
+        f"{compiled} img/s vs eager {eager}; compiling cost {_f(cost)} s, so {verdict}."
     )
 
 

@@ -122,11 +122,20 @@ def test_flops_reuses_a_throughput_rate_only_for_the_same_network(tiny_model, tm
     )
 
 
+def test_break_even_of_compiling():
+    # 100 img/s eager, 125 compiled, 10 s compiling: at t = 50 s both have trained 5000 images.
+    assert run.break_even_s(100.0, 125.0, 10.0) == pytest.approx(50.0)
+    assert run.break_even_s(100.0, 125.0, -1.0) == 0.0  # a negative cost is timing noise: it pays at once
+    assert run.break_even_s(100.0, 100.0, 10.0) is None and run.break_even_s(100.0, 90.0, 10.0) is None
+
+
 def test_compile_measurement_reports_both_rates_and_a_break_even(tiny_model, tmp_path):
     c = run.compile_default(quick=True, default=tiny_model, window=2)
     assert c["train_images_per_s_eager"] > 0 and c["train_images_per_s_compiled"] > 0
-    if c["break_even_s"] is not None:  # None: compiled ran no faster, so it never pays
-        assert c["break_even_s"] >= 0 and c["train_images_per_s_compiled"] > c["train_images_per_s_eager"]
+    expected = run.break_even_s(
+        c["train_images_per_s_eager"], c["train_images_per_s_compiled"], c["compile_cost_s"]
+    )
+    assert c["break_even_s"] == expected
     common.write_result(
         tmp_path, "flops", {"mode": "quick", "fp32_peak": {"gflops": 1.0}, "rows": [], "compile": c}
     )

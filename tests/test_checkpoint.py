@@ -6,7 +6,7 @@ import torch
 
 from dae.checkpoint import load_checkpoint, load_model, paths_for, save_checkpoint
 from dae.errors import CheckpointError, ResourceError, TrainingError
-from dae.models import create_model
+from dae.models import create_model, list_models
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_checkpoint_without_embedded_hash_still_loads(tmp_path):
     assert torch.equal(load_model(path)(x), model.eval()(x))
 
 
-@pytest.mark.parametrize("name", __import__("dae.models", fromlist=["list_models"]).list_models())
+@pytest.mark.parametrize("name", list_models())
 def test_record_holds_every_constructor_argument(name, tmp_path):
     import inspect
 
@@ -220,9 +220,17 @@ def test_records_of_earlier_releases_load_under_their_defaults(tmp_path, old):
     assert {k: loaded.dae_kwargs[k] for k in defaults} == defaults
 
 
+def test_record_whose_kwargs_are_not_a_mapping_is_refused(tmp_path, monkeypatch):
+    model = create_model("fc")
+    model.dae_kwargs = [64]  # an edited or foreign record
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="kwargs are not a mapping"):
+        load_model(path)
+
+
 def test_weights_that_fit_no_known_layout_are_refused(tmp_path):
     model = create_model("unet", width=8).eval()
     model.dae_kwargs = {"in_channels": 1}  # an old-style record that hides the width it was built with
     path = save_checkpoint(model, tmp_path / "m.safetensors")
-    with pytest.raises(CheckpointError, match="weights do not fit model 'unet'"):
+    with pytest.raises(CheckpointError, match="weights do not fit model 'unet'.*2 earlier default layout"):
         load_model(path)

@@ -184,12 +184,38 @@ def test_bad_values_rejected_before_work(tmp_path, data_dir):
     assert not (tmp_path / "run").exists()
 
 
-def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, data_dir):
+def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, data_dir, monkeypatch):
     # torch.compile changes how the step runs, not what it computes: the same seeds give the same weights up
     # to float reassociation, and the checkpoint holds the eager module's keys (no "_orig_mod." prefix).
-    eager = train(small_config(tmp_path, data_dir, "eager", steps=3), progress=False)
-    compiled = train(small_config(tmp_path, data_dir, "compiled", steps=3, compile=True), progress=False)
+    # Batch 48 on 128 images: each epoch ends with a short batch of 32, which runs eager.
+    real_compile, compiled_calls = torch.compile, []
+
+    def spy(model, **kw):
+        compiled_calls.append(kw)
+        return real_compile(model, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    kw = {"steps": 3, "batch_size": 48, "precision": "fp32"}
+    eager = train(small_config(tmp_path, data_dir, "eager", **kw), progress=False)
+    assert compiled_calls == []
+    compiled = train(small_config(tmp_path, data_dir, "compiled", compile=True, **kw), progress=False)
+    assert compiled_calls == [{"dynamic": False}]
     a, b = weights(eager.last_checkpoint), weights(compiled.last_checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     assert abs(eager.best_val_psnr - compiled.best_val_psnr) < 0.05
+
+
+def test_resume_continues_the_saved_network_after_a_default_changed(tmp_path, data_dir, monkeypatch):
+    import functools
+
+    from dae.models import MODELS
+
+    cfg = small_config(tmp_path, data_dir, steps=4)
+    cfg["model"] = {"name": "unet", "kwargs": {"width": 8}}
+    first = train(cfg, progress=False, on_step=lambda s, _: s == 2)
+    saved_convs = load_model(first.last_checkpoint).dae_kwargs["convs"]
+    # A later release changes a default the run never named: resuming must keep the run's own network.
+    monkeypatch.setitem(MODELS._items, "unet", functools.partial(MODELS.get("unet"), convs=saved_convs + 1))
+    resumed = train(cfg, resume=True, progress=False)
+    assert resumed.step == 4 and load_model(resumed.last_checkpoint).dae_kwargs["convs"] == saved_convs

@@ -274,26 +274,33 @@ def _rebuild(path: Path, name: str, kwargs: dict[str, Any], tensors: dict[str, t
 
     Records hold every constructor argument, defaults included. Those written before they did hold only the
     arguments given, so for them the defaults of earlier releases (the builder's `previous_defaults`, if any)
-    are tried too, newest first, and the first network the weights fit exactly is the one that was saved.
+    are tried too, newest first. The first layout the weights fit exactly is taken as the one saved: this
+    relies on every past default change having changed the weights' shapes, which the builder's
+    `previous_defaults` must only list if true.
     """
     from dae.models import MODELS, create_model, resolved_kwargs
 
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: record's model kwargs are not a mapping ({type(kwargs).__name__})")
     builder = MODELS.get(name)
     candidates = [kwargs]
     if not set(resolved_kwargs(builder, {})) <= set(kwargs):
         candidates += [{**old, **kwargs} for old in getattr(builder, "previous_defaults", ())]
     misfit = None
-    for candidate in candidates:
+    for i, candidate in enumerate(candidates):
         try:
             model = create_model(name, **candidate)
         except Exception as e:  # a foreign or edited record: the kwargs do not build
-            raise CheckpointError(f"{path}: cannot build model {name!r} from {kwargs} ({e})") from None
+            if i == 0:
+                raise CheckpointError(f"{path}: cannot build model {name!r} from {kwargs} ({e})") from None
+            continue  # an earlier release's layout that these kwargs cannot take
         try:
             model.load_state_dict(tensors, strict=True)
             return model
         except RuntimeError as e:
             misfit = misfit or str(e).splitlines()[0]
-    raise CheckpointError(f"{path}: weights do not fit model {name!r} ({misfit})")
+    tried = f"; also tried {len(candidates) - 1} earlier default layout(s)" if len(candidates) > 1 else ""
+    raise CheckpointError(f"{path}: weights do not fit model {name!r} ({misfit}{tried})")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -48,7 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU and bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
     threads: int | None = None  # CPU threads; None: torch's default
     channels_last: bool = True
-    compile: bool = False  # torch.compile the training forward; pays on long runs and GPUs (see README)
+    compile: bool = False  # torch.compile the training forward; on a 2-core CPU it pays only on long runs
     keep_last: int = 2  # checkpoint generations kept besides best
 
 

@@ -390,7 +390,13 @@ def write_report(
     last = metrics[-1] if metrics else {}
     best_psnr = psnrs[best_i] if best_i is not None else _num(_get(record, "metrics.val_psnr"))
     model_name = _get(record, "model.name") or _get(config, "model.name") or "\u2014"
-    kwargs = _get(record, "model.kwargs") or _get(config, "model.kwargs") or {}
+    # The loaded model's own arguments: an old record may name only some, the rest filled in when it loaded.
+    kwargs = (
+        getattr(model, "dae_kwargs", None)
+        or _get(record, "model.kwargs")
+        or _get(config, "model.kwargs")
+        or {}
+    )
     n_params = _get(record, "model.num_parameters")
     if n_params is None and model is not None:
         n_params = sum(p.numel() for p in model.parameters())

@@ -80,6 +80,12 @@ class ModelSpec:
         return re.sub(r"[^A-Za-z0-9.=-]+", "_", f"{self.model}{kw}_{self.noise}_{self.loss}")
 
 
+def _network(sp: ModelSpec) -> dict[str, Any]:
+    from dae.models import MODELS, resolved_kwargs
+
+    return resolved_kwargs(MODELS.get(sp.model), {"in_channels": 1, **dict(sp.kwargs)})
+
+
 def spec(model: str, noise: str = "gaussian:0.5", loss: str | None = None, **kwargs: Any) -> ModelSpec:
     # bce, as in the tutorials, for models that output logits: at budgets of seconds mse-on-sigmoid often sits
     # on the "all background" plateau (9.8 dB on MNIST); dncnn outputs the image itself and uses mse.
@@ -395,6 +401,8 @@ class Study:
             marker = run / "study.json"
             wanted = {
                 "spec": asdict(sp),
+                # The whole network, defaults included: a changed default retrains instead of reusing.
+                "network": _network(sp),
                 "train_seconds": self.s.train_seconds,
                 "limit": self.s.limit,
                 "seed": self.seed,

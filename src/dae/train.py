@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -194,6 +197,15 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+def _compiled(model: torch.nn.Module, device: torch.device):
+    """torch.compile'd `model`, specialised to one input shape; on CPU inductor needs a C++ compiler."""
+    if device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
+        raise ResourceError(
+            "train.compile on the CPU needs a C++ compiler (g++ or clang++); install one or train without it"
+        )
+    return torch.compile(model, dynamic=False)
+
+
 def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
@@ -310,12 +322,18 @@ def train(
 
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", in_channels)
+    ck = latest_good_generation(ckpt_dir) if resume else None
+    if ck is not None and ck.model.dae_name == cfg.model.name:
+        saved, given = ck.model.dae_kwargs, json.loads(json.dumps(kwargs))  # tuples compared as JSON lists
+        if all(saved.get(k) == v for k, v in given.items()):
+            # Continue the network that was saved, even if one of its defaults has changed since.
+            kwargs = dict(saved)
     model = create_model(cfg.model.name, **kwargs).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # The compiled module shares `model`'s parameters; checkpoints and validation use the eager `model`, so
     # saved state_dicts keep their plain keys and eval mode does not trigger a second compilation.
-    forward = torch.compile(model) if t.compile else model
+    compiled = _compiled(model, device) if t.compile else None
     loss_fn = get_loss(t.loss)
     optimizer = make_optimizer(cfg, model)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -328,8 +346,7 @@ def train(
         t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
     )
     step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
-    if resume:
-        ck = latest_good_generation(ckpt_dir)
+    if ck is not None:
         try:
             model.load_state_dict(ck.model.state_dict())
             optimizer.load_state_dict(ck.state["optimizer"])
@@ -406,6 +423,9 @@ def train(
                 lr = lr_at(cfg, step, training_progress())
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                # The graph is specialised to the full batch; an epoch's short last batch runs eager (same
+                # parameters, same maths) rather than paying for a second compilation.
+                forward = compiled if compiled is not None and clean.shape[0] == t.batch_size else model
                 with amp:
                     out = forward(noisy)
                 loss = loss_fn(out.float(), clean, model.output_kind)

@@ -37,6 +37,8 @@ def resolved_kwargs(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     for p in signature.parameters.values():
         if p.kind is inspect.Parameter.VAR_KEYWORD:  # a builder taking **kwargs: keep them flat
             resolved.update(resolved.pop(p.name, {}))
+        elif p.kind is inspect.Parameter.VAR_POSITIONAL:  # never given (kwargs only): nothing to record
+            resolved.pop(p.name, None)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}
 
 

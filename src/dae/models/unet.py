@@ -120,9 +120,26 @@ def unet(
     return UNet(in_channels, width, levels, convs, norm, activation, residual, shuffle)
 
 
-# Defaults of earlier releases, newest first. Checkpoints saved before records held every argument name only
-# the arguments given; loading tries these when today's defaults do not fit their weights.
+# Defaults of earlier releases, newest first, every argument but in_channels. Checkpoints saved before records
+# held every argument recorded only those given; loading tries these when today's defaults do not fit their
+# weights. Each change altered the weights' shapes, so a fit identifies the layout.
 unet.previous_defaults = (
-    {"width": 32, "levels": 1, "convs": 2, "norm": "batch", "shuffle": 2},
-    {"width": 16, "levels": 2, "convs": 2, "norm": "none", "shuffle": 1},
+    {
+        "width": 32,
+        "levels": 1,
+        "convs": 2,
+        "norm": "batch",
+        "activation": "relu",
+        "residual": False,
+        "shuffle": 2,
+    },
+    {
+        "width": 16,
+        "levels": 2,
+        "convs": 2,
+        "norm": "none",
+        "activation": "relu",
+        "residual": False,
+        "shuffle": 1,
+    },
 )
