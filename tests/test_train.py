@@ -187,7 +187,7 @@ def test_bad_values_rejected_before_work(tmp_path, data_dir):
 def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, data_dir, monkeypatch):
     # torch.compile changes how the step runs, not what it computes: the same seeds give the same weights up
     # to float reassociation, and the checkpoint holds the eager module's keys (no "_orig_mod." prefix).
-    # Batch 48 on 128 images: each epoch ends with a short batch of 32, which runs eager.
+    # Batch 96 on 256 images: the third step is the epoch's short batch of 64, which runs eager.
     real_compile, compiled_calls = torch.compile, []
 
     def spy(model, **kw):
@@ -195,7 +195,7 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(tmp_path, data_
         return real_compile(model, **kw)
 
     monkeypatch.setattr(torch, "compile", spy)
-    kw = {"steps": 3, "batch_size": 48, "precision": "fp32"}
+    kw = {"steps": 3, "batch_size": 96, "precision": "fp32"}
     eager = train(small_config(tmp_path, data_dir, "eager", **kw), progress=False)
     assert compiled_calls == []
     compiled = train(small_config(tmp_path, data_dir, "compiled", compile=True, **kw), progress=False)
@@ -219,3 +219,13 @@ def test_resume_continues_the_saved_network_after_a_default_changed(tmp_path, da
     monkeypatch.setitem(MODELS._items, "unet", functools.partial(MODELS.get("unet"), convs=saved_convs + 1))
     resumed = train(cfg, resume=True, progress=False)
     assert resumed.step == 4 and load_model(resumed.last_checkpoint).dae_kwargs["convs"] == saved_convs
+
+
+def test_compile_without_a_cpu_compiler_is_a_resource_error(tmp_path, data_dir, monkeypatch):
+    import dae.train
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(dae.train.shutil, "which", lambda name: None)
+    with pytest.raises(ResourceError, match="needs a C\\+\\+ compiler"):
+        train(small_config(tmp_path, data_dir, steps=1, compile=True, device="cpu"), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work was written
