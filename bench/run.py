@@ -776,11 +776,10 @@ def _compile_line(c: dict[str, Any]) -> str:
     even = c.get("break_even_s")
     verdict = f"it pays after {even:.0f} s of training" if even is not None else "it never pays here"
     compiled, eager = _f(c["train_images_per_s_compiled"], ".0f"), _f(c["train_images_per_s_eager"], ".0f")
-    cost = c.get("compile_cost_s", c["first_window_extra_s_compiled"] - c["first_window_extra_s_eager"])
     return (
-        f"torch.compile ({c['model']}, batch {c['batch_size']}, {c.get('precision', 'fp32')}, "
-        f"{c.get('inductor_cache', 'warm')} compile cache): training "
-        f"{compiled} img/s vs eager {eager}; compiling cost {_f(cost)} s, so {verdict}."
+        f"torch.compile ({c['model']}, batch {c['batch_size']}, {c['precision']}, {c['inductor_cache']} compile "
+        f"cache): training {compiled} img/s vs eager {eager}; compiling cost {_f(c['compile_cost_s'])} s, so "
+        f"{verdict}."
     )
 
 
