@@ -47,8 +47,11 @@ def build_model(spec: dict):
 
 
 def main(spec: dict) -> dict:
+    from dae.allocator import keep_freed_memory
     from dae.inference import denoise
 
+    # As `dae denoise` and `dae eval` run; "allocator": "system" measures glibc's defaults instead.
+    kept = spec.get("allocator", "keep") == "keep" and keep_freed_memory()
     model, weights = build_model(spec)
     model.eval()
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("bf16") else nullcontext()
@@ -58,6 +61,7 @@ def main(spec: dict) -> dict:
         "model": spec["model"],
         "weights": weights,
         "bf16": bool(spec.get("bf16")),
+        "freed_memory_kept": kept,
     }
     if spec["kind"] == "mnist":
         import common

@@ -2,10 +2,18 @@
 
 A torch Dataset whose __getitem__ turns one uint8 image into float and adds its own torch.randn noise, a
 DataLoader (shuffle=True, num_workers=0), the same model and loss as dae, Adam. Nothing here is tuned.
+
+The benchmark runs it in a fresh interpreter, as a tutorial script runs, so it gets the C library's default
+allocator and not the settings dae's loop made in the benchmark's own process:
+
+    python bench/reference_loop.py '{"model": "strided", "batch_size": 128, "warmup_steps": 5,
+                                     "measure_steps": 20, "loss": "bce", "images": 4096}'
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Any
 
@@ -84,3 +92,20 @@ def reference_throughput(
         "seconds": seconds,
         "final_loss": float(loss_value.detach()),
     }
+
+
+def main(spec: dict[str, Any]) -> dict[str, Any]:
+    import common  # bench/common.py: this file's folder is sys.path[0] when run as a script
+
+    return reference_throughput(
+        common.build_model(spec["model"]),
+        common.load_split("train", limit=spec["images"]),
+        batch_size=spec["batch_size"],
+        warmup_steps=spec["warmup_steps"],
+        measure_steps=spec["measure_steps"],
+        loss=spec["loss"],
+    )
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))

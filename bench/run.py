@@ -25,7 +25,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from reference_loop import reference_throughput  # noqa: E402
 
 BENCHMARKS = ("throughput", "time_to_quality", "inference", "flops")
 GIB = 1 << 30
@@ -153,16 +152,21 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
     }
 
 
-def run_probe(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
-    """One inference measurement in a fresh interpreter (see probe.py)."""
-    probe = Path(__file__).resolve().parent / "probe.py"
+def run_script(script: str, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """Run bench/<script> on a JSON spec in a fresh interpreter; its last stdout line is the JSON result."""
+    path = Path(__file__).resolve().parent / script
     proc = subprocess.run(
-        [sys.executable, str(probe), json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(path), json.dumps(spec)], capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"probe failed (exit {proc.returncode}): {tail[0]}", **spec}
+        return {"error": f"{script} failed (exit {proc.returncode}): {tail[0]}", **spec}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_probe(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """One inference measurement in a fresh interpreter (see probe.py)."""
+    return run_script("probe.py", spec, timeout)
 
 
 def arch_table(models: list[str] | None) -> list[dict[str, Any]]:
@@ -188,19 +192,24 @@ def bench_throughput(
             name = arch["model"]
             batch = common.recipe_batch_size(name)
             steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
-            images = common.load_split("train", limit=max(batch * steps * (windows + 2), 1024))
             # dae as it runs by default: precision "auto" is bf16 only on CPUs with native bf16.
             dae_r = dae_throughput(
                 name, batch_size=batch, window=steps, windows=windows, precision="auto", tmp=tmp
             )
-            ref = reference_throughput(
-                common.build_model(name),
-                images,
-                batch_size=batch,
-                warmup_steps=steps,
-                measure_steps=steps * windows,
-                loss=common.recipe_layer(name)["train"]["loss"],
+            # A fresh interpreter, as a tutorial script runs: dae's loop has changed this process's allocator.
+            ref = run_script(
+                "reference_loop.py",
+                {
+                    "model": name,
+                    "batch_size": batch,
+                    "warmup_steps": steps,
+                    "measure_steps": steps * windows,
+                    "loss": common.recipe_layer(name)["train"]["loss"],
+                    "images": max(batch * steps * (windows + 2), 1024),
+                },
             )
+            if "error" in ref:
+                raise RuntimeError(f"reference loop for {name}: {ref['error']}")
             rows.append(
                 {
                     **arch,
@@ -224,9 +233,10 @@ def bench_throughput(
         "mode": "quick" if quick else "full",
         "dae_precision": autocast_for(torch.device("cpu"), "auto")[1],
         "method": (
-            "dae: dae.train(steps, val_every=window, precision auto, channels_last, recipe model and loss), "
-            "images/s of every logging window but the first (warm-up), validation and checkpoint time "
-            "excluded; reference: torch Dataset with per-sample "
+            "dae: dae.train(steps, val_every=window, precision auto, channels_last, freed memory kept, "
+            "recipe model and loss), images/s of every logging window but the first (warm-up), validation "
+            "and checkpoint time excluded; reference: in a fresh interpreter with the default allocator, "
+            "torch Dataset with per-sample "
             "torch.randn noise, DataLoader(shuffle=True, num_workers=0), same model and loss, Adam, fp32, "
             "contiguous (NCHW) memory; "
             "same batch size; data loading timed"

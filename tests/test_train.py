@@ -229,3 +229,14 @@ def test_compile_without_a_cpu_compiler_is_a_resource_error(tmp_path, data_dir, 
     with pytest.raises(ResourceError, match="needs a C\\+\\+ compiler"):
         train(small_config(tmp_path, data_dir, steps=1, compile=True, device="cpu"), progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work was written
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_freed_memory_is_kept_while_training_and_given_back_after(tmp_path, data_dir, monkeypatch, keep):
+    import dae.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
+    train(small_config(tmp_path, data_dir, steps=2, keep_memory=keep), progress=False)
+    assert calls == (["keep", "release"] if keep else [])

@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.allocator import keep_freed_memory
     from dae.checkpoint import resolve_checkpoint
     from dae.evaluate import DEFAULT_LEVELS, evaluate, format_table, parse_levels
 
@@ -114,6 +115,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     if levels is None and (args.noise is None or ":" not in args.noise) and args.noise != "none":
         levels = list(DEFAULT_LEVELS)
     baselines = [b for b in (args.baselines or "").split(",") if b]
+    keep_freed_memory()  # batch after batch of the same size: reuse the memory instead of faulting it in
     # Beside the (first) run: RUN/eval whether RUN, RUN/checkpoints or a .safetensors file was named.
     out = args.out or "runs/eval"
     if args.checkpoint and not args.out:
@@ -149,7 +151,10 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
+    from dae.allocator import keep_freed_memory
     from dae.inference import denoise_files
+
+    keep_freed_memory()  # tile after tile of the same size: reuse the memory instead of faulting it in
 
     report = denoise_files(
         [Path(p) for p in args.inputs],

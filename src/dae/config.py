@@ -49,6 +49,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None: torch's default
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward; on a 2-core CPU it pays only on long runs
+    keep_memory: bool = True  # keep freed memory for the next step instead of returning it to the OS (glibc)
     keep_last: int = 2  # checkpoint generations kept besides best
 
 

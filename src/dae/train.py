@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
 from dae.config import Config, build_config, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
@@ -308,6 +309,8 @@ def train(
     amp, precision = autocast_for(device, t.precision)
     if t.threads:
         torch.set_num_threads(t.threads)
+    if t.keep_memory:
+        keep_freed_memory()  # no page faults for each step's activations; given back when training ends
     torch.manual_seed(cfg.seed)  # model initialisation
 
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
@@ -497,6 +500,8 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
+    if t.keep_memory:
+        release_freed_memory()
     best = ckpt_dir / "best.safetensors"
     return TrainResult(
         run_dir=run_dir,
