@@ -2,7 +2,7 @@
 
 Why: every step allocates the same activations again, tens of MiB at 28x28 and batch 64. glibc hands the
 free top of its heap back to the kernel as soon as it exceeds a small trim threshold (by default twice the
-largest freed block, ~12 MiB here), so the next step takes every page again as a page fault that the kernel
+largest block freed so far), so the next step takes every page again as a page fault that the kernel
 must zero. On the 2-core CPU here that was ~3,000 page faults per step of the default unet; keeping freed
 memory gave it 5-14% more training images/s and dncnn 31-44%, and denoised a 2048x2048 image in 1.3 s
 instead of 1.85 s. Denoising the MNIST test set, whose batches are small, did not change. The heap holds on to
