@@ -50,8 +50,13 @@ def main(spec: dict) -> dict:
     from dae.allocator import keep_freed_memory
     from dae.inference import denoise
 
-    # As `dae denoise` and `dae eval` run; "allocator": "system" measures glibc's defaults instead.
-    kept = spec.get("allocator", "keep") == "keep" and keep_freed_memory()
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # the benchmark's own thread count
+    # As `dae denoise` and `dae eval` run; "allocator": "system" measures the C library's defaults instead.
+    allocator = spec.get("allocator", "keep")
+    if allocator not in ("keep", "system"):
+        raise SystemExit(f"probe: allocator must be keep or system, got {allocator!r}")
+    kept = allocator == "keep" and keep_freed_memory()
     model, weights = build_model(spec)
     model.eval()
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("bf16") else nullcontext()

@@ -97,6 +97,8 @@ def reference_throughput(
 def main(spec: dict[str, Any]) -> dict[str, Any]:
     import common  # bench/common.py: this file's folder is sys.path[0] when run as a script
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # the benchmark's own thread count, as dae's loop ran
     return reference_throughput(
         common.build_model(spec["model"]),
         common.load_split("train", limit=spec["images"]),

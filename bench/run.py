@@ -155,9 +155,13 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int 
 def run_script(script: str, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Run bench/<script> on a JSON spec in a fresh interpreter; its last stdout line is the JSON result."""
     path = Path(__file__).resolve().parent / script
-    proc = subprocess.run(
-        [sys.executable, str(path), json.dumps(spec)], capture_output=True, text=True, timeout=timeout
-    )
+    spec = {"threads": torch.get_num_threads(), **spec}  # --threads holds for every process of the run
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(path), json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"{script} took longer than {timeout:.0f} s", **spec}
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": f"{script} failed (exit {proc.returncode}): {tail[0]}", **spec}
@@ -418,7 +422,8 @@ def bench_inference(
         "model": model,
         "fingerprint": common.model_fingerprint(model) if checkpoint is None else None,
         "method": (
-            "each measurement in a fresh subprocess; dae.inference.denoise under torch.inference_mode "
+            "each measurement in a fresh subprocess, freed memory kept as dae denoise/eval keep it; "
+            "dae.inference.denoise under torch.inference_mode "
             "(large images take its default tiling); memory = the probe process's peak resident size (VmHWM) "
             "and that peak minus the size after imports and model construction (mnist: also after loading the "
             "data); latency after one warm-up call "

@@ -240,3 +240,16 @@ def test_freed_memory_is_kept_while_training_and_given_back_after(tmp_path, data
     monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
     train(small_config(tmp_path, data_dir, steps=2, keep_memory=keep), progress=False)
     assert calls == (["keep", "release"] if keep else [])
+
+
+def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monkeypatch):
+    import dae.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
+    real = train_module.get_loss("mse")
+    monkeypatch.setattr(train_module, "get_loss", lambda name: lambda *a: real(*a) * float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan at step 1"):
+        train(small_config(tmp_path, data_dir, steps=5), progress=False)
+    assert calls == ["keep", "release"]

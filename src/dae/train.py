@@ -280,9 +280,22 @@ def train(
         >>> result = dae.train({"train": {"steps": 200}, "data": {"limit": 2048}, "out": "runs/quick"})
         >>> model = dae.load_model(result.best_checkpoint)
     """
+    cfg = resolve_config(config)
+    # Each step's activations reuse the last step's memory instead of being faulted in again; given back when
+    # training ends, however it ends (a study goes on to its next model after a failed one).
+    kept = cfg.train.keep_memory and keep_freed_memory()
+    try:
+        return _train(cfg, resume, progress, on_step)
+    finally:
+        if kept:
+            release_freed_memory()
+
+
+def _train(
+    cfg: Config, resume: bool, progress: bool, on_step: Callable[[int, float], bool] | None
+) -> TrainResult:
     from dae.data.noise import make_noisy, parse_noise
 
-    cfg = resolve_config(config)
     t = cfg.train
     if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
         t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
@@ -309,8 +322,6 @@ def train(
     amp, precision = autocast_for(device, t.precision)
     if t.threads:
         torch.set_num_threads(t.threads)
-    if t.keep_memory:
-        keep_freed_memory()  # no page faults for each step's activations; given back when training ends
     torch.manual_seed(cfg.seed)  # model initialisation
 
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
@@ -500,8 +511,6 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
-    if t.keep_memory:
-        release_freed_memory()
     best = ckpt_dir / "best.safetensors"
     return TrainResult(
         run_dir=run_dir,
