@@ -231,25 +231,28 @@ def test_compile_without_a_cpu_compiler_is_a_resource_error(tmp_path, data_dir, 
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work was written
 
 
+@pytest.fixture
+def allocator_calls(monkeypatch):
+    """The allocator calls train() makes, in order, with glibc itself left untouched."""
+    import dae.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
+    return calls
+
+
 @pytest.mark.parametrize("keep", [True, False])
-def test_freed_memory_is_kept_while_training_and_given_back_after(tmp_path, data_dir, monkeypatch, keep):
-    import dae.train as train_module
-
-    calls = []
-    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
+def test_freed_memory_is_kept_while_training_and_given_back_after(tmp_path, data_dir, allocator_calls, keep):
     train(small_config(tmp_path, data_dir, steps=2, keep_memory=keep), progress=False)
-    assert calls == (["keep", "release"] if keep else [])
+    assert allocator_calls == (["keep", "release"] if keep else [])
 
 
-def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monkeypatch):
+def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monkeypatch, allocator_calls):
     import dae.train as train_module
 
-    calls = []
-    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
     real = train_module.get_loss("mse")
     monkeypatch.setattr(train_module, "get_loss", lambda name: lambda *a: real(*a) * float("nan"))
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         train(small_config(tmp_path, data_dir, steps=5), progress=False)
-    assert calls == ["keep", "release"]
+    assert allocator_calls == ["keep", "release"]
