@@ -96,6 +96,26 @@ def test_pickle_as_weights_refused(tmp_path):
         load_model(p)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x05\x00", b"PK\x03\x04" + b"\xff" * 60, (10**9).to_bytes(8, "little") + b"{}"],
+    ids=["empty", "shorter-than-a-header", "zip", "huge-header-length"],
+)
+def test_file_of_another_kind_refused_without_reading_it_whole(tmp_path, data):
+    # Any file's first 8 bytes read as a safetensors header length; a zip's make ~2**64 (was a MemoryError).
+    p = tmp_path / "other.safetensors"
+    p.write_bytes(data)
+    with pytest.raises(CheckpointError, match="not a dae safetensors checkpoint"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("name", ["m.state.pt", "m.json", "m.safetensors"])
+def test_any_file_of_a_generation_names_it(saved, name):
+    model, path = saved
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model.eval()(x), load_model(path.with_name(name))(x))
+
+
 def test_foreign_safetensors_refused(tmp_path):
     from safetensors.torch import save_file
 

@@ -34,6 +34,9 @@ from dae.fileio import atomic_write_bytes
 FORMAT = "dae-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
+STATE_SUFFIX = ".state.pt"
+# safetensors caps its JSON header at 100 MB; a larger length is not a safetensors file.
+_MAX_HEADER = 100_000_000
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -43,10 +46,17 @@ def sha256_bytes(data: bytes) -> str:
 def paths_for(weights: str | Path) -> tuple[Path, Path, Path]:
     """(weights, state, record) paths of one checkpoint generation."""
     weights = Path(weights)
-    stem = weights.name[: -len(WEIGHTS_SUFFIX)] if weights.name.endswith(WEIGHTS_SUFFIX) else weights.stem
+    name = weights.name
+    # Any one of a generation's three files names it (a user may well pass step-N.state.pt or step-N.json).
+    for suffix in (WEIGHTS_SUFFIX, STATE_SUFFIX):
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            break
+    else:
+        stem = weights.stem
     return (
         weights.with_name(stem + WEIGHTS_SUFFIX),
-        weights.with_name(stem + ".state.pt"),
+        weights.with_name(stem + STATE_SUFFIX),
         weights.with_name(stem + ".json"),
     )
 
@@ -128,14 +138,15 @@ def _tensor_bytes(blob: bytes) -> bytes:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """Accept a .safetensors or .json path, a checkpoints/ directory or a run directory; return the weights path."""
+    """Accept a .safetensors, .state.pt or .json path, a checkpoints/ directory or a run directory; return the
+    weights path."""
     p = Path(path)
     if p.is_dir():
         for candidate in (p / "checkpoints" / "best.safetensors", p / "best.safetensors"):
             if candidate.exists():
                 return candidate
         raise ResourceError(f"no checkpoint in directory {p} (looked for checkpoints/best.safetensors)")
-    if p.suffix == ".json":
+    if p.suffix == ".json" or p.name.endswith(STATE_SUFFIX):
         p = paths_for(p)[0]
     if not p.exists():
         raise ResourceError(f"checkpoint {p} does not exist")
@@ -188,9 +199,12 @@ def _embedded_record(weights_path: Path, blob: bytes | None = None) -> dict[str,
         if blob is None:
             with open(weights_path, "rb") as f:
                 blob = f.read(8)
+                # Checked before reading: any other file's first 8 bytes make an arbitrary, often huge length.
+                if not 0 < int.from_bytes(blob, "little") < _MAX_HEADER:
+                    raise ValueError
                 blob += f.read(int.from_bytes(blob, "little"))
         n = int.from_bytes(blob[:8], "little")
-        if not 0 < n < 100_000_000:
+        if len(blob) < 8 or not 0 < n < _MAX_HEADER:
             raise ValueError
         header = json.loads(blob[8 : 8 + n])
         return json.loads(header["__metadata__"]["dae"])
