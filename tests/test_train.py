@@ -1,3 +1,4 @@
+import importlib
 import os
 import signal
 
@@ -7,6 +8,9 @@ import torch
 from dae.checkpoint import load_checkpoint, load_model
 from dae.errors import CheckpointError, ResourceError, TrainingError
 from dae.train import Interrupted, train
+
+# The module itself, to patch: `dae.train` (and `import dae.train as m`) is the function.
+train_module = importlib.import_module("dae.train")
 
 
 def small_config(tmp_path, data_dir, name="run", **train_kw):
@@ -156,8 +160,6 @@ def test_sigint_finishes_step_saves_and_exits_130(tmp_path, data_dir):
 
 
 def test_nan_loss_stops_without_writing_weights(tmp_path, data_dir, monkeypatch):
-    import dae.train as train_module
-
     real = train_module.get_loss("mse")
     calls = []
 
@@ -222,10 +224,8 @@ def test_resume_continues_the_saved_network_after_a_default_changed(tmp_path, da
 
 
 def test_compile_without_a_cpu_compiler_is_a_resource_error(tmp_path, data_dir, monkeypatch):
-    import dae.train
-
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(dae.train.shutil, "which", lambda name: None)
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
     with pytest.raises(ResourceError, match="needs a C\\+\\+ compiler"):
         train(small_config(tmp_path, data_dir, steps=1, compile=True, device="cpu"), progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work was written
@@ -234,8 +234,6 @@ def test_compile_without_a_cpu_compiler_is_a_resource_error(tmp_path, data_dir, 
 @pytest.fixture
 def allocator_calls(monkeypatch):
     """The allocator calls train() makes, in order, with glibc itself left untouched."""
-    import dae.train as train_module
-
     calls = []
     monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("keep") or True)
     monkeypatch.setattr(train_module, "release_freed_memory", lambda: calls.append("release") or True)
@@ -249,8 +247,6 @@ def test_freed_memory_is_kept_while_training_and_given_back_after(tmp_path, data
 
 
 def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monkeypatch, allocator_calls):
-    import dae.train as train_module
-
     real = train_module.get_loss("mse")
     monkeypatch.setattr(train_module, "get_loss", lambda name: lambda *a: real(*a) * float("nan"))
     with pytest.raises(TrainingError, match="loss became nan at step 1"):

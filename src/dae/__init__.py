@@ -7,6 +7,9 @@ Example:
     >>> clean = dae.denoise(model, noisy)  # (N, C, H, W) in [0, 1] -> same
 """
 
+import sys
+import types
+
 __version__ = "0.1.0"
 
 # Public API. Imports are deferred so `import dae` stays fast and light for the CLI and notebooks.
@@ -22,6 +25,27 @@ __all__ = [
     "add_noise",
     "Config",
 ]
+
+
+# Public names that are also submodules (dae/train.py, dae/evaluate.py, as DESIGN.md lays them out).
+_FUNCTIONS_NAMED_LIKE_MODULES = ("train", "evaluate")
+
+
+class _Package(types.ModuleType):
+    """The `dae` package, whose `train` and `evaluate` stay the functions once their modules are imported.
+
+    Python binds a submodule on its package when it is first imported (by dae.cli, dae.inference, a user's
+    `from dae.train import ...`), which would shadow the function: `dae.train(...)` then failed with
+    "'module' object is not callable". The modules stay importable: `from dae.train import train`.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
