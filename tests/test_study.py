@@ -13,6 +13,8 @@ from dae.study import (
     answer_compare,
     answer_occlusion,
     answer_train_level,
+    caveat,
+    not_denoising,
     period2_share,
     run_experiments,
     white_share,
@@ -111,6 +113,28 @@ def test_occlusion_and_beyond_answers():
     assert "at 1 of 2 levels (margin -1.00 to +3.00 dB)" in text
 
 
+def test_models_no_better_than_their_input_are_named():
+    records = [
+        rec("noisy input", "gaussian:0.3", 13.0, kind="noisy"),
+        rec("noisy input", "gaussian:0.5", 9.0, kind="noisy"),
+        rec("median", "gaussian:0.3", 5.0, kind="baseline"),  # only learned models are judged
+        rec("good", "gaussian:0.3", 20.0),
+        rec("good", "gaussian:0.5", 18.0),
+        rec("flat", "gaussian:0.3", 6.3),
+        rec("flat", "gaussian:0.5", 6.3),
+        rec("equal", "gaussian:0.3", 13.0),
+        rec("equal", "gaussian:0.5", 9.0),
+        rec("mixed", "gaussian:0.3", 12.0),  # worse than its input at 0.3, better at 0.5: it did learn
+        rec("mixed", "gaussian:0.5", 11.0),
+    ]
+    assert not_denoising(records) == ["flat", "equal"]
+    assert not_denoising([r for r in records if r["kind"] != "noisy"]) == []  # nothing to judge against
+    text = caveat(["flat", "equal"], 8)
+    assert text.startswith("Not a finding: flat and equal did no better than the noisy input")
+    assert "in 8 s of training" in text and "--budget" in text
+    assert caveat([], 8) == ""
+
+
 def test_study_end_to_end_tiny(tmp_path, data_dir):
     settings = StudySettings(
         train_seconds=1.5, limit=256, val_size=64, n_test=40, slow_limit=5, baselines=("median",)
@@ -136,7 +160,12 @@ def test_study_end_to_end_tiny(tmp_path, data_dir):
         "upsample @gaussian:0.5 mse",
     }
     assert all(math.isfinite(r["psnr"]) for r in loss["records"])
-    assert loss["answer"].split(" had the highest")[0] in {r["method"] for r in loss["records"]}
+    # Models that had not learned in 1.5 s are named, and the answer says it is not a finding.
+    assert loss["not_denoising"] == not_denoising(loss["records"])
+    assert loss["answer"].startswith("Not a finding") == bool(loss["not_denoising"])
+    assert ("Read this first" in page) == bool(loss["not_denoising"])
+    answer = loss["answer"].removeprefix(caveat(loss["not_denoising"], settings.train_seconds) + " ")
+    assert answer.split(" had the highest")[0] in {r["method"] for r in loss["records"]}
     assert data["experiments"]["code"]["extra"] and data["experiments"]["code"]["extra"][0]["code_size"] > 0
     with open(tmp_path / "study" / "study.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -156,6 +156,34 @@ def _mean(xs: Sequence[float]) -> float:
 # answers: text computed from numbers
 
 
+def not_denoising(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Learned methods that scored no better than the noisy input itself at every setting measured with it.
+
+    Such a model has not learned to denoise (too few steps in its budget, or a failed run), so comparisons
+    between it and other models say nothing about the architectures.
+    """
+    table = pivot(records)
+    noisy = {str(r["noise"]): _num(r["psnr"]) for r in records if r.get("kind") == "noisy"}
+    out = []
+    for m in dict.fromkeys(str(r["method"]) for r in records if r.get("kind") == "learned"):
+        shared = [s for s, v in table[m].items() if s in noisy and not math.isnan(v)]
+        if shared and all(table[m][s] <= noisy[s] for s in shared):
+            out.append(m)
+    return out
+
+
+def caveat(failed: Sequence[str], train_seconds: float) -> str:
+    """The sentence that stops an answer built on models that did not learn from reading as a finding."""
+    if not failed:
+        return ""
+    who = f"{failed[0]} did" if len(failed) == 1 else f"{', '.join(failed[:-1])} and {failed[-1]} did"
+    return (
+        f"Not a finding: {who} no better than the noisy input at any setting, i.e. had not learned to denoise "
+        f"in {train_seconds:g} s of training, so the comparison below says nothing about the architectures; "
+        "rerun with a larger --budget (the full study trains each model for 60 s)."
+    )
+
+
 def answer_train_level(records: Sequence[Mapping[str, Any]]) -> str:
     """Which training level wins at which test level, and how the blind model compares to the specialists."""
     learned = [r for r in records if r.get("kind") == "learned" and r.get("train_noise")]
@@ -372,6 +400,7 @@ class Section:
     title: str
     setup: str
     answer: str = ""
+    not_denoising: list[str] = field(default_factory=list)  # learned methods no better than their input
     records: list[dict[str, Any]] = field(default_factory=list)  # evaluation records
     extra: list[dict[str, Any]] = field(default_factory=list)  # other numbers (params, spectra, codes)
     figures: list[tuple[Path, str]] = field(default_factory=list)
@@ -805,6 +834,9 @@ def run_experiments(
         t1 = time.perf_counter()
         failed_before = set(st.failures)
         sec = EXPERIMENTS[name](st)
+        sec.not_denoising = not_denoising(sec.records)
+        if sec.not_denoising:
+            sec.answer = caveat(sec.not_denoising, settings.train_seconds) + " " + sec.answer
         sec.notes += [
             f"{sp.label} could not be trained: {m}"
             for sp, m in st.failures.items()
@@ -826,6 +858,7 @@ def run_experiments(
                 "title": s.title,
                 "setup": s.setup,
                 "answer": s.answer,
+                "not_denoising": s.not_denoising,
                 "records": s.records,
                 "extra": s.extra,
                 "notes": s.notes,
@@ -835,6 +868,21 @@ def run_experiments(
     }
     atomic_write_bytes(out / "study.json", json.dumps(meta, indent=2, default=str).encode())
     html_sections = [(s.title, _section_html(s)) for s in sections]
+    doubtful = [s for s in sections if s.not_denoising]
+    if doubtful:
+        html_sections.insert(
+            0,
+            (
+                "Read this first",
+                note_html(
+                    f"{len(doubtful)} of {len(sections)} answers rest on models that did no better than the noisy "
+                    f"input in {settings.train_seconds:g} s of training ("
+                    + "; ".join(f"{s.title}: {', '.join(s.not_denoising)}" for s in doubtful)
+                    + "). Those answers are marked 'Not a finding'; a larger --budget gives every model time "
+                    "to learn."
+                ),
+            ),
+        )
     if st.failures:
         html_sections.append(
             ("Models that failed", note_html("; ".join(f"{sp.label}: {m}" for sp, m in st.failures.items())))
