@@ -136,9 +136,28 @@ def test_explicit_dir_without_the_files_falls_back_to_cache(fake):
     assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
 
 
+def test_flat_folder_of_one_dataset_is_passed_over_for_the_other(fake, monkeypatch):
+    # MNIST and Fashion-MNIST share file names; a flat folder of MNIST is not a bad Fashion-MNIST.
+    fashion = {name: (a + 1).astype(a.dtype) for name, a in SMALL.items()}
+    monkeypatch.setitem(
+        D.SHA256, "fashion-mnist", {n: hashlib.sha256(idx_bytes(a)).hexdigest() for n, a in fashion.items()}
+    )
+    put(fake / "flat", compress=False)
+    with pytest.raises(ResourceError, match=r"flat/t10k-images-idx3-ubyte \(the official mnist file\)"):
+        D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
+    for name, array in fashion.items():
+        write_idx(fake / "cache" / "fashion-mnist" / (name + ".gz"), array)
+    ds = D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
+    assert ds.source == str(fake / "cache" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
+    assert D.create_dataset("mnist", "test", root=fake / "flat").source.startswith(str(fake / "flat"))
+
+
 def test_missing_explicit_dir_is_a_resource_error(fake):
     with pytest.raises(ResourceError, match="nowhere does not exist"):
         D.create_dataset("mnist", "test", root=fake / "nowhere")
+    (fake / "a-file").write_text("x")
+    with pytest.raises(ResourceError, match="a-file is not a folder"):
+        D.create_dataset("mnist", "test", root=fake / "a-file")
 
 
 def test_bad_cache_file_is_noted_and_system_dir_used(fake, caplog):

@@ -117,6 +117,23 @@ def test_truncated_payload_message_matches_the_documented_form(tmp_path):
         read_idx(path)
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_header_declaring_gigabytes_over_a_short_file_costs_no_such_memory(tmp_path, compress):
+    import tracemalloc
+
+    data = header(dims=(2048, 1024, 1024)) + b"\x00" * 100  # 2 GiB declared, 100 bytes present
+    path = tmp_path / "big"
+    path.write_bytes(gzip.compress(data) if compress else data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="payload is 100 bytes, header says 2147483648"):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20  # was a 2 GiB buffer allocated before reading
+
+
 def test_truncated_gzip_stream(tmp_path):
     good = gzip.compress(idx_bytes(sample(np.uint8, (50, 50))))
     path = tmp_path / "cut.gz"

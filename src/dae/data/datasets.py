@@ -241,6 +241,17 @@ def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
     return [d / f for d in subdirs for f in (filename + ".gz", filename)]
 
 
+def _official_file_of_another_dataset(path: Path, name: str, filename: str) -> str | None:
+    """The other dataset whose official `filename` this file is, if it is one."""
+    try:
+        _, digest = read_idx_with_digest(path)
+    except DataError:
+        return None
+    return next(
+        (other for other, files in SHA256.items() if other != name and files.get(filename) == digest), None
+    )
+
+
 def _verify(path: Path, expected: str) -> tuple[np.ndarray | None, str]:
     """(array, "") when the file parses and matches `expected`, else (None, why)."""
     try:
@@ -278,17 +289,24 @@ def locate_idx(
     explicit = _explicit_dir(root)
     if explicit is not None:
         if not explicit.is_dir():
+            what = "is not a folder" if explicit.exists() else "does not exist"
             raise ResourceError(
-                f"data dir {explicit} does not exist; pass --data-dir/DAE_DATA_DIR an existing folder"
+                f"data dir {explicit} {what}; pass --data-dir/DAE_DATA_DIR an existing folder"
             )
+        skipped = len(tried)
         for path in _candidates(explicit, name, filename):
             if path.is_file():
                 array, why = _verify(path, expected)
                 if array is None:
+                    other = _official_file_of_another_dataset(path, name, filename)
+                    if other is not None:  # MNIST and Fashion-MNIST share file names in a flat folder
+                        tried.append(f"{path} (the official {other} file)")
+                        continue
                     # A file the user pointed us at that is wrong is an error, never skipped silently.
                     raise DataError(f"{why}; replace it with the official file or remove it")
                 return array, path
-        tried.append(f"{explicit} (no {filename}[.gz])")
+        if len(tried) == skipped:
+            tried.append(f"{explicit} (no {filename}[.gz])")
 
     cache_root = Path(cache).expanduser() if cache is not None else cache_dir()
     for directory in (cache_root / name, *(d / name for d in SYSTEM_DIRS)):

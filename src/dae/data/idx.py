@@ -65,26 +65,28 @@ def read_idx_with_digest(path: str | os.PathLike) -> tuple[np.ndarray, str]:
         raise DataError(f"{path}: is a directory, expected an IDX file") from None
     except (EOFError, _gzip.BadGzipFile, zlib.error) as e:
         # EOFError: gzip stream ends before its end marker; BadGzipFile/zlib.error: corrupt stream or CRC.
-        raise DataError(
-            f"{path}: corrupt or truncated gzip stream ({e}); delete it and fetch it again"
-        ) from None
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({e})") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytearray:
-    """Read up to n bytes into a writable buffer (short only at end of stream)."""
-    buf = bytearray(n)
-    view = memoryview(buf)
+    """Read up to n bytes into a writable buffer (short only at end of stream).
+
+    The buffer grows with what arrives (doubling), so a header that declares gigabytes over a short file costs
+    no more memory than the file: it is then refused as truncated.
+    """
+    buf = bytearray(min(n, _CHUNK))
     got = 0
     while got < n:
-        k = stream.readinto(view[got : got + min(_CHUNK, n - got)])
+        if got == len(buf):
+            buf.extend(bytes(min(n, 2 * len(buf)) - len(buf)))
+        with memoryview(buf) as view:
+            k = stream.readinto(view[got : min(len(buf), got + _CHUNK)])
         if not k:
             break
         got += k
-    del view
-    if got < n:
-        del buf[got:]
+    del buf[got:]
     return buf
 
 
