@@ -184,3 +184,15 @@ def test_study_end_to_end_tiny(tmp_path, data_dir):
     )
     assert not any(line.startswith("[study] train") for line in lines)
     assert sum(line.startswith("[study] reuse") for line in lines) == 2
+
+
+def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path, data_dir):
+    from dae.errors import ResourceError, UsageError
+
+    settings = StudySettings(train_seconds=0.0, limit=64, val_size=16, n_test=8, slow_limit=2)
+    with pytest.raises(UsageError, match="training budget must be more than 0 s"):
+        run_experiments(tmp_path / "a", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    settings.train_seconds = 1.0
+    with pytest.raises(ResourceError, match="nowhere does not exist"):
+        run_experiments(tmp_path / "b", settings, ["loss"], str(tmp_path / "nowhere"), log=lambda *a, **k: None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

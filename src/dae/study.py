@@ -817,6 +817,7 @@ def run_experiments(
     log: Callable[..., None] = print,
 ) -> tuple[Path, list[Section]]:
     """Run the named experiments (all by default); writes study.html, study.json and study.csv under `out`."""
+    from dae.data.datasets import check_dataset
     from dae.errors import UsageError
     from dae.report import note_html, render_html
 
@@ -824,6 +825,12 @@ def run_experiments(
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         raise UsageError(f"unknown study experiment(s) {', '.join(unknown)}; valid: {', '.join(EXPERIMENTS)}")
+    if not settings.train_seconds > 0:
+        raise UsageError(
+            f"study: the training budget must be more than 0 s, got {settings.train_seconds:g} s"
+        )
+    # Every model trains on MNIST: find (or download) and verify it before anything is written.
+    check_dataset("mnist", root=data_dir, download=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     st = Study(out, settings, data_dir, seed, log)
