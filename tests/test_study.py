@@ -194,5 +194,7 @@ def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path,
         run_experiments(tmp_path / "a", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
     settings.train_seconds = 1.0
     with pytest.raises(ResourceError, match="nowhere does not exist"):
-        run_experiments(tmp_path / "b", settings, ["loss"], str(tmp_path / "nowhere"), log=lambda *a, **k: None)
+        run_experiments(
+            tmp_path / "b", settings, ["loss"], str(tmp_path / "nowhere"), log=lambda *a, **k: None
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
