@@ -196,6 +196,12 @@ def test_save_load_round_trip_gives_identical_outputs(name, kw, code_shape, tmp_
         assert not torch.equal(create_model(name, **kw).eval()(x), model(x))
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_unknown_argument_is_a_usage_error_naming_the_valid_ones(name):
+    with pytest.raises(UsageError, match=rf"model {name}: .*'widht'; its arguments are in_channels, "):
+        create_model(name, widht=3)
+
+
 def test_duplicate_registration_raises_and_unknown_name_lists_models():
     with pytest.raises(ValueError, match="already registered"):
         MODELS.register("unet")(lambda **kw: None)

@@ -184,6 +184,14 @@ def test_block_random_rectangles_cover_about_the_fraction():
     assert parse_noise("block:1")(x, gen()).eq(0).all()
 
 
+def test_block_larger_than_the_image_occludes_whole_images():
+    # The pixel grid of cells was once built at full size: size=1e9 asked for exabytes.
+    x = torch.ones(32, 1, 28, 28)
+    y = parse_noise("block:0.5,size=1000000000")(x, gen())
+    occluded = (y == 0).flatten(1).float().mean(dim=1)
+    assert set(occluded.tolist()) == {0.0, 1.0}  # one cell covers each image: all of it or none of it
+
+
 def test_none_is_identity_copy():
     x = torch.rand(2, 1, 5, 5)
     y = NoNoise()(x, gen())

@@ -431,15 +431,13 @@ class Block(Noise):
         gh, gw = -(-h // b) + 1, -(-w // b) + 1
         k = round(self.occlude * gh * gw)
         u = torch.rand((n, gh * gw), generator=g, device=dev)
-        cells = u.argsort(dim=1).argsort(dim=1) < k  # (N, gh*gw): exactly k occluded cells
-        grid = (
-            cells.view(n, gh, gw).repeat_interleave(b, dim=1).repeat_interleave(b, dim=2)
-        )  # (N, gh*b, gw*b)
+        cells = (u.argsort(dim=1).argsort(dim=1) < k).view(n, gh, gw)  # exactly k occluded cells each
         dy = torch.randint(0, b, (n,), generator=g, device=dev)
         dx = torch.randint(0, b, (n,), generator=g, device=dev)
-        ri = (torch.arange(h, device=dev).view(1, h) + dy.view(n, 1)).view(n, h, 1)
-        ci = (torch.arange(w, device=dev).view(1, w) + dx.view(n, 1)).view(n, 1, w)
-        occluded = grid[torch.arange(n, device=dev).view(n, 1, 1), ri, ci]  # (N, H, W)
+        # Each pixel looks up its (shifted) cell; the pixel grid is never built, so any size costs O(N*H*W).
+        rows = ((torch.arange(h, device=dev).view(1, h) + dy.view(n, 1)) // b).view(n, h, 1)
+        cols = ((torch.arange(w, device=dev).view(1, w) + dx.view(n, 1)) // b).view(n, 1, w)
+        occluded = cells[torch.arange(n, device=dev).view(n, 1, 1), rows, cols]  # (N, H, W)
         return (~occluded).unsqueeze(1).to(x.device)
 
     @property
