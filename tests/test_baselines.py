@@ -190,6 +190,21 @@ def test_as_denoiser_wraps_learned_models_in_batches_in_eval_mode():
     assert as_denoiser(TinyModel()).name == "TinyModel"
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 37, 53), (1, 4, 20, 20), (1, 1, 700, 900)])
+def test_learned_denoiser_takes_what_dae_denoise_takes(shape):
+    # One interface: colour images go channel by channel through a grayscale model, as in dae.denoise.
+    from dae.inference import denoise
+    from dae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", width=8)
+    x = torch.rand(shape)
+    out = as_denoiser(model).denoise(x)
+    assert out.shape == x.shape
+    assert torch.allclose(out, denoise(model, x, precision="fp32"), atol=1e-6)
+    assert torch.allclose(out[:, -1:], as_denoiser(model).denoise(x[:, -1:]), atol=1e-6)
+
+
 def test_as_denoiser_rejects_other_objects():
     with pytest.raises(UsageError, match="cannot use int as a denoiser"):
         as_denoiser(3)

@@ -333,19 +333,12 @@ class LearnedDenoiser:
         self.batch_size = int(batch_size)
 
     def denoise(self, x: Tensor, sigma: SigmaArg = None) -> Tensor:
+        from dae.inference import denoise
+
         _check_batch(x, f"model {self.name!r}")
-        param = next(self.model.parameters(), None)
-        device = param.device if param is not None else x.device
-        was_training = self.model.training
-        self.model.eval()  # batch norm / dropout must behave as at inference, whatever the caller left
-        try:
-            parts = [
-                self.model.denoise(x[i : i + self.batch_size].to(device, torch.float32)).to(x.device, x.dtype)
-                for i in range(0, x.shape[0], self.batch_size)
-            ]
-        finally:
-            self.model.train(was_training)
-        return torch.cat(parts) if parts else x.clone()
+        # The path dae.denoise takes (eval mode, colour images channel by channel for a grayscale model, large
+        # images in tiles), in exact fp32 so evaluation numbers do not depend on whether the CPU has bf16.
+        return denoise(self.model, x, batch_size=self.batch_size, precision="fp32").to(x.dtype)
 
     def __repr__(self) -> str:
         return f"LearnedDenoiser(name={self.name!r}, batch_size={self.batch_size})"
