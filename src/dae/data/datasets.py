@@ -697,6 +697,10 @@ def _to_uint8(im) -> tuple[np.ndarray, bool]:
     return np.asarray(im.convert("RGB")), False  # CMYK, YCbCr, ...
 
 
+# Crops of a folder dataset are held in memory (as uint8); more than this is a mistake, not a dataset.
+MAX_CROP_BYTES = 4 * 2**30
+
+
 def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
     """Pad (H, W, C) up to at least size x size: reflect where the image is wide enough, else replicate."""
     h, w = pixels.shape[:2]
@@ -752,16 +756,14 @@ class FolderDataset(ImageDataset):
     def _crops(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         p, k = self.patch_size, self.patches_per_image
-        offsets = torch.arange(p)
         out = []
         for picture in self.pictures:
             _, h, w = picture.shape
-            ys = torch.randint(0, h - p + 1, (k,), generator=g)
-            xs = torch.randint(0, w - p + 1, (k,), generator=g)
-            rows = (ys[:, None] + offsets)[:, :, None]  # (k, p, 1)
-            cols = (xs[:, None] + offsets)[:, None, :]  # (k, 1, p)
-            out.append(picture[:, rows, cols].permute(1, 0, 2, 3))  # (C, k, p, p) -> (k, C, p, p)
-        return torch.cat(out).contiguous()
+            ys = torch.randint(0, h - p + 1, (k,), generator=g).tolist()
+            xs = torch.randint(0, w - p + 1, (k,), generator=g).tolist()
+            # Slices, not index tensors: those would take 8 bytes an index for each of the k*p*p pixels.
+            out += [picture[:, y : y + p, x : x + p] for y, x in zip(ys, xs, strict=True)]
+        return torch.stack(out)  # (n_pictures * k, C, p, p)
 
 
 @DATASETS.register("folder")
@@ -801,6 +803,13 @@ def folder(
     if not chosen:
         raise ResourceError(
             f"{folder_root}: {len(files)} image file(s) leave no {split} images; add files or use split='all'"
+        )
+    crop_bytes = len(chosen) * patches_per_image * channels * patch_size**2
+    if crop_bytes > MAX_CROP_BYTES:
+        raise UsageError(
+            f"{folder_root}: {patches_per_image} crops of {patch_size}x{patch_size} from each of {len(chosen)} "
+            f"{split} image(s) would take {crop_bytes / 2**30:.1f} GiB (at most {MAX_CROP_BYTES / 2**30:g} GiB); "
+            "use a smaller patch_size (--data.patch_size) or fewer images"
         )
     pictures = []
     for path in chosen:
