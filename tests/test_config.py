@@ -97,3 +97,14 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = build_config(load_config_file(tmp_path / "config.yaml"))
     assert again == cfg
+
+
+def test_time_budget_takes_a_duration_in_files_and_dicts_as_on_the_command_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  time_budget: 2m\n")
+    assert build_config(load_config_file(f)).train.time_budget == 120
+    assert build_config({"train": {"time_budget": "90s"}}).train.time_budget == 90
+    assert build_config({"train": {"time_budget": 30}}).train.time_budget == 30
+    assert build_config({"train": {"time_budget": "none"}}).train.time_budget is None
+    with pytest.raises(UsageError, match=r"config field train\.time_budget: bad duration 'soon'"):
+        build_config({"train": {"time_budget": "soon"}})

@@ -1,12 +1,13 @@
 import importlib
 import os
+import re
 import signal
 
 import pytest
 import torch
 
 from dae.checkpoint import load_checkpoint, load_model
-from dae.errors import CheckpointError, ResourceError, TrainingError
+from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
 from dae.train import Interrupted, train
 
 # The module itself, to patch: `dae.train` (and `import dae.train as m`) is the function.
@@ -66,9 +67,11 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path, data_dir):
 
 def test_resume_of_a_finished_run_trains_nothing(tmp_path, data_dir, capsys):
     done = train(small_config(tmp_path, data_dir, steps=4), progress=False)
-    again = train(small_config(tmp_path, data_dir, steps=4), resume=True, progress=False)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    again = train(small_config(tmp_path, data_dir, steps=3), resume=True, progress=False)
     assert again.step == done.step == 4 and again.last_checkpoint == done.last_checkpoint
     assert "nothing to do" in capsys.readouterr().out
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved  # not rewritten with steps it never ran
 
 
 def test_resume_with_another_model_is_a_usage_error(tmp_path, data_dir):
@@ -252,3 +255,42 @@ def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monk
     with pytest.raises(TrainingError, match="loss became nan at step 1"):
         train(small_config(tmp_path, data_dir, steps=5), progress=False)
     assert allocator_calls == ["keep", "release"]
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "rule"),
+    [
+        ("train", "lr", -1.0, "a number > 0"),
+        ("train", "lr", float("nan"), "a number > 0"),
+        ("train", "weight_decay", -1.0, ">= 0"),
+        ("train", "grad_clip", -1.0, "> 0"),  # would flip every gradient and train uphill
+        ("train", "grad_clip", 0.0, "> 0"),
+        ("train", "val_every", 0, ">= 1"),
+        ("train", "val_every", -1, ">= 1"),
+        ("train", "threads", 0, ">= 1"),
+        ("train", "warmup_steps", -5, ">= 0"),
+        ("train", "keep_last", 0, ">= 1"),
+        ("train", "schedule", "xx", "cosine or constant"),
+        ("train", "optimizer", "sgd", "adam or adamw"),
+        ("train", "time_budget", -3.0, "> 0"),
+        ("data", "val_size", 0, ">= 1"),
+        ("data", "patch_size", 0, ">= 1"),
+    ],
+)
+def test_settings_that_cannot_train_are_refused_before_anything_is_written(
+    tmp_path, data_dir, section, field, value, rule
+):
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    cfg[section][field] = value
+    with pytest.raises(UsageError, match=rf"^{section}\.{field} must be {re.escape(rule)}"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_refused_for_a_bad_setting_leaves_the_runs_config_alone(tmp_path, data_dir):
+    train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(UsageError, match="train.schedule"):
+        train(small_config(tmp_path, data_dir, steps=4, schedule="xx"), resume=True, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    assert train(small_config(tmp_path, data_dir, steps=4), resume=True, progress=False).step == 4

@@ -63,8 +63,6 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
     dotted: dict[str, Any] = {}
     for item in overrides:
         dotted = merge(dotted, parse_override(item))
-    if "train" in dotted and "time_budget" in dotted["train"]:
-        dotted["train"]["time_budget"] = parse_duration(dotted["train"]["time_budget"])
     layers.append(dotted)
     return build_config(*layers)
 

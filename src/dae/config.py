@@ -68,6 +68,11 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Fields given in seconds that also take '90s', '2m', '1h'.
+DURATION_FIELDS = ("train.time_budget",)
+_NONE_WORDS = ("none", "null", "")
+
+
 def parse_duration(text: str | float | int) -> float:
     """Seconds from '90', '90s', '2m', '1.5h'."""
     if isinstance(text, int | float):
@@ -82,7 +87,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the field's declared type, with a message naming the field."""
     origin, args = get_origin(annotation), get_args(annotation)
     if args and type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS):
             return None
         annotation = next(a for a in args if a is not type(None))
         origin, args = get_origin(annotation), get_args(annotation)
@@ -137,6 +142,15 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         elif isinstance(current, dict) and isinstance(value, dict):
             setattr(obj, key, {**current, **value})  # model.kwargs.width=32 adds to, not replaces, the kwargs
         else:
+            if (
+                where in DURATION_FIELDS
+                and isinstance(value, str)
+                and value.strip().lower() not in _NONE_WORDS
+            ):
+                try:  # '90s', '2m', '1h' in a config file or dict, as on the command line
+                    value = parse_duration(value)
+                except UsageError as e:
+                    raise UsageError(f"config field {where}: {e}") from None
             setattr(obj, key, _coerce(value, hints[key], where))
 
 

@@ -115,6 +115,42 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
     raise UsageError(f"unknown schedule {t.schedule!r}; use cosine or constant")
 
 
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "adamw")
+
+
+def check_settings(cfg: Config) -> None:
+    """Refuse settings that cannot train, before any data is loaded or anything is written.
+
+    Some would otherwise fail deep inside (a division by a validation set of 0 images), and some would
+    train silently wrong (a negative grad_clip flips every gradient, so the loss climbs).
+    """
+    t, d = cfg.train, cfg.data
+
+    def need(ok: bool, field: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise UsageError(f"{field} must be {rule}, got {value}")
+
+    for name in ("epochs", "steps", "batch_size", "val_every", "threads"):
+        value = getattr(t, name)
+        need(value is None or value >= 1, f"train.{name}", ">= 1", value)
+    need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "> 0", t.time_budget)
+    need(math.isfinite(t.lr) and t.lr > 0, "train.lr", "a number > 0", t.lr)
+    need(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
+    need(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
+    need(
+        t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0),
+        "train.grad_clip",
+        "> 0 (or none for no clipping)",
+        t.grad_clip,
+    )
+    need(t.keep_last >= 1, "train.keep_last", ">= 1 (resuming needs a generation)", t.keep_last)
+    need(t.schedule in SCHEDULES, "train.schedule", " or ".join(SCHEDULES), repr(t.schedule))
+    need(t.optimizer in OPTIMIZERS, "train.optimizer", " or ".join(OPTIMIZERS), repr(t.optimizer))
+    need(d.val_size >= 1, "data.val_size", ">= 1 (validation picks the best checkpoint)", d.val_size)
+    need(d.patch_size >= 1, "data.patch_size", ">= 1", d.patch_size)
+
+
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = cfg.train
     # The fused kernel updates all parameters in one pass: the same maths up to rounding, and 4-9% more
@@ -299,14 +335,7 @@ def _train(
     t = cfg.train
     if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
         t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
-    for name in ("epochs", "steps", "batch_size"):
-        value = getattr(t, name)
-        if value is not None and value < 1:
-            raise UsageError(f"train.{name} must be >= 1, got {value}")
-    if t.time_budget is not None and t.time_budget <= 0:
-        raise UsageError(f"train.time_budget must be > 0, got {t.time_budget}")
-    if t.keep_last < 1:
-        raise UsageError(f"train.keep_last must be >= 1 (resuming needs a generation), got {t.keep_last}")
+    check_settings(cfg)
     cfg.name = cfg.name or (
         Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -382,9 +411,13 @@ def _train(
         elapsed_before, best_psnr = float(ck.state["elapsed_s"]), float(ck.state["best_val_psnr"])
         _truncate_metrics(run_dir / "metrics.csv", step)
         print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
+    # A resumed run that had already reached its stop condition trains no further step, and keeps the config
+    # it ran under rather than recording stop settings it never ran with.
+    done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "figures").mkdir(exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if not done:
+        save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir)
 
     def save_generation(metrics: dict[str, float]) -> Path:
@@ -424,10 +457,6 @@ def _train(
     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
     model.train()
     with StopSignals() as stop:
-        # A resumed run that had already reached its stop condition trains no further step.
-        done = resume and (
-            step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget)
-        )
         if done:
             print(f"dae: {run_dir} already reached its stop condition at step {step}; nothing to do")
         while not done:
