@@ -116,6 +116,24 @@ def test_any_file_of_a_generation_names_it(saved, name):
     assert torch.equal(model.eval()(x), load_model(path.with_name(name))(x))
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"files": []},
+        {"files": {"weights": "abc"}},
+        {"format_version": "2"},
+        {"model": ["fc"]},
+    ],
+    ids=["files-a-list", "file-entry-a-string", "version-a-string", "model-a-list"],
+)
+def test_hand_damaged_record_is_a_checkpoint_error(saved, damage):
+    _, path = saved
+    record_path = paths_for(path)[2]
+    record_path.write_text(json.dumps({**json.loads(record_path.read_text()), **damage}))
+    with pytest.raises(CheckpointError, match="damaged dae checkpoint record"):
+        load_model(path)
+
+
 def test_foreign_safetensors_refused(tmp_path):
     from safetensors.torch import save_file
 

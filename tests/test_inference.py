@@ -301,6 +301,22 @@ def test_single_file_errors_are_raised(tmp_path: Path) -> None:
     assert leftovers(out) == []
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({}, DataError), ({"tile": -1}, UsageError), ({"tile": 64, "overlap": 40}, UsageError)],
+    ids=["unreadable-image", "bad-tile", "bad-overlap"],
+)
+def test_a_run_that_writes_nothing_makes_no_output_folder(tmp_path: Path, kwargs, error) -> None:
+    src = tmp_path / "in.png"
+    if error is DataError:
+        src.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    else:
+        save(src, u8((10, 12)))
+    with pytest.raises(error):
+        denoise_files([src], TinyConv(), tmp_path / "new" / "out", **kwargs)
+    assert not (tmp_path / "new").exists()
+
+
 def test_output_equal_to_input_is_refused(tmp_path: Path) -> None:
     src = tmp_path / "in"
     a = save(src / "a.png", u8((10, 12)))

@@ -294,3 +294,11 @@ def test_a_resume_refused_for_a_bad_setting_leaves_the_runs_config_alone(tmp_pat
         train(small_config(tmp_path, data_dir, steps=4, schedule="xx"), resume=True, progress=False)
     assert (tmp_path / "run" / "config.yaml").read_text() == saved
     assert train(small_config(tmp_path, data_dir, steps=4), resume=True, progress=False).step == 4
+
+
+def test_out_that_is_a_file_is_refused_before_loading_data(tmp_path, data_dir, monkeypatch):
+    (tmp_path / "run").write_text("mine")
+    monkeypatch.setattr(train_module, "load_train_val", lambda cfg: pytest.fail("data loaded first"))
+    with pytest.raises(UsageError, match="run: output path exists and is not a folder"):
+        train(small_config(tmp_path, data_dir, steps=1), progress=False)
+    assert (tmp_path / "run").read_text() == "mine"

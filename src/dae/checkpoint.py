@@ -184,12 +184,27 @@ def read_record(weights_path: Path) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
     else:
         record = _embedded_record(weights_path)
+    return _well_formed(record, record_path)
+
+
+def _well_formed(record: Any, where: Path) -> dict[str, Any]:
+    """The record, once its fields have the types loading relies on (a hand-edited one may not)."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CheckpointError(f"{record_path} is not a dae checkpoint record (no format: {FORMAT!r})")
-    if record.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{record_path} has format version {record['format_version']}; this dae reads up to {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{where} is not a dae checkpoint record (no format: {FORMAT!r})")
+    version, files, model = (
+        record.get("format_version", 0),
+        record.get("files", {}),
+        record.get("model") or {},
+    )
+    if not (
+        isinstance(version, int)
+        and isinstance(files, dict)
+        and all(isinstance(entry, dict) for entry in files.values())
+        and isinstance(model, dict)
+    ):
+        raise CheckpointError(f"{where} is a damaged dae checkpoint record (format_version, files or model)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{where} has format version {version}; this dae reads up to {FORMAT_VERSION}")
     return record
 
 
@@ -216,7 +231,7 @@ def _embedded_record(weights_path: Path, blob: bytes | None = None) -> dict[str,
 
 def _self_verified_record(weights_path: Path, blob: bytes, entry: dict[str, Any] | None) -> dict[str, Any]:
     """The record embedded in the weights, once their tensor bytes match the hash it holds."""
-    record = _embedded_record(weights_path, blob)
+    record = _well_formed(_embedded_record(weights_path, blob), weights_path)
     expected = record.get("tensors_sha256")
     if expected is None:  # written before dae embedded the hash: the sidecar was all there was to check
         if entry is not None:

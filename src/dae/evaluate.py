@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dae.errors import UsageError
+from dae.fileio import output_folder
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 RECORD_COLUMNS = [
@@ -159,6 +160,8 @@ def evaluate(
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:
         raise UsageError(f"--slow-limit must be >= 1 (images for the slow baselines), got {slow_limit}")
+    if out is not None:
+        output_folder(out)
     methods = resolve_methods(checkpoints, baselines, models, device)
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")

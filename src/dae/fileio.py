@@ -12,6 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from dae.errors import UsageError
+
+
+def output_folder(path: str | Path) -> Path:
+    """`path` as a folder outputs will go to; a file already there is refused before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: output path exists and is not a folder")
+    return path
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, overwrite: bool = True) -> Path:
     """Call `write(f)` on a temp file beside `path`, then move it into place atomically.

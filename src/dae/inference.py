@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
+from dae.fileio import output_folder
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
 
 TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
@@ -160,19 +161,25 @@ def denoise_tiled(
     return denoise(model, image, tile=tile, overlap=overlap, device=device)
 
 
+def _check_tiling(tile: int | None, overlap: int) -> None:
+    """Refuse a tile size (None: automatic) or overlap that no image could use."""
+    if tile is not None and tile < 0:
+        raise UsageError(f"tile must be >= 0 (0 = never tile), got {tile}")
+    size = DEFAULT_TILE if tile is None else tile
+    if size and (overlap < 0 or 2 * overlap > size):
+        raise UsageError(f"overlap must be >= 0 and at most half the tile ({size}), got {overlap}")
+
+
 def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) -> int:
     """The tile size to use for an H x W image, 0 for none; validates tile and overlap."""
+    _check_tiling(tile, overlap)
     fixed = getattr(model, "fixed_size", None)
     if tile is None:
         tile = DEFAULT_TILE if h * w > TILE_THRESHOLD and not fixed else 0
-    if tile < 0:
-        raise UsageError(f"tile must be >= 0 (0 = never tile), got {tile}")
     if tile == 0 or (h <= tile and w <= tile):
         return 0
     if fixed:
         raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
-    if overlap < 0 or 2 * overlap > tile:
-        raise UsageError(f"overlap must be >= 0 and at most half the tile ({tile}), got {overlap}")
     return tile
 
 
@@ -325,17 +332,16 @@ def denoise_files(
         inputs = [inputs]
     if not inputs:
         raise UsageError("no inputs given; pass image files or folders")
-    out_root = Path(out_dir)
-    if out_root.exists() and not out_root.is_dir():
-        raise UsageError(f"{out_root}: output path exists and is not a folder")
+    out_root = output_folder(out_dir)
     if any(sep in suffix for sep in ("/", os.sep)):
         raise UsageError(f"suffix {suffix!r} must not contain a path separator")
+    _check_tiling(tile, overlap)
 
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
     jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy)
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
-    out_root.mkdir(parents=True, exist_ok=True)
+    # Folders are made as each output is written (_run_job), so a run in which every file fails leaves none.
 
     report = DenoiseReport(out_dir=out_root)
     if progress is None:

@@ -23,7 +23,7 @@ from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
 from dae.config import Config, build_config, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
-from dae.fileio import atomic_write_text
+from dae.fileio import atomic_write_text, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
@@ -339,7 +339,7 @@ def _train(
     cfg.name = cfg.name or (
         Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    run_dir = Path(cfg.out or f"runs/{cfg.name}")
+    run_dir = output_folder(cfg.out or f"runs/{cfg.name}")
     ckpt_dir = run_dir / "checkpoints"
     if not resume and any(ckpt_dir.glob("step-*.json")):
         raise ResourceError(
