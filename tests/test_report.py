@@ -391,12 +391,19 @@ def test_write_report_loads_the_runs_test_images(tmp_path, monkeypatch):
     assert page.count("data:image/png;base64,") == 0
 
 
-def test_write_report_not_a_run(tmp_path):
+@pytest.mark.parametrize(("name", "error"), [("empty", UsageError), ("missing", ResourceError)])
+def test_write_report_not_a_run(tmp_path, name, error):
     (tmp_path / "empty").mkdir()
-    for bad in (tmp_path / "empty", tmp_path / "missing"):
-        with pytest.raises(UsageError) as info:
-            write_report(bad)
-        assert "\n" not in str(info.value) and str(bad) in str(info.value)
+    with pytest.raises(error) as info:
+        write_report(tmp_path / name)
+    assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
+
+
+def test_suggested_eval_command_names_a_folder_runs_own_images(tmp_path):
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False, checkpoint=False)
+    (run / "config.yaml").write_text("data:\n  dataset: folder\n  data_dir: photos/\n")
+    page = write_report(run).read_text()
+    assert f"best.safetensors --dataset folder --data-dir photos/ --out {run / 'eval'}" in page
 
 
 def test_matrix_rows_sorted_by_training_level():

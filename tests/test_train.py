@@ -129,7 +129,7 @@ def test_resume_falls_back_to_previous_good_generation(tmp_path, data_dir, capsy
     gens[-1].write_bytes(gens[-1].read_bytes()[:-50])  # truncate the newest
     cfg["train"]["epochs"] = 3
     resumed = train(cfg, resume=True, progress=False)
-    assert "skipping bad checkpoint" in capsys.readouterr().out
+    assert "skipping bad checkpoint" in capsys.readouterr().err
     assert resumed.step == 12  # resumed from step 4, not 8
 
 
@@ -140,6 +140,12 @@ def test_resume_with_no_good_generation_errors(tmp_path, data_dir):
         p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no good checkpoint"):
         train(cfg, resume=True, progress=False)
+
+
+def test_resume_where_no_run_was_made_is_a_missing_resource(tmp_path, data_dir):
+    # Nothing is corrupt (exit 4): there is nothing to continue (exit 5).
+    with pytest.raises(ResourceError, match="no checkpoint to resume from .* start the run without --resume"):
+        train(small_config(tmp_path, data_dir, steps=2), resume=True, progress=False)
 
 
 def test_existing_run_needs_resume(tmp_path, data_dir):

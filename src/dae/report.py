@@ -341,8 +341,10 @@ def write_report(
 
     run = Path(run_dir)
     if not is_run_dir(run):
-        what = "does not exist" if not run.exists() else "is not a run directory"
-        raise UsageError(
+        what, error = (
+            ("does not exist", ResourceError) if not run.exists() else ("is not a run directory", UsageError)
+        )
+        raise error(
             f"{run} {what} (no config.yaml, metrics.csv or checkpoints/best.safetensors); "
             "give the --out directory of `dae train`"
         )
@@ -538,7 +540,7 @@ def write_report(
     sections.append(("Training", Html("".join(train_parts))))
 
     # --- evaluation
-    sections.append(("Evaluation", _eval_section(run, figures)))
+    sections.append(("Evaluation", _eval_section(run, figures, config)))
 
     # --- configuration
     if config:
@@ -560,7 +562,7 @@ def write_report(
     return out
 
 
-def _eval_section(run: Path, figures: Path) -> Html:
+def _eval_section(run: Path, figures: Path, config: dict[str, Any]) -> Html:
     """PSNR/SSIM-vs-noise figures, the train x test matrix and the method x level table from eval/."""
     from dae import plots
 
@@ -570,9 +572,16 @@ def _eval_section(run: Path, figures: Path) -> Html:
     except DaeError as e:
         return note_html(f"evaluation results unreadable: {e}")
     if not records:
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        # The run's own images: a folder run's model is evaluated on its folder, not on MNIST.
+        flags = "".join(
+            f" --{flag} {data[key]}"
+            for key, flag, default in (("dataset", "dataset", "mnist"), ("data_dir", "data-dir", None))
+            if data.get(key) not in (None, default)
+        )
         return note_html(
             f"no evaluation yet ({eval_dir.relative_to(run)}/results.csv is missing); run "
-            f"`dae eval --checkpoint {run / 'checkpoints' / 'best.safetensors'} --out {eval_dir}`"
+            f"`dae eval --checkpoint {run / 'checkpoints' / 'best.safetensors'}{flags} --out {eval_dir}`"
         )
     parts: list[str] = [f'<p class="muted">{esc(n)}</p>' for n in eval_notes]
     curves: list[str] = []

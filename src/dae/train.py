@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -249,13 +250,15 @@ def _compiled(model: torch.nn.Module, device: torch.device):
 def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
+    if not generations:
+        raise ResourceError(f"no checkpoint to resume from in {ckpt_dir}; start the run without --resume")
     problems = []
     for record in generations:
         try:
             return load_checkpoint(paths_for(record)[0], with_state=True)
         except (CheckpointError, ResourceError) as e:
             problems.append(str(e))
-            print(f"dae: skipping bad checkpoint generation: {e}")
+            print(f"dae: skipping bad checkpoint generation: {e}", file=sys.stderr)
     detail = f" ({'; '.join(problems)})" if problems else ""
     raise CheckpointError(f"no good checkpoint to resume from in {ckpt_dir}{detail}")
 
