@@ -549,3 +549,14 @@ def test_check_dataset_folder_lines(tmp_path):
     root = make_folder(tmp_path / "imgs")
     lines = D.check_dataset("folder", root=root)
     assert lines[0] == "folder/a_gray.png: ok (41x37 grayscale)" and len(lines) == 5
+
+
+@pytest.mark.parametrize("limit", [0, 2.5, True, "10"])
+def test_load_images_limit_must_be_a_whole_number(data_dir, limit):
+    with pytest.raises(UsageError, match="limit must be a positive whole number"):
+        D.load_images("mnist", "test", root=data_dir, limit=limit)
+
+
+def test_unknown_dataset_argument_names_the_valid_ones(data_dir):
+    with pytest.raises(UsageError, match="dataset mnist: .*'foo'; its arguments are split, root"):
+        D.load_images("mnist", "test", root=data_dir, foo=1)

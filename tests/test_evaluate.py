@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 from dae.evaluate import evaluate, noise_specs, train_test_matrix
 from dae.models import create_model
 
@@ -89,3 +89,14 @@ def test_output_path_that_is_a_file_is_refused_before_evaluating(tmp_path, monke
     with pytest.raises(UsageError, match="results.txt: output path exists and is not a folder"):
         evaluate(baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.5], out=target)
     assert target.read_text() == "mine"
+
+
+def test_strings_where_lists_belong_are_read_as_on_the_command_line():
+    images = torch.rand(3, 1, 28, 28)
+    as_lists = evaluate(baselines=["median", "tv"], images=images, levels=[0.3, 0.5], verbose=False)
+    as_text = evaluate(baselines="median,tv", images=images, levels="0.3,0.5", verbose=False)
+    assert as_text.records == as_lists.records
+    one = evaluate(baselines="median", images=images, levels=0.3, verbose=False)
+    assert {r["noise"] for r in one.records} == {"gaussian:0.3"}
+    with pytest.raises(ResourceError, match="no/such/run"):  # one path, not the letters of one
+        evaluate("no/such/run", images=images, levels=[0.3])

@@ -443,3 +443,16 @@ def test_auto_precision_stays_close_to_fp32():
     model = TinyConv().eval()
     x = rand(4, 1, 37, 53, seed=5)
     torch.testing.assert_close(denoise(model, x), denoise(model, x, precision="fp32"), atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape", "error", "match"),
+    [
+        ({"device": "gpu0"}, (1, 1, 8, 8), UsageError, "unknown device 'gpu0'"),
+        ({}, (1, 1, 0, 28), UsageError, "empty image"),
+    ]
+    + ([] if torch.cuda.is_available() else [({"device": "cuda"}, (1, 1, 8, 8), ResourceError, "CUDA")]),
+)
+def test_denoise_refuses_bad_devices_and_empty_images_in_one_line(kwargs, shape, error, match) -> None:
+    with pytest.raises(error, match=match):
+        denoise(TinyConv(), rand(*shape), **kwargs)

@@ -70,8 +70,9 @@ def estimate_sigma(x: Tensor) -> list[float]:
     """Gaussian noise std per image (skimage wavelet-MAD estimate, averaged over channels).
 
     Example:
+        >>> from dae.data.noise import add_noise
         >>> estimate_sigma(add_noise(torch.full((2, 1, 64, 64), 0.5), "gaussian:0.1", seed=0))
-        [0.099..., 0.100...]
+        [0.0960..., 0.1009...]
     """
     from skimage.restoration import estimate_sigma as _est
 

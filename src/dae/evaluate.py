@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -156,6 +157,15 @@ def evaluate(
     from dae.metrics import mse as mse_fn
     from dae.metrics import psnr, ssim
 
+    # A string where a list belongs is read as the command line reads it, not iterated letter by letter.
+    if isinstance(checkpoints, str | os.PathLike):
+        checkpoints = [checkpoints]
+    if isinstance(baselines, str):
+        baselines = [b for b in baselines.split(",") if b]
+    if isinstance(levels, str):
+        levels = parse_levels(levels)
+    elif isinstance(levels, int | float):
+        levels = [levels]
     if sigma not in ("given", "estimate"):
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:

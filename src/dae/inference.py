@@ -90,9 +90,15 @@ def denoise(
         raise UsageError(f"denoise expects float images in [0, 1], got {images.dtype}; divide by 255 first")
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    if device is not None:
+        from dae.train import select_device
+
+        device = select_device(str(device))  # a missing or misspelt device is one clear error, not torch's
     single = images.dim() == 3
     x = images[None] if single else images
     n, c, h, w = x.shape
+    if not (h and w):
+        raise UsageError(f"denoise got an empty image ({h}x{w} pixels)")
 
     learned = isinstance(model, nn.Module)
     if learned and device is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -42,8 +43,20 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
             ) from None
 
+    def builder(self, name: str, kwargs: dict[str, Any]) -> Callable[..., T]:
+        """The builder of `name`, once `kwargs` fit its signature (a misspelt argument names the valid ones)."""
+        builder = self.get(name)
+        signature = inspect.signature(builder)
+        try:
+            signature.bind(**kwargs)
+        except TypeError as e:
+            named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            valid = ", ".join(p.name for p in signature.parameters.values() if p.kind in named)
+            raise UsageError(f"{self.kind} {name}: {e}; its arguments are {valid}") from None
+        return builder
+
     def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+        return self.builder(name, kwargs)(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import math
+import numbers
 import os
 import pickle
 import subprocess
@@ -147,7 +148,7 @@ def create_dataset(
         >>> len(train), train.images.shape
         (60000, torch.Size([60000, 1, 28, 28]))
     """
-    return DATASETS.get(name)(split=split, root=root, download=download, **kw)
+    return DATASETS.create(name, split=split, root=root, download=download, **kw)
 
 
 def list_datasets() -> list[str]:
@@ -163,8 +164,10 @@ def load_images(
     Example:
         >>> x = load_images("mnist", "test", limit=1000)  # (1000, 1, 28, 28)
     """
-    if limit is not None and limit < 1:
-        raise UsageError(f"limit must be a positive number of images, got {limit}")
+    if limit is not None and (
+        not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1
+    ):
+        raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
     return create_dataset(name, split, root, **kw).batch(slice(0, limit))
 
 

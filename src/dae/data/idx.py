@@ -144,7 +144,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
     Example:
         >>> idx_bytes(np.zeros(3, np.uint8)).hex()
-        '00000801000000030000000000'
+        '0000080100000003000000'
     """
     array = np.asarray(array)
     code = _CODE_FOR_KIND.get((array.dtype.kind, array.dtype.itemsize))
@@ -164,6 +164,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, gzip: bool | None = No
 
     Example:
         >>> write_idx("labels-idx1-ubyte.gz", np.arange(10, dtype=np.uint8))
+        PosixPath('labels-idx1-ubyte.gz')
     """
     path = Path(path)
     if gzip is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from dae.errors import UsageError
 from dae.models.base import Denoiser
 from dae.registry import Registry
 
@@ -18,14 +17,7 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
     Example:
         >>> model = create_model("unet", width=16)
     """
-    builder = MODELS.get(name)
-    signature = inspect.signature(builder)
-    try:
-        signature.bind(**kwargs)
-    except TypeError as e:  # a misspelt or unknown argument: name the ones there are
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        valid = ", ".join(p.name for p in signature.parameters.values() if p.kind in named)
-        raise UsageError(f"model {name}: {e}; its arguments are {valid}") from None
+    builder = MODELS.builder(name, kwargs)
     model = builder(**kwargs)
     model.dae_name = name
     model.dae_kwargs = resolved_kwargs(builder, kwargs)
