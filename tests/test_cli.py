@@ -1,5 +1,6 @@
 """The command line end to end: exit codes, one-line errors, real (tiny) runs."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -36,6 +37,29 @@ def test_models_and_recipes_listed():
     assert code == 0 and "unet" in out and "fc" in out
     code, out, _ = dae("models", "--recipes")
     assert code == 0 and len(out.strip().splitlines()) >= 5
+
+
+def test_listings_give_whole_summaries_and_what_is_unavailable():
+    code, out, _ = dae("models")
+    unet = next(line for line in out.splitlines() if line.startswith("unet "))
+    assert code == 0 and "shuffle" in unet  # the whole first paragraph, not a line cut mid-sentence
+    code, out, _ = dae("baselines")
+    bm3d = next(line for line in out.splitlines() if line.startswith("bm3d "))
+    assert code == 0 and ("[not available" in bm3d) == (importlib.util.find_spec("bm3d") is None)
+
+
+def test_data_without_an_action_shows_its_actions():
+    code, out, _ = dae("data")
+    assert code == 2 and "check" in out and "usage: dae data" in out
+
+
+def test_data_check_without_the_files_points_at_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    code, _, err = dae("data", "check", "fashion-mnist", "--data-dir", tmp_path / "empty")
+    if code == 0:
+        pytest.skip("fashion-mnist is installed system-wide here (/usr/share/datasets)")
+    assert code == 5 and "pass --download" in err and len(err.strip().splitlines()) == 1
 
 
 def test_data_check_verifies_shared_data(data_dir):

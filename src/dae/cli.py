@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dae.errors import DaeError, PartialFailure, UsageError
+from dae.errors import DaeError, PartialFailure, ResourceError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,9 +198,15 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     for name in MODELS.names():
         model = create_model(name)
-        doc = (MODELS.get(name).__doc__ or type(model).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {doc}")
+        print(
+            f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {_summary(MODELS.get(name))}"
+        )
     return 0
+
+
+def _summary(obj: object) -> str:
+    """The first paragraph of a docstring on one line (a first line alone may stop mid-sentence)."""
+    return " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def cmd_list(kind: str):
@@ -210,8 +216,13 @@ def cmd_list(kind: str):
         else:
             from dae.baselines import BASELINES as registry
         for name in registry.names():
-            doc = (registry.get(name).__doc__ or "").strip().splitlines()
-            print(f"{name:<14} {doc[0] if doc else ''}")
+            note = ""
+            if kind == "baselines":
+                try:
+                    registry.create(name)
+                except ResourceError as e:  # an optional package that is not installed
+                    note = f" [not available: {e}]"
+            print(f"{name:<14} {_summary(registry.get(name))}{note}")
         return 0
 
     return run
@@ -220,7 +231,13 @@ def cmd_list(kind: str):
 def cmd_data_check(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.data.datasets import check_dataset
 
-    for line in check_dataset(args.name, root=args.data_dir, download=args.download):
+    try:
+        lines = check_dataset(args.name, root=args.data_dir, download=args.download)
+    except ResourceError as e:
+        if args.download or "download (disabled)" not in str(e):
+            raise
+        raise ResourceError(f"{e} (or pass --download to fetch and verify them)") from None
+    for line in lines:
         print(line)
     return 0
 
@@ -310,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("baselines", help="list classical baselines").set_defaults(func=cmd_list("baselines"))
 
     data = sub.add_parser("data", help="dataset tools")
+    data.set_defaults(func=lambda args, rest: data.print_help() or 2)  # no ACTION: what the actions are
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     dc = dsub.add_parser("check", help="locate (download if needed) and verify a dataset's files")
     dc.add_argument("name")
