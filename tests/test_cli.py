@@ -174,3 +174,18 @@ def test_resume_continues_under_the_runs_own_config(tmp_path, data_dir):
     assert "name: strided" in (run / "config.yaml").read_text()
     code, _, err = dae("train", "--resume", "--model", "unet", *common)
     assert code == 2 and "cannot continue" in err and len(err.strip().splitlines()) == 1
+
+
+def test_log_lines_carry_the_dae_prefix(tmp_path, monkeypatch, data_dir):
+    # A bad file in the cache is passed over with a warning; it reads like every other dae message.
+    cache = tmp_path / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    for official in (data_dir / "mnist").iterdir():
+        (cache / official.name).write_bytes(official.read_bytes())
+    (cache / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    monkeypatch.setenv("DAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DAE_DATA_DIR", raising=False)
+    code, _, err = dae("data", "check", "mnist")
+    lines = err.strip().splitlines()
+    assert code in (0, 5) and lines and all(line.startswith("dae: ") for line in lines)
+    assert any("ignoring" in line and "t10k-labels" in line for line in lines)
