@@ -489,6 +489,11 @@ def test_non_image_file_is_named(tmp_path):
         D.create_dataset("folder", "all", root=root, patch_size=8)
     with pytest.raises(DataError, match=r"fake\.png"):
         D.check_dataset("folder", root=root)
+    (root / "also-fake.png").write_text("me too")
+    with pytest.raises(
+        DataError, match=r"^2 of \d+ images in .* cannot be used: .*also-fake\.png.*; .*sub/fake\.png"
+    ):
+        D.check_dataset("folder", root=root)  # every bad file named, not only the first
 
 
 def test_truncated_image_is_named(tmp_path):

@@ -346,7 +346,8 @@ def _train(
     ckpt_dir = run_dir / "checkpoints"
     if not resume and any(ckpt_dir.glob("step-*.json")):
         raise ResourceError(
-            f"run directory {run_dir} already holds checkpoints; use --resume or another --out"
+            f"run directory {run_dir} already holds checkpoints; resume it (--resume, or resume=True) or "
+            "train into another directory (--out, or the config's out)"
         )
     get_loss(t.loss)  # validate names before loading data
     noise = parse_noise(t.noise)

@@ -185,12 +185,20 @@ def check_dataset(
         files = list_image_files(folder)
         if not files:
             raise ResourceError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        lines = []
-        for path in files:
-            pixels, gray = read_image(path)
+        lines, bad = [], []
+        for path in files:  # every file is checked, so one run names every bad one
+            try:
+                pixels, gray = read_image(path)
+            except DataError as e:
+                bad.append(str(e))
+                continue
             kind = "grayscale" if gray else "colour"
             lines.append(
                 f"folder/{path.relative_to(folder)}: ok ({pixels.shape[1]}x{pixels.shape[0]} {kind})"
+            )
+        if bad:
+            raise DataError(
+                f"{len(bad)} of {len(files)} images in {folder} cannot be used: " + "; ".join(bad)
             )
         return lines
     if name not in SHA256:
