@@ -306,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("denoise", help="denoise image files or folders")
     d.add_argument("inputs", nargs="+", metavar="INPUT")
-    d.add_argument("--checkpoint", required=True)
+    d.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint (.safetensors, its .json or .state.pt) or run directory",
+    )
     d.add_argument("-o", "--output", required=True, help="output directory")
     d.add_argument("--add-noise", help="corrupt inputs first (for demos), e.g. gaussian:0.3")
     d.add_argument("--seed", type=int, default=0)
