@@ -103,10 +103,18 @@ def test_pickle_as_weights_refused(tmp_path):
 )
 def test_file_of_another_kind_refused_without_reading_it_whole(tmp_path, data):
     # Any file's first 8 bytes read as a safetensors header length; a zip's make ~2**64 (was a MemoryError).
+    import tracemalloc
+
     p = tmp_path / "other.safetensors"
     p.write_bytes(data)
-    with pytest.raises(CheckpointError, match="not a dae safetensors checkpoint"):
-        load_model(p)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="not a dae safetensors checkpoint"):
+            load_model(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20  # the declared length (up to ~2**64 bytes) was never allocated
 
 
 @pytest.mark.parametrize("name", ["m.state.pt", "m.json", "m.safetensors"])
@@ -123,8 +131,21 @@ def test_any_file_of_a_generation_names_it(saved, name):
         {"files": {"weights": "abc"}},
         {"format_version": "2"},
         {"model": ["fc"]},
+        {"model": {"name": ["fc"]}},
+        {"config": ["x"]},
+        {"config": {"train": []}},
+        {"format_version": True},
     ],
-    ids=["files-a-list", "file-entry-a-string", "version-a-string", "model-a-list"],
+    ids=[
+        "files-a-list",
+        "file-entry-a-string",
+        "version-a-string",
+        "model-a-list",
+        "model-name-a-list",
+        "config-a-list",
+        "config-section-a-list",
+        "version-a-bool",
+    ],
 )
 def test_hand_damaged_record_is_a_checkpoint_error(saved, damage):
     _, path = saved

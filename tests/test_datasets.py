@@ -418,12 +418,12 @@ def test_folder_crops_rgb_and_determinism(tmp_path):
     assert torch.equal(gray_crops[:, 0], gray_crops[:, 1]) and torch.equal(gray_crops[:, 1], gray_crops[:, 2])
 
 
-def test_folder_patch_size_that_would_exhaust_memory_is_refused_before_reading(tmp_path, monkeypatch):
+def test_folder_patch_size_that_would_exhaust_memory_is_refused_before_decoding(tmp_path, monkeypatch):
     root = tmp_path / "two"
     root.mkdir()
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((30, 40), np.uint8)).save(root / name)
-    monkeypatch.setattr(D, "read_image", lambda path: pytest.fail("read before the size was checked"))
+    monkeypatch.setattr(D, "read_image", lambda path: pytest.fail("decoded before the size was checked"))
     # 16 crops of 5000x5000 from 2 grayscale images: 0.75 GiB, over a 0.5 GiB cap set for the test.
     monkeypatch.setattr(D, "MAX_CROP_BYTES", 2**29)
     with pytest.raises(

@@ -114,20 +114,24 @@ def test_occlusion_and_beyond_answers():
 
 
 def test_models_no_better_than_their_input_are_named():
+    g = "gaussian:0.5"
     records = [
         rec("noisy input", "gaussian:0.3", 13.0, kind="noisy"),
         rec("noisy input", "gaussian:0.5", 9.0, kind="noisy"),
+        rec("noisy input", "block:third", 13.2, kind="noisy"),
         rec("median", "gaussian:0.3", 5.0, kind="baseline"),  # only learned models are judged
-        rec("good", "gaussian:0.3", 20.0),
-        rec("good", "gaussian:0.5", 18.0),
-        rec("flat", "gaussian:0.3", 6.3),
-        rec("flat", "gaussian:0.5", 6.3),
-        rec("equal", "gaussian:0.3", 13.0),
-        rec("equal", "gaussian:0.5", 9.0),
-        rec("mixed", "gaussian:0.3", 12.0),  # worse than its input at 0.3, better at 0.5: it did learn
-        rec("mixed", "gaussian:0.5", 11.0),
+        rec("good", "gaussian:0.3", 20.0, train_noise=g),
+        rec("good", "gaussian:0.5", 18.0, train_noise=g),
+        rec("good", "block:third", 11.3, train_noise=g),  # worse on noise it never saw: a finding, not a flag
+        rec("flat", "gaussian:0.3", 6.3, train_noise=g),
+        rec("flat", "gaussian:0.5", 6.3, train_noise=g),
+        rec("equal", "gaussian:0.3", 13.0, train_noise="gaussian:0.1-0.9"),
+        rec("equal", "gaussian:0.5", 9.0, train_noise="gaussian:0.1-0.9"),
+        rec("mixed", "gaussian:0.3", 12.0, train_noise=g),  # worse at 0.3, better at 0.5: it did learn
+        rec("mixed", "gaussian:0.5", 11.0, train_noise=g),
+        rec("occluder", "block:third", 10.0, train_noise="block:quarter"),  # same family: judged
     ]
-    assert not_denoising(records) == ["flat", "equal"]
+    assert not_denoising(records) == ["flat", "equal", "occluder"]
     assert not_denoising([r for r in records if r["kind"] != "noisy"]) == []  # nothing to judge against
     text = caveat(["flat", "equal"], 8)
     assert text.startswith("Not a finding: flat and equal did no better than the noisy input")

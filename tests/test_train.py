@@ -273,14 +273,15 @@ def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monk
         ("train", "grad_clip", 0.0, "> 0"),
         ("train", "val_every", 0, ">= 1"),
         ("train", "val_every", -1, ">= 1"),
-        ("train", "threads", 0, ">= 1"),
+        ("train", "threads", -1, ">= 0"),
+        ("train", "grad_clip", float("nan"), "> 0"),
         ("train", "warmup_steps", -5, ">= 0"),
         ("train", "keep_last", 0, ">= 1"),
         ("train", "schedule", "xx", "cosine or constant"),
         ("train", "optimizer", "sgd", "adam or adamw"),
         ("train", "time_budget", -3.0, "> 0"),
         ("data", "val_size", 0, ">= 1"),
-        ("data", "patch_size", 0, ">= 1"),
+        ("data", "limit", 0, ">= 1"),
     ],
 )
 def test_settings_that_cannot_train_are_refused_before_anything_is_written(

@@ -7,7 +7,6 @@ Example:
     >>> clean = dae.denoise(model, noisy)  # (N, C, H, W) in [0, 1] -> same
 """
 
-import sys
 import types
 
 __version__ = "0.1.0"
@@ -27,25 +26,17 @@ __all__ = [
 ]
 
 
-# Public names that are also submodules (dae/train.py, dae/evaluate.py, as DESIGN.md lays them out).
-_FUNCTIONS_NAMED_LIKE_MODULES = ("train", "evaluate")
+class CallableModule(types.ModuleType):
+    """A module that runs its namesake function when called: dae/train.py and dae/evaluate.py.
 
-
-class _Package(types.ModuleType):
-    """The `dae` package, whose `train` and `evaluate` stay the functions once their modules are imported.
-
-    Python binds a submodule on its package when it is first imported (by dae.cli, dae.inference, a user's
-    `from dae.train import ...`), which would shadow the function: `dae.train(...)` then failed with
-    "'module' object is not callable". The modules stay importable: `from dae.train import train`.
+    `dae.train` is both a function (the public API) and a module (DESIGN.md's layout). Python binds the
+    module on the package once anything imports it, so the module itself must be callable:
+    `dae.train(cfg)` runs `dae.train.train(cfg)`, while `dae.train.select_device`, `import dae.train as m`
+    and patching by dotted name (`"dae.train.select_device"`) reach the module as usual.
     """
 
-    def __setattr__(self, name: str, value: object) -> None:
-        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
 
 
 def __getattr__(name: str):
@@ -53,14 +44,10 @@ def __getattr__(name: str):
         from dae import models
 
         return getattr(models, name)
-    if name == "train":
-        from dae.train import train
+    if name in ("train", "evaluate"):  # callable modules (CallableModule): dae.train(cfg) trains
+        import importlib
 
-        return train
-    if name == "evaluate":
-        from dae.evaluate import evaluate
-
-        return evaluate
+        return importlib.import_module(f"dae.{name}")
     if name == "denoise":
         from dae.inference import denoise
 

@@ -14,6 +14,7 @@ weights still load, under their own record, instead of failing against the stale
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -191,37 +192,40 @@ def _well_formed(record: Any, where: Path) -> dict[str, Any]:
     """The record, once its fields have the types loading relies on (a hand-edited one may not)."""
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a dae checkpoint record (no format: {FORMAT!r})")
-    version, files, model = (
-        record.get("format_version", 0),
-        record.get("files", {}),
-        record.get("model") or {},
-    )
+    version, files = record.get("format_version", 0), record.get("files", {})
+    model, config = record.get("model") or {}, record.get("config") or {}
     if not (
         isinstance(version, int)
+        and not isinstance(version, bool)
         and isinstance(files, dict)
         and all(isinstance(entry, dict) for entry in files.values())
         and isinstance(model, dict)
+        and isinstance(model.get("name"), str | None)
+        and isinstance(config, dict)
+        and all(_scalar(value) or isinstance(value, dict) for value in config.values())
     ):
-        raise CheckpointError(f"{where} is a damaged dae checkpoint record (format_version, files or model)")
+        raise CheckpointError(
+            f"{where} is a damaged dae checkpoint record (format_version, files, model or config)"
+        )
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{where} has format version {version}; this dae reads up to {FORMAT_VERSION}")
     return record
 
 
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
 def _embedded_record(weights_path: Path, blob: bytes | None = None) -> dict[str, Any]:
     """The record in the safetensors header, parsed from `blob` when the file is already in memory."""
     try:
-        if blob is None:
-            with open(weights_path, "rb") as f:
-                blob = f.read(8)
-                # Checked before reading: any other file's first 8 bytes make an arbitrary, often huge length.
-                if not 0 < int.from_bytes(blob, "little") < _MAX_HEADER:
-                    raise ValueError
-                blob += f.read(int.from_bytes(blob, "little"))
-        n = int.from_bytes(blob[:8], "little")
-        if len(blob) < 8 or not 0 < n < _MAX_HEADER:
-            raise ValueError
-        header = json.loads(blob[8 : 8 + n])
+        with open(weights_path, "rb") if blob is None else contextlib.nullcontext() as f:
+            head = blob[:8] if f is None else f.read(8)
+            n = int.from_bytes(head, "little")
+            # Checked before reading on: any other file's first 8 bytes make an arbitrary, often huge length.
+            if len(head) < 8 or not 0 < n < _MAX_HEADER:
+                raise ValueError
+            header = json.loads(blob[8 : 8 + n] if f is None else f.read(n))
         return json.loads(header["__metadata__"]["dae"])
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise CheckpointError(

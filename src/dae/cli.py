@@ -199,9 +199,8 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         return 0
     for name in MODELS.names():
         model = create_model(name)
-        print(
-            f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {_summary(MODELS.get(name))}"
-        )
+        summary = _summary(MODELS.get(name)) or _summary(type(model))
+        print(f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {summary}")
     return 0
 
 
@@ -350,14 +349,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (a caller may redirect it between calls)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """dae's own log lines (a download, a bad cached file passed over) as 'dae: ...' on stderr, like errors."""
     logger = logging.getLogger("dae")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("dae: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # printed once, whatever logging the caller has set up
 
 
 def main(argv: list[str] | None = None) -> int:

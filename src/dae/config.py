@@ -83,11 +83,27 @@ def parse_duration(text: str | float | int) -> float:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
+def _duration_or_number(text: str, where: str) -> str | float:
+    """'90s', '2m', '1h' as seconds, as on the command line; numbers (YAML reads 1e3 as a string) and
+    none-words are left to the field's own conversion."""
+    word = text.strip()
+    if word.lower() in _NONE_WORDS:
+        return word
+    try:
+        return float(word)
+    except ValueError:
+        pass
+    try:
+        return parse_duration(word)
+    except UsageError as e:
+        raise UsageError(f"config field {where}: {e}") from None
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the field's declared type, with a message naming the field."""
     origin, args = get_origin(annotation), get_args(annotation)
     if args and type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in _NONE_WORDS):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
             return None
         annotation = next(a for a in args if a is not type(None))
         origin, args = get_origin(annotation), get_args(annotation)
@@ -142,15 +158,8 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         elif isinstance(current, dict) and isinstance(value, dict):
             setattr(obj, key, {**current, **value})  # model.kwargs.width=32 adds to, not replaces, the kwargs
         else:
-            if (
-                where in DURATION_FIELDS
-                and isinstance(value, str)
-                and value.strip().lower() not in _NONE_WORDS
-            ):
-                try:  # '90s', '2m', '1h' in a config file or dict, as on the command line
-                    value = parse_duration(value)
-                except UsageError as e:
-                    raise UsageError(f"config field {where}: {e}") from None
+            if where in DURATION_FIELDS and isinstance(value, str):
+                value = _duration_or_number(value, where)
             setattr(obj, key, _coerce(value, hints[key], where))
 
 

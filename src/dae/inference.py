@@ -177,15 +177,15 @@ def _check_tiling(tile: int | None, overlap: int) -> None:
 
 
 def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) -> int:
-    """The tile size to use for an H x W image, 0 for none; validates tile and overlap."""
-    _check_tiling(tile, overlap)
+    """The tile size to use for an H x W image, 0 for none; validates tile, and overlap when it tiles."""
     fixed = getattr(model, "fixed_size", None)
     if tile is None:
         tile = DEFAULT_TILE if h * w > TILE_THRESHOLD and not fixed else 0
-    if tile == 0 or (h <= tile and w <= tile):
+    if tile == 0 or (tile > 0 and h <= tile and w <= tile):
         return 0
-    if fixed:
+    if fixed and tile > 0:
         raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
+    _check_tiling(tile, overlap)
     return tile
 
 

@@ -14,6 +14,7 @@ import html
 import json
 import math
 import re
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -575,7 +576,7 @@ def _eval_section(run: Path, figures: Path, config: dict[str, Any]) -> Html:
         data = config.get("data") if isinstance(config.get("data"), dict) else {}
         # The run's own images: a folder run's model is evaluated on its folder, not on MNIST.
         flags = "".join(
-            f" --{flag} {data[key]}"
+            f" --{flag} {shlex.quote(str(data[key]))}"
             for key, flag, default in (("dataset", "dataset", "mnist"), ("data_dir", "data-dir", None))
             if data.get(key) not in (None, default)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
 from dae.config import Config, build_config, save_config
@@ -105,6 +107,10 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype), precision
 
 
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adam", "adamw")
+
+
 def lr_at(cfg: Config, step: int, progress: float) -> float:
     """Linear warm-up, then constant or cosine decay over `progress` in [0, 1] (steps or time budget)."""
     t = cfg.train
@@ -113,11 +119,7 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
         return t.lr * warm
     if t.schedule == "cosine":
         return t.lr * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-    raise UsageError(f"unknown schedule {t.schedule!r}; use cosine or constant")
-
-
-SCHEDULES = ("cosine", "constant")
-OPTIMIZERS = ("adam", "adamw")
+    raise UsageError(f"unknown schedule {t.schedule!r}; use {' or '.join(SCHEDULES)}")
 
 
 def check_settings(cfg: Config) -> None:
@@ -132,15 +134,17 @@ def check_settings(cfg: Config) -> None:
         if not ok:
             raise UsageError(f"{field} must be {rule}, got {value}")
 
-    for name in ("epochs", "steps", "batch_size", "val_every", "threads"):
+    for name in ("epochs", "steps", "batch_size", "val_every"):
         value = getattr(t, name)
         need(value is None or value >= 1, f"train.{name}", ">= 1", value)
+    need(t.threads is None or t.threads >= 0, "train.threads", ">= 0 (0 or none: torch's default)", t.threads)
+    need(d.limit is None or d.limit >= 1, "data.limit", ">= 1", d.limit)
     need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "> 0", t.time_budget)
     need(math.isfinite(t.lr) and t.lr > 0, "train.lr", "a number > 0", t.lr)
     need(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
     need(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
     need(
-        t.grad_clip is None or (math.isfinite(t.grad_clip) and t.grad_clip > 0),
+        t.grad_clip is None or t.grad_clip > 0,
         "train.grad_clip",
         "> 0 (or none for no clipping)",
         t.grad_clip,
@@ -149,7 +153,6 @@ def check_settings(cfg: Config) -> None:
     need(t.schedule in SCHEDULES, "train.schedule", " or ".join(SCHEDULES), repr(t.schedule))
     need(t.optimizer in OPTIMIZERS, "train.optimizer", " or ".join(OPTIMIZERS), repr(t.optimizer))
     need(d.val_size >= 1, "data.val_size", ">= 1 (validation picks the best checkpoint)", d.val_size)
-    need(d.patch_size >= 1, "data.patch_size", ">= 1", d.patch_size)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -161,7 +164,7 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
         return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
     if t.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=fused)
-    raise UsageError(f"unknown optimizer {t.optimizer!r}; use adam or adamw")
+    raise UsageError(f"unknown optimizer {t.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
 
 
 def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
@@ -173,9 +176,7 @@ def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
     n = images.shape[0]
     n_val = min(cfg.data.val_size, max(1, n // 10))
     train, val = images[: n - n_val], images[n - n_val :]
-    if cfg.data.limit is not None:
-        if cfg.data.limit < 1:
-            raise UsageError(f"data.limit must be >= 1, got {cfg.data.limit}")
+    if cfg.data.limit is not None:  # >= 1: check_settings
         train = train[: cfg.data.limit]
     return train, val
 
@@ -576,3 +577,8 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tb"))
+
+
+# `dae.train(...)` calls this module's train(); see dae.CallableModule.
+sys.modules[__name__].__class__ = CallableModule
+__signature__ = inspect.signature(train)

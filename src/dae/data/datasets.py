@@ -708,8 +708,15 @@ def _to_uint8(im) -> tuple[np.ndarray, bool]:
     return np.asarray(im.convert("RGB")), False  # CMYK, YCbCr, ...
 
 
-# Crops of a folder dataset are held in memory (as uint8); more than this is a mistake, not a dataset.
-MAX_CROP_BYTES = 4 * 2**30
+def _half_the_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): a size any machine training has
+        return 4 * 2**30
+
+
+# A folder dataset's crops are held in memory as uint8; more than half the machine's memory cannot train.
+MAX_CROP_BYTES = _half_the_memory()
 
 
 def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -819,8 +826,9 @@ def folder(
     if crop_bytes > MAX_CROP_BYTES:
         raise UsageError(
             f"{folder_root}: {patches_per_image} crops of {patch_size}x{patch_size} from each of {len(chosen)} "
-            f"{split} image(s) would take {crop_bytes / 2**30:.1f} GiB (at most {MAX_CROP_BYTES / 2**30:g} GiB); "
-            "use a smaller patch_size (--data.patch_size) or fewer images"
+            f"{split} image(s) would take {crop_bytes / 2**30:.1f} GiB (at most {MAX_CROP_BYTES / 2**30:.1f} GiB, "
+            "half this machine's memory); "
+            "use a smaller patch_size (--data.patch_size), fewer patches_per_image or fewer images"
         )
     pictures = []
     for path in chosen:
