@@ -80,11 +80,10 @@ def test_nothing_to_evaluate_is_usage_error():
 
 
 def test_output_path_that_is_a_file_is_refused_before_evaluating(tmp_path, monkeypatch):
-    import importlib
+    import dae.evaluate as module
 
     target = tmp_path / "results.txt"
     target.write_text("mine")
-    module = importlib.import_module("dae.evaluate")  # dae.evaluate is the function
     monkeypatch.setattr(module, "resolve_methods", lambda *a: pytest.fail("evaluated first"))
     with pytest.raises(UsageError, match="results.txt: output path exists and is not a folder"):
         evaluate(baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.5], out=target)

@@ -1,4 +1,3 @@
-import importlib
 import os
 import re
 import signal
@@ -6,12 +5,10 @@ import signal
 import pytest
 import torch
 
+import dae.train as train_module  # the module, for patching its helpers
 from dae.checkpoint import load_checkpoint, load_model
 from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
 from dae.train import Interrupted, train
-
-# The module itself, to patch: `dae.train` (and `import dae.train as m`) is the function.
-train_module = importlib.import_module("dae.train")
 
 
 def small_config(tmp_path, data_dir, name="run", **train_kw):
