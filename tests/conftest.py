@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,21 @@ def mnist_test(data_dir: Path) -> torch.Tensor:
     from dae.data.datasets import create_dataset
 
     return create_dataset("mnist", "test", root=data_dir, download=False).as_float()
+
+
+@pytest.fixture
+def traced_peak():
+    """`with traced_peak() as peak: ...` leaves in peak[0] the most memory Python held at once inside the block
+    (tracemalloc), for tests that a declared size was never allocated."""
+
+    @contextlib.contextmanager
+    def trace():
+        peak = [0]
+        tracemalloc.start()
+        try:
+            yield peak
+        finally:
+            peak[0] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+
+    return trace
