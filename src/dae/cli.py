@@ -231,13 +231,7 @@ def cmd_list(kind: str):
 def cmd_data_check(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.data.datasets import check_dataset
 
-    try:
-        lines = check_dataset(args.name, root=args.data_dir, download=args.download)
-    except ResourceError as e:
-        if args.download or "download (disabled)" not in str(e):
-            raise
-        raise ResourceError(f"{e} (or pass --download to fetch and verify them)") from None
-    for line in lines:
+    for line in check_dataset(args.name, root=args.data_dir, download=args.download):
         print(line)
     return 0
 

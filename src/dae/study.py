@@ -323,10 +323,10 @@ def answer_occlusion(records: Sequence[Mapping[str, Any]]) -> str:
 
 def answer_beyond(records: Sequence[Mapping[str, Any]]) -> str:
     """Per noise family: does the best learned model beat the best classical baseline, by how much."""
-    families = list(dict.fromkeys(str(r["noise"]).split(":")[0] for r in records))
+    families = list(dict.fromkeys(_family(r["noise"]) for r in records))
     parts = []
     for fam in families:
-        rs = [r for r in records if str(r["noise"]).split(":")[0] == fam]
+        rs = [r for r in records if _family(r["noise"]) == fam]
         specs = list(dict.fromkeys(str(r["noise"]) for r in rs))
         margins, wins = [], 0
         names = set()

@@ -304,7 +304,6 @@ def locate_idx(
             raise ResourceError(
                 f"data dir {explicit} {what}; pass --data-dir/DAE_DATA_DIR an existing folder"
             )
-        skipped = len(tried)
         for path in _candidates(explicit, name, filename):
             if path.is_file():
                 array, why = _verify(path, expected)
@@ -316,7 +315,7 @@ def locate_idx(
                     # A file the user pointed us at that is wrong is an error, never skipped silently.
                     raise DataError(f"{why}; replace it with the official file or remove it")
                 return array, path
-        if len(tried) == skipped:
+        if not tried:  # nothing there, not even another dataset's file
             tried.append(f"{explicit} (no {filename}[.gz])")
 
     cache_root = Path(cache).expanduser() if cache is not None else cache_dir()
@@ -365,6 +364,7 @@ def locate_idx(
     raise ResourceError(
         f"{name}/{filename} not found or not verified; tried: {'; '.join(tried)}. "
         "Point --data-dir (or DAE_DATA_DIR) at a folder holding the official files"
+        + ("" if download else " (or pass --download to fetch and verify them)")
     )
 
 
