@@ -19,6 +19,7 @@ from dae.baselines import (
 )
 from dae.data.noise import add_noise
 from dae.errors import ResourceError, UsageError
+from dae.inference import DEFAULT_TILE
 from dae.metrics import psnr
 from dae.models.base import Denoiser
 
@@ -211,10 +212,15 @@ def test_learned_denoiser_handles_large_images():
     torch.manual_seed(0)
     model = create_model("unet", width=8).eval()
     x = torch.rand(1, 1, 700, 900)  # over dae.denoise's 512x512 threshold, so it goes in blended tiles
+    seen: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
     out = as_denoiser(model).denoise(x)
+    hook.remove()
     with torch.no_grad():
         whole = model.denoise(x)
-    assert out.shape == x.shape and (out - whole).abs().max() < 0.05  # tile seams blend to near-equal
+    # The wrapper tiled (no forward pass saw more than a default tile) and the seams blend to near-equal.
+    assert seen and max(h * w for h, w in seen) <= DEFAULT_TILE**2
+    assert out.shape == x.shape and (out - whole).abs().max() < 0.05
 
 
 def test_as_denoiser_rejects_other_objects():
