@@ -30,8 +30,8 @@ study: $(VENV)/.installed
 	$(VENV)/bin/dae study --out runs/study
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
 
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info src/*.egg-info
