@@ -29,6 +29,7 @@ together, which is what corruption of a real RGB image looks like (for grey imag
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
@@ -668,10 +669,11 @@ def add_noise(x: Tensor, spec: str | Noise, seed: int | torch.Generator) -> Tens
 
 
 def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
-    """The fixed noisy copy of an evaluation set: the whole set in one call with a fresh CPU generator.
+    """The fixed noisy copy of an evaluation set: image i is corrupted by its own generator, seeded from (seed, i).
 
-    Same (x, spec, seed) gives the same tensor on any device and whatever batch size is used afterwards,
-    because the noise never depends on how the set is later split.
+    So image i's noise depends only on the seed, the spec, its index and the image itself: the first k images
+    of a set get the same noise whether 100 or 10,000 are evaluated, on any device and whatever batch size is
+    used afterwards.
 
     Example:
         >>> noisy_test = make_noisy(test_images, "gaussian:0.3", seed=1234)
@@ -680,4 +682,25 @@ def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
         raise UsageError(
             "make_noisy takes an int seed (it makes its own fresh generator); use add_noise for a Generator"
         )
-    return parse_noise(spec)(x, _generator(seed))
+    noise, g = parse_noise(spec), _generator(seed)
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
+        return noise(x, g)  # the noise's own checks, or an empty batch
+    # One generator per image, not one for the whole set: a whole-set draw would tie each image's noise to
+    # the set's size (per-image levels, occlusion offsets and a composition's second component are drawn
+    # after all the pixels, and torch redraws the tail of a normal draw whose length is not a multiple of 16).
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i : i + 1] = noise(x[i : i + 1], g.manual_seed(image_seed(seed, i)))
+    return out
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Image `index`'s 64-bit noise seed within a set seeded `seed`: hashed, so that (seed, index + 1) and
+    (seed + 1, index) share nothing.
+
+    Example:
+        >>> image_seed(1234, 0) != image_seed(1235, 0) != image_seed(1234, 1)
+        True
+    """
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
