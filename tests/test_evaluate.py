@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dae.errors import ResourceError, UsageError
-from dae.evaluate import evaluate, noise_specs, train_test_matrix
+from dae.evaluate import DEFAULT_LEVELS, evaluate, noise_specs, train_test_matrix
 from dae.models import create_model
 
 
@@ -99,3 +99,77 @@ def test_strings_where_lists_belong_are_read_as_on_the_command_line():
     assert {r["noise"] for r in one.records} == {"gaussian:0.3"}
     with pytest.raises(ResourceError, match="no/such/run"):  # one path, not the letters of one
         evaluate("no/such/run", images=images, levels=[0.3])
+
+
+def test_levels_default_to_the_sweep_for_a_family_and_a_full_spec_runs_as_is():
+    images = torch.rand(2, 1, 28, 28)
+    swept = evaluate(baselines=["identity"], images=images, verbose=False)
+    assert [r["level"] for r in swept.records if r["kind"] == "noisy"] == list(DEFAULT_LEVELS)
+    for spec in ("gaussian:0.3", "none", "block:third", "gaussian:0.2+mask:0.1"):
+        res = evaluate(baselines=["identity"], images=images, noise=spec, verbose=False)
+        assert {r["noise"] for r in res.records} == {spec}
+    with pytest.raises(UsageError, match="already has a level; drop the levels"):
+        evaluate(baselines=["identity"], images=images, noise="gaussian:0.3", levels=[0.5])
+
+
+def test_a_level_is_run_exactly_as_recorded():
+    specs = noise_specs("gaussian", [0.123456789, 0.5, 1.0])
+    assert specs == [("gaussian:0.123456789", 0.123456789), ("gaussian:0.5", 0.5), ("gaussian:1", 1.0)]
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ((torch.rand(3, 1, 28, 28) * 255).to(torch.uint8), r"float .* got torch.uint8.*"),
+        (torch.rand(3, 1, 28, 28) * 255, r"\[0, 1\], got values from .* \(uint8 data: divide by 255\)"),
+        (torch.full((2, 1, 28, 28), float("nan")), r"must lie in \[0, 1\]"),
+        (torch.rand(0, 1, 28, 28), "images is empty"),
+        (torch.rand(28, 28), r"float \(N, C, H, W\) tensor in \[0, 1\], got torch.float32 \(28, 28\)"),
+        (torch.rand(2, 1, 8, 8), "8x8 pixels are smaller than SSIM's 11x11 window"),
+        ([[0.5]], "got list"),
+    ],
+)
+def test_bad_images_are_refused_before_any_denoising(images, message, monkeypatch):
+    import dae.evaluate as module
+
+    monkeypatch.setattr(module, "make_noisy", lambda *a: pytest.fail("denoised first"), raising=False)
+    with pytest.raises(UsageError, match=message):
+        evaluate(baselines=["median"], images=images, levels=[0.5], verbose=False)
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True])
+def test_limit_must_be_a_positive_count(limit):
+    with pytest.raises(UsageError, match="limit must be a positive whole number"):
+        evaluate(baselines=["median"], images=torch.rand(4, 1, 28, 28), levels=[0.5], limit=limit)
+
+
+def test_notes_name_the_images_and_only_the_noise_used():
+    images = torch.rand(3, 1, 28, 28)
+    note = evaluate(baselines=["median"], images=images, noise="salt_pepper:0.1", verbose=False).notes[0]
+    assert note.startswith("the images given, 3 images") and "gaussian" not in note
+    note = evaluate(baselines=["median"], images=images, levels=[0.3], verbose=False).notes[0]
+    assert "clip(x + s*N(0,1), 0, 1)" in note
+
+
+class Recorder:
+    """A denoiser that returns its input and keeps what it was given."""
+
+    name, needs_sigma = "recorder", False
+
+    def __init__(self):
+        self.seen: list[torch.Tensor] = []
+
+    def denoise(self, x, sigma=None):
+        self.seen.append(x.clone())
+        return x
+
+
+@pytest.mark.parametrize(
+    "spec", ["gaussian:0.1-0.9", "block:third", "gaussian:0.3+mask:0.1", "salt_pepper:0.1"]
+)
+def test_limit_k_sees_the_first_k_noisy_images_of_a_larger_evaluation(mnist_test, spec):
+    images = mnist_test[:30].clone()
+    few, many = Recorder(), Recorder()
+    evaluate(models=[few], images=images, limit=10, noise=spec, verbose=False)
+    evaluate(models=[many], images=images, noise=spec, verbose=False)
+    assert torch.equal(few.seen[0], many.seen[0][:10])

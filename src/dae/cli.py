@@ -108,11 +108,9 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.allocator import keep_freed_memory
     from dae.checkpoint import resolve_checkpoint
-    from dae.evaluate import DEFAULT_LEVELS, evaluate, format_table, parse_levels
+    from dae.evaluate import evaluate, format_table, parse_levels
 
-    levels = parse_levels(args.levels)
-    if levels is None and (args.noise is None or ":" not in args.noise) and args.noise != "none":
-        levels = list(DEFAULT_LEVELS)
+    levels = parse_levels(args.levels)  # None: DEFAULT_LEVELS for a noise family, a full spec as it is
     baselines = [b for b in (args.baselines or "").split(",") if b]
     keep_freed_memory()  # batch after batch of the same size: reuse the memory instead of faulting it in
     # Beside the (first) run: RUN/eval whether RUN, RUN/checkpoints or a .safetensors file was named.

@@ -55,28 +55,39 @@ class EvalResult:
 def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple[str, float | None]]:
     """Expand a noise family and levels into concrete specs: ('gaussian', [0.1, 0.3]) -> gaussian:0.1, gaussian:0.3.
 
-    Options after a comma are kept (gaussian,clip=false -> gaussian:0.3,clip=false). A full spec with no levels
-    is used as it is.
+    Options after a comma are kept (gaussian,clip=false -> gaussian:0.3,clip=false). A full spec ('gaussian:0.3',
+    'block:third', 'none', a composition) with no levels is used as it is; a family alone with levels=None gets
+    DEFAULT_LEVELS.
+
+    Example:
+        >>> noise_specs("gaussian,clip=false", [0.1, 0.25])
+        [('gaussian:0.1,clip=false', 0.1), ('gaussian:0.25,clip=false', 0.25)]
     """
     from dae.data.noise import parse_noise
 
     noise = noise or "gaussian"
+    name, _, rest = noise.partition(",")
+    full = ":" in name or "+" in noise or name == "none"
+    if levels is None and not full:
+        levels = DEFAULT_LEVELS
     if not levels:
         parse_noise(noise)  # fail early with the parser's message
         m = re.match(r"^[a-z_]+:([0-9.]+)(?:,|$)", noise)
         return [(noise, float(m.group(1)) if m else None)]
     if "+" in noise:
         raise UsageError(
-            f"--levels cannot be combined with a composed noise {noise!r}; give full specs instead"
+            f"levels cannot be combined with a composed noise {noise!r}; give full specs instead"
         )
-    name, _, rest = noise.partition(",")
-    if ":" in name:
+    if full:
         raise UsageError(
-            f"--noise {noise!r} already has a level; drop --levels or give the family only (e.g. gaussian)"
+            f"noise {noise!r} already has a level; drop the levels or give the family only (e.g. gaussian)"
         )
     specs = []
     for level in levels:
-        spec = f"{name}:{level:g}" + (f",{rest}" if rest else "")
+        text = f"{level:g}"
+        if float(text) != level:  # 6 significant digits would run another level than the one recorded
+            text = repr(float(level))
+        spec = f"{name}:{text}" + (f",{rest}" if rest else "")
         parse_noise(spec)
         specs.append((spec, float(level)))
     return specs
@@ -97,7 +108,10 @@ def resolve_methods(
     models: Sequence[Any] = (),
     device: str = "auto",
 ) -> list[Method]:
-    """Checkpoints, already-built models and baseline names, all behind the same .denoise(x, sigma) call."""
+    """Checkpoints, already-built models and baseline names, all behind the same .denoise(x, sigma) call.
+
+    `models` may also hold denoiser objects of one's own (.name, .needs_sigma, .denoise(x, sigma=None)).
+    """
     from dae.baselines import BASELINES, as_denoiser
     from dae.checkpoint import load_checkpoint
     from dae.train import select_device
@@ -110,6 +124,9 @@ def resolve_methods(
         label = _checkpoint_label(Path(path), ck.record)
         methods.append(Method(label, "learned", as_denoiser(ck.model, label), train_noise))
     for model in models:
+        if not isinstance(model, torch.nn.Module):  # a denoiser object of one's own (.name, .denoise)
+            methods.append(Method(getattr(model, "name", ""), "baseline", as_denoiser(model)))
+            continue
         label = getattr(model, "dae_name", type(model).__name__)
         methods.append(Method(label, "learned", as_denoiser(model.to(dev).eval(), label)))
     for name in baselines:
@@ -136,7 +153,7 @@ def evaluate(
     dataset: str = "mnist",
     split: str = "test",
     noise: str | None = "gaussian",
-    levels: Sequence[float] | None = DEFAULT_LEVELS,
+    levels: Sequence[float] | None = None,
     limit: int | None = None,
     slow_limit: int = 200,
     seed: int = 1234,
@@ -150,8 +167,11 @@ def evaluate(
 ) -> EvalResult:
     """PSNR/SSIM/MSE of each method at each noise spec, plus the noisy input's own floor.
 
-    Slow baselines (nlm, bm3d) run on the first `slow_limit` images; their records say how many.
-    `sigma="given"` passes the true noise level to baselines that need one, `"estimate"` makes them estimate it.
+    `noise` is a family swept over `levels` (default DEFAULT_LEVELS) or one full spec ('salt_pepper:0.1').
+    The test images are a dataset's first `limit` images or `images`, float (N, C, H, W) in [0, 1] of at least
+    11x11 pixels (SSIM's window). Slow baselines (nlm, bm3d) run on the first `slow_limit` images; their records
+    say how many. `sigma="given"` passes the true noise level to baselines that need one, `"estimate"` makes
+    them estimate it.
 
     Example:
         >>> res = dae.evaluate(["runs/demo/checkpoints/best.safetensors"], ["median", "tv"], levels=[0.3, 0.5])
@@ -179,17 +199,28 @@ def evaluate(
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")
     specs = noise_specs(noise, levels)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
     if images is None:
         from dae.data.datasets import load_images
 
         images = load_images(dataset, split, root=data_dir, limit=limit)
-    elif limit is not None:
+        source = f"dataset {dataset}/{split}"
+    else:
+        _check_images(images)
         images = images[:limit]
+        source = "the images given"
     clean = images.float()
     n = clean.shape[0]
+    if min(clean.shape[-2:]) < 11:
+        raise UsageError(
+            f"images of {clean.shape[-2]}x{clean.shape[-1]} pixels are smaller than SSIM's 11x11 window"
+        )
+    gaussian = any("gaussian" in spec for spec, _ in specs)
     notes = [
-        f"dataset {dataset}/{split}, {n} images; noise fixed by seed {seed}; "
-        "gaussian: noisy = clip(x + s*N(0,1), 0, 1) unless clip=false; PSNR data range 1.0, per image then averaged"
+        f"{source}, {n} images; noise fixed by seed {seed} (image i from its own generator); "
+        + ("gaussian: noisy = clip(x + s*N(0,1), 0, 1) unless clip=false; " if gaussian else "")
+        + "PSNR data range 1.0, per image then averaged"
     ]
     for m in methods:
         if m.slow and slow_limit < n:
@@ -230,6 +261,20 @@ def evaluate(
     if out is not None:
         result.files = write_results(result, Path(out))
     return result
+
+
+def _check_images(images: Any) -> None:
+    """Refuse test images that are not a non-empty float (N, C, H, W) batch in [0, 1], before any work."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise UsageError(f"images must be a float (N, C, H, W) tensor in [0, 1], got {got}")
+    if images.shape[0] == 0:
+        raise UsageError("images is empty: nothing to evaluate")
+    lo, hi = images.min().item(), images.max().item()
+    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+        raise UsageError(
+            f"images must lie in [0, 1], got values from {lo:g} to {hi:g} (uint8 data: divide by 255)"
+        )
 
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:
