@@ -155,6 +155,18 @@ def test_bm3d_missing_package_message(monkeypatch):
     assert e.value.exit_code == 5
 
 
+def test_bm3d_refuses_images_smaller_than_its_blocks(monkeypatch):
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(bm3d=lambda img, sigma_psd: calls.append(img.shape) or img)
+    monkeypatch.setitem(sys.modules, "bm3d", fake)  # the size check comes before bm3d is called
+    with pytest.raises(UsageError, match="'bm3d' needs images of at least 8x8 pixels, got 5x9"):
+        BM3D().denoise(torch.rand(1, 1, 5, 9), sigma=0.1)
+    assert calls == []
+    assert BM3D().denoise(torch.rand(1, 1, 8, 8), sigma=0.1).shape == (1, 1, 8, 8) and calls == [(8, 8)]
+
+
 class TinyModel(Denoiser):
     """A 1x1 conv 'denoiser' that records the mode and batch sizes it was called with."""
 

@@ -77,6 +77,13 @@ def test_forward_28x28_shape_kind_and_denoise_range(name, kw, code_shape):
     assert den.shape == x.shape and den.min() >= 0 and den.max() <= 1
 
 
+@pytest.mark.parametrize(("name", "kw", "code_shape"), CASES)
+def test_an_empty_batch_gives_an_empty_batch(name, kw, code_shape):
+    model = _build(name, kw)
+    x = _batch((0, 1, 28, 28))
+    assert model(x).shape == x.shape and model.denoise(x).shape == x.shape
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(("name", "kw", "code_shape"), CONV_CASES)
 def test_conv_models_take_odd_sizes_and_channels(name, kw, code_shape, channels):

@@ -292,6 +292,14 @@ class BM3D(ClassicalDenoiser):
     def __repr__(self) -> str:
         return "BM3D()"
 
+    def denoise(self, x: Tensor, sigma: SigmaArg = None) -> Tensor:
+        _check_batch(x, "baseline 'bm3d'")
+        if min(x.shape[-2:]) < 8:  # bm3d's own error would be a ValueError from deep inside it
+            raise UsageError(
+                f"baseline 'bm3d' needs images of at least 8x8 pixels, got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        return super().denoise(x, sigma)
+
     def _denoise_one(self, img: np.ndarray, sigma: float | None, channel_axis: int | None) -> np.ndarray:
         if channel_axis is None:
             return np.asarray(self._bm3d.bm3d(img, sigma_psd=sigma), dtype=np.float64)

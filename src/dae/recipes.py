@@ -251,7 +251,7 @@ _add(
     Recipe(
         "keras-upsample-16-8-8-0.5",
         "Keras blog convolutional autoencoder 16-8-8 (code 4x4x8) trained as a denoiser: bce, Adam, "
-        "batch 128, 50 epochs, noise 0.5",
+        "batch 128, 50 epochs, noise 0.5 (the zoo's decoder upsamples before each conv; Keras convolves first)",
         "upsample",
         {"channels": "16-8-8"},
         loss="bce",
@@ -266,7 +266,7 @@ _add(
     Recipe(
         "keras-upsample-32-32-0.5",
         "Keras blog denoising model: conv 32 + pool twice (code 7x7x32), upsampling decoder, bce, Adam, "
-        "batch 128, 100 epochs, noise 0.5",
+        "batch 128, 100 epochs, noise 0.5 (the zoo's decoder upsamples before each conv; Keras convolves first)",
         "upsample",
         {"channels": "32-32"},
         loss="bce",

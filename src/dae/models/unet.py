@@ -78,7 +78,7 @@ class UNet(SideInfoDenoiser):
 
     def _encode(self, x: Tensor) -> tuple[Tensor, dict[str, object]]:
         skips = []
-        h = F.pixel_unshuffle(x, self.shuffle) if self.shuffle > 1 else x
+        h = _unshuffle(x, self.shuffle) if self.shuffle > 1 else x
         for i, block in enumerate(self.down):
             if i > 0:
                 h = F.max_pool2d(h, 2)  # 14 -> 7 after the default shuffle
@@ -96,8 +96,22 @@ class UNet(SideInfoDenoiser):
             )  # additive skip: as good as concat here, half the FLOPs
         out = self.head(h)
         if self.shuffle > 1:
-            out = F.pixel_shuffle(out, self.shuffle)
+            out = _shuffle(out, self.shuffle)
         return side["input"] + out if self.residual else out
+
+
+def _unshuffle(x: Tensor, s: int) -> Tensor:
+    """pixel_unshuffle that also shapes an empty batch right (torch returns its input's shape for one)."""
+    if len(x):
+        return F.pixel_unshuffle(x, s)
+    return x.new_empty(0, x.shape[1] * s * s, x.shape[2] // s, x.shape[3] // s)
+
+
+def _shuffle(x: Tensor, s: int) -> Tensor:
+    """pixel_shuffle, with the same care for an empty batch."""
+    if len(x):
+        return F.pixel_shuffle(x, s)
+    return x.new_empty(0, x.shape[1] // (s * s), x.shape[2] * s, x.shape[3] * s)
 
 
 @MODELS.register("unet")

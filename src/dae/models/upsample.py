@@ -1,4 +1,4 @@
-"""Conv + max-pool encoder, nearest-neighbour upsampling + conv decoder: the Keras blog conv autoencoder."""
+"""Conv + max-pool encoder, nearest-neighbour upsampling + conv decoder: the Keras blog and Udacity TF models."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ PRESETS: dict[str, tuple[int, ...]] = {
 class UpsampleConv(SideInfoDenoiser):
     """3x3 conv + ReLU + 2x2 max-pool (ceil, like Keras 'same') per level; decoder upsamples and convolves.
 
-    Reproduces the Keras blog convolutional autoencoder: 16-8-8 channels, 28 -> 14 -> 7 -> 4, decoder of
-    nearest-neighbour upsampling (4 -> 7 -> 14 -> 28) each followed by a 3x3 conv + ReLU, and a final
-    3x3 conv to C channels giving logits (the tutorial's sigmoid is `to_image`). Code layer: (N, 8, 4, 4) at
-    28x28 for "16-8-8", in general (N, channels[-1], ceil(H/8), ceil(W/8)). Any H, W works: the decoder
-    upsamples to the sizes the encoder recorded (side info), so nothing is padded.
+    The encoder is the Keras blog convolutional autoencoder's: 16-8-8 channels, 28 -> 14 -> 7 -> 4. The decoder
+    upsamples (nearest neighbour, 4 -> 7 -> 14 -> 28) before each 3x3 conv + ReLU, in the order of the Udacity
+    TensorFlow denoiser, then a final 3x3 conv to C channels gives logits (the tutorial's sigmoid is
+    `to_image`). The Keras blog convolves before it upsamples (4 -> 8 -> 16, an unpadded conv to 14, -> 28):
+    the same layers and parameters (4,385 for "16-8-8"), run at different resolutions. Code layer:
+    (N, 8, 4, 4) at 28x28 for "16-8-8", in general (N, channels[-1], ceil(H/8), ceil(W/8)). Any H, W works:
+    the decoder upsamples to the sizes the encoder recorded (side info), so nothing is padded.
     """
 
     output_kind = "logits"
