@@ -173,3 +173,75 @@ def test_limit_k_sees_the_first_k_noisy_images_of_a_larger_evaluation(mnist_test
     evaluate(models=[few], images=images, limit=10, noise=spec, verbose=False)
     evaluate(models=[many], images=images, noise=spec, verbose=False)
     assert torch.equal(few.seen[0], many.seen[0][:10])
+
+
+def test_an_earlier_evaluations_figures_are_not_left_beside_new_results(tmp_path):
+    for name in ("matrix.csv", "matrix.png", "psnr_vs_noise.png"):
+        (tmp_path / name).write_text("from an earlier evaluation")
+    (tmp_path / "notes.txt").write_text("mine")
+    res = evaluate(
+        baselines=["median"], images=torch.rand(2, 1, 28, 28), noise="none", out=tmp_path, verbose=False
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "results.csv", "results.json"]
+    assert res.files == [tmp_path / "results.csv", tmp_path / "results.json"]
+
+
+def test_checkpoints_are_evaluated_on_the_data_they_were_trained_on(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import dae
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir()
+    for i in range(6):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / "photos" / f"p{i}.png"
+        )
+    monkeypatch.chdir(tmp_path)  # the run records its relative --data-dir as an absolute path
+    data = {"dataset": "folder", "data_dir": "photos", "patch_size": 16, "val_size": 8}
+    model = {"name": "strided", "kwargs": {"in_channels": 3}}
+    dae.train(
+        {"data": data, "model": model, "train": {"steps": 2, "batch_size": 4}, "out": "run"}, progress=False
+    )
+    monkeypatch.chdir(tmp_path / "run")
+    res = evaluate([tmp_path / "run"], ["median"], levels=[0.2], verbose=False)
+    assert res.notes[0].startswith("dataset folder/test")
+    assert {r["n_images"] for r in res.records} == {16}  # the folder's test crops, not 10,000 MNIST digits
+
+
+def test_checkpoints_trained_on_different_data_need_a_dataset():
+    from dae.evaluate import Method, _training_data
+
+    def method(data):
+        return Method("m", "learned", None, trained_on=data)
+
+    assert _training_data([method(None)]) == ("mnist", None)
+    assert _training_data([method({"dataset": "mnist"}), method({"dataset": "mnist", "data_dir": "/d"})]) == (
+        "mnist",
+        "/d",
+    )
+    for other in ({"dataset": "fashion-mnist"}, {"dataset": "folder", "data_dir": "/b"}):
+        with pytest.raises(UsageError, match="trained on different data: .*; choose one with --dataset"):
+            _training_data([method({"dataset": "folder", "data_dir": "/a"}), method(other)])
+
+
+def test_two_checkpoints_of_one_run_are_labelled_by_file(tmp_path, data_dir):
+    import dae
+
+    cfg = {
+        "model": {"name": "strided"},
+        "data": {"data_dir": str(data_dir), "limit": 256, "val_size": 16},
+        "train": {"steps": 4, "val_every": 2, "batch_size": 8},
+        "out": str(tmp_path / "run"),
+    }
+    dae.train(cfg, progress=False)
+    ckpts = tmp_path / "run" / "checkpoints"
+    images = torch.rand(2, 1, 28, 28)
+    paths = [ckpts / "best.safetensors", ckpts / "step-00000004.safetensors", ckpts / "best.safetensors"]
+    res = evaluate(paths, images=images, levels=[0.5], verbose=False)
+    assert [r["method"] for r in res.records[1:]] == [
+        "strided@run:best#1",
+        "strided@run:step-00000004",
+        "strided@run:best#2",
+    ]

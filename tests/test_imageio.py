@@ -194,11 +194,47 @@ def test_decompression_bomb_refused_before_decoding(tmp_path: Path) -> None:
     bomb = png_claiming_size(tmp_path / "bomb.png", 12000, 12000)  # 144 MP: over our 100 MP default
     with pytest.raises(DataError, match=r"bomb\.png: 12000x12000 .* exceeds the limit of 100000000"):
         read_image(bomb)
-    # Pillow's own hard limit (2 * Image.MAX_IMAGE_PIXELS) still applies, also as a DataError.
-    huge = png_claiming_size(tmp_path / "huge.png", 30000, 30000)
-    for limit in (None, 10**12):
-        with pytest.raises(DataError, match=r"huge\.png: refused as a possible decompression bomb"):
-            read_image(huge, max_pixels=limit)
+    with pytest.raises(DataError, match=r"raise the limit \(dae denoise --max-pixels, or max_pixels=\)"):
+        read_image(bomb)
+
+
+def test_max_pixels_alone_decides_and_pillows_limit_is_restored(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would refuse anything over 2000 pixels
+    Image.fromarray(rng_array((50, 60))).save(tmp_path / "trusted.png")
+    assert read_image(tmp_path / "trusted.png", max_pixels=3000)[0].shape == (1, 50, 60)
+    assert read_image(tmp_path / "trusted.png", max_pixels=None)[0].shape == (1, 50, 60)
+    with pytest.raises(DataError, match="exceeds the limit of 2999"):
+        read_image(tmp_path / "trusted.png", max_pixels=2999)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_unreadable_file_is_a_resource_error(tmp_path: Path, monkeypatch) -> None:
+    Image.fromarray(rng_array((H, W))).save(tmp_path / "locked.png")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked.png"))
+
+    monkeypatch.setattr(Image, "open", denied)  # chmod 000 does not stop root, who runs CI here
+    with pytest.raises(ResourceError, match=r"locked\.png: cannot read \(Permission denied\)"):
+        read_image(tmp_path / "locked.png")
+
+
+def test_icc_profile_is_dropped_when_the_pixels_leave_its_colour_space(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rng_array((H, W, 3))).save(tmp_path / "rgb.png", icc_profile=srgb)
+    x, info = read_image(tmp_path / "rgb.png")
+    assert info.icc_profile == srgb
+    cmyk_profile = b"\0" * 16 + b"CMYK" + b"\0" * 108  # only the colour-space field matters here
+    Image.fromarray(rng_array((H, W, 3))).convert("CMYK").save(
+        tmp_path / "cmyk.jpg", icc_profile=cmyk_profile
+    )
+    x, info = read_image(tmp_path / "cmyk.jpg")
+    assert x.shape[0] == 3 and info.icc_profile is None
+    write_image(tmp_path / "out.jpg", x, info)
+    with Image.open(tmp_path / "out.jpg") as im:
+        assert im.mode == "RGB" and "icc_profile" not in im.info
 
 
 def test_pixel_limit_is_configurable(tmp_path: Path) -> None:

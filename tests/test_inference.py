@@ -289,7 +289,7 @@ def test_single_file_errors_are_raised(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "good.png").write_bytes(b"keep me")
-    with pytest.raises(ResourceError, match=r"good\.png: output exists"):
+    with pytest.raises(ResourceError, match=r"good\.png: output .*out/good\.png exists; pass --force"):
         denoise_files([good], TinyConv(), out)
     assert (out / "good.png").read_bytes() == b"keep me"
     bad = tmp_path / "bad.png"
@@ -456,3 +456,73 @@ def test_auto_precision_stays_close_to_fp32():
 def test_denoise_refuses_bad_devices_and_empty_images_in_one_line(kwargs, shape, error, match) -> None:
     with pytest.raises(error, match=match):
         denoise(TinyConv(), rand(*shape), **kwargs)
+
+
+def test_a_jpeg_noisy_copy_is_saved_lossless_as_png(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(inference, "_parse_noise", lambda spec: fake_noise)
+    a = tmp_path / "a.jpg"
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(a, quality=95)
+    seen = {}
+    monkeypatch.setattr(inference, "denoise", lambda model, x, **kw: seen.setdefault("x", x))
+    report = denoise_files([a], TinyConv(), tmp_path / "out", add_noise="fake")
+    assert report.noisy == [tmp_path / "out" / "a.noisy.png"] and report.written == [
+        tmp_path / "out" / "a.jpg"
+    ]
+    saved = torch.from_numpy(np.array(Image.open(report.noisy[0]))).permute(2, 0, 1) / 255
+    assert (saved - seen["x"]).abs().max() <= 0.5 / 255 + 1e-6  # exactly what the model saw, to 8 bits
+
+
+def test_the_same_file_named_twice_is_denoised_once(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    a = save(src / "a.png", u8((8, 8)))
+    report = denoise_files([src, src, a], TinyConv(), tmp_path / "out")
+    assert report.ok and report.written == [tmp_path / "out" / "a.png"]
+
+
+@pytest.mark.parametrize("where", ["file-parent", "unwritable"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path: Path, where, monkeypatch):
+    a = save(tmp_path / "a.png", u8((8, 8)))
+    if where == "file-parent":
+        out, match = (
+            tmp_path / "a.png" / "sub",
+            r"a\.png/sub: cannot create the output folder: .*a\.png is a file",
+        )
+    else:
+        (tmp_path / "ro").mkdir()
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro")  # root ignores chmod
+        out, match = tmp_path / "ro" / "out", r"ro/out: cannot create the output folder: .*ro is not writable"
+    monkeypatch.setattr(inference, "_load", lambda *a: pytest.fail("loaded the model first"))
+    with pytest.raises(UsageError if where == "file-parent" else ResourceError, match=match):
+        denoise_files([a], TinyConv(), out)
+
+
+def test_a_folder_that_fails_to_appear_is_named_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    a = save(tmp_path / "in" / "a.png", u8((8, 8)))
+    b = save(tmp_path / "in" / "b.png", u8((8, 8)))
+
+    def refuse(self, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(ResourceError, match=r"out: cannot create folder \(No such file or directory\)"):
+        denoise_files([a], TinyConv(), tmp_path / "out")
+    report = denoise_files([a, b], TinyConv(), tmp_path / "out")
+    assert [m for _, m in report.failed] == [
+        f"{p}: {tmp_path / 'out'}: cannot create folder (No such file or directory)" for p in (a, b)
+    ]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_pixels_must_be_positive_or_none(tmp_path: Path, bad) -> None:
+    a = save(tmp_path / "a.png", u8((8, 8)))
+    with pytest.raises(UsageError, match="max_pixels must be a positive whole number"):
+        denoise_files([a], TinyConv(), tmp_path / "out", max_pixels=bad)
+    assert denoise_files([a], TinyConv(), tmp_path / "out", max_pixels=None).ok
+
+
+def test_a_single_files_error_names_the_file(tmp_path: Path) -> None:
+    from dae.models import create_model
+
+    a = save(tmp_path / "wide.png", u8((20, 30)))
+    with pytest.raises(UsageError, match=r"^.*wide\.png: .*28x28"):  # fc takes only its own size
+        denoise_files([a], create_model("fc"), tmp_path / "out")

@@ -343,6 +343,11 @@ def test_write_report_missing_pieces_are_notes(tmp_path):
     run = make_synthetic_run(tmp_path, eval=False, metrics=False)
     page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
     assert "no evaluation yet" in page and "no metrics.csv yet" in page
+    (run / "metrics.csv").write_text(
+        "epoch,step,time_s,lr,train_loss,images_per_s,val_loss,val_psnr,val_ssim\n"
+    )
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    assert "no validation pass in metrics.csv yet" in page
     assert page.count("data:image/png;base64,") == 3  # grid, code layer, activations only
 
     bare = make_synthetic_run(tmp_path, name="bare", eval=False, checkpoint=False)
@@ -399,11 +404,13 @@ def test_write_report_not_a_run(tmp_path, name, error):
     assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
 
 
-def test_suggested_eval_command_names_a_folder_runs_own_images(tmp_path):
-    run = make_synthetic_run(tmp_path, eval=False, metrics=False, checkpoint=False)
-    (run / "config.yaml").write_text("data:\n  dataset: folder\n  data_dir: photos/\n")
-    page = write_report(run).read_text()
-    assert f"best.safetensors --dataset folder --data-dir photos/ --out {run / 'eval'}" in page
+def test_suggested_eval_command_is_quoted_and_only_made_when_there_is_a_checkpoint(tmp_path):
+    run = make_synthetic_run(tmp_path, name="my run", eval=False, metrics=False)
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    assert f"run `dae eval --checkpoint &#x27;{run}&#x27;`" in page  # dae eval uses the run's own data
+    bare = make_synthetic_run(tmp_path, name="bare", eval=False, metrics=False, checkpoint=False)
+    page = write_report(bare).read_text()
+    assert "no checkpoints/best.safetensors to evaluate" in page and "dae eval" not in page
 
 
 def test_matrix_rows_sorted_by_training_level():

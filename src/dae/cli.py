@@ -163,6 +163,7 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
         device=args.device,
         tile=args.tile,
         overlap=args.overlap,
+        **({} if args.max_pixels is None else {"max_pixels": args.max_pixels or None}),
     )
     for line in report.error_lines():
         print(f"dae: {line}", file=sys.stderr)
@@ -265,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--noise", help="training noise spec, e.g. gaussian:0.5 or gaussian:0.1-0.9")
     t.add_argument("--epochs", type=int)
     t.add_argument("--steps", type=int)
-    t.add_argument("--time-budget", help="wall-clock budget, e.g. 90s, 2m, 1h")
+    t.add_argument(
+        "--time-budget",
+        help="wall-clock budget of the training loop (validation and checkpoints included; loading the data "
+        "before it is not), e.g. 90s, 2m, 1h",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--out", help="run directory (default runs/<name>)")
     t.add_argument("--name", help="run name")
@@ -280,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", action="append", help="checkpoint (.safetensors) or run directory; repeatable"
     )
     e.add_argument("--baselines", help="comma-separated: identity,gaussian_blur,median,nlm,tv,wavelet,bm3d")
-    e.add_argument("--dataset", default="mnist")
+    e.add_argument(
+        "--dataset",
+        help="mnist, fashion-mnist or folder (default: what the checkpoints were trained on, else mnist)",
+    )
     e.add_argument("--data-dir")
     e.add_argument("--levels", help="comma-separated noise levels (default 0.1,...,1.0 for a noise family)")
     e.add_argument("--noise", help="noise family or full spec (default gaussian, clipped)")
@@ -303,12 +311,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint (.safetensors, its .json or .state.pt) or run directory",
     )
     d.add_argument("-o", "--output", required=True, help="output directory")
-    d.add_argument("--add-noise", help="corrupt inputs first (for demos), e.g. gaussian:0.3")
+    d.add_argument(
+        "--add-noise",
+        help="corrupt inputs first (for demos), e.g. gaussian:0.3; the noisy copy is saved as NAME.noisy.EXT "
+        "(.png for JPEG)",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
     d.add_argument("--device", help="cpu, cuda or mps (default: the model's)")
     d.add_argument("--tile", type=int, help="tile size (default: automatic above 512x512; 0 never tiles)")
     d.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    d.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse images with more pixels, a decompression-bomb guard (default 100,000,000; 0: no limit)",
+    )
     d.set_defaults(func=cmd_denoise)
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html")

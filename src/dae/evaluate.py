@@ -36,6 +36,15 @@ RECORD_COLUMNS = [
 ]
 
 
+RESULT_FILES = (
+    "results.csv",
+    "results.json",
+    "psnr_vs_noise.png",
+    "matrix.csv",
+    "matrix.png",
+)  # write_results
+
+
 @dataclass
 class Method:
     name: str
@@ -43,6 +52,8 @@ class Method:
     denoiser: Any  # anything with .denoise(x, sigma=None)
     train_noise: str | None = None
     slow: bool = False
+    trained_on: dict[str, Any] | None = None  # a checkpoint's config "data" section
+    source: Path | None = None  # a checkpoint's weights file
 
 
 @dataclass
@@ -120,9 +131,19 @@ def resolve_methods(
     methods: list[Method] = []
     for path in checkpoints:
         ck = load_checkpoint(path, device=dev)
-        train_noise = (ck.record.get("config") or {}).get("train", {}).get("noise")
-        label = _checkpoint_label(Path(path), ck.record)
-        methods.append(Method(label, "learned", as_denoiser(ck.model, label), train_noise))
+        config = ck.record.get("config") or {}
+        train_noise = config.get("train", {}).get("noise")
+        label = _checkpoint_label(ck.path, ck.record)
+        methods.append(
+            Method(
+                label,
+                "learned",
+                as_denoiser(ck.model, label),
+                train_noise,
+                trained_on=config.get("data"),
+                source=ck.path,
+            )
+        )
     for model in models:
         if not isinstance(model, torch.nn.Module):  # a denoiser object of one's own (.name, .denoise)
             methods.append(Method(getattr(model, "name", ""), "baseline", as_denoiser(model)))
@@ -132,8 +153,14 @@ def resolve_methods(
     for name in baselines:
         b = BASELINES.create(name)
         methods.append(Method(name, "baseline", b, slow=bool(getattr(b, "slow", False))))
+    # Two checkpoints of one run are told apart by file (unet@run:best, unet@run:step-00000200), anything
+    # still alike by number, or they would collide in tables.
     names = [m.name for m in methods]
-    for i, m in enumerate(methods):  # two checkpoints of the same model would otherwise collide in tables
+    for m in methods:
+        if m.source is not None and names.count(m.name) > 1 and m.source.parent.name == "checkpoints":
+            m.name = f"{m.name}:{m.source.stem}"
+    names = [m.name for m in methods]
+    for i, m in enumerate(methods):
         if names.count(m.name) > 1:
             m.name = f"{m.name}#{names[: i + 1].count(m.name)}"
     return methods
@@ -150,7 +177,7 @@ def evaluate(
     baselines: Sequence[str] = (),
     *,
     models: Sequence[Any] = (),
-    dataset: str = "mnist",
+    dataset: str | None = None,
     split: str = "test",
     noise: str | None = "gaussian",
     levels: Sequence[float] | None = None,
@@ -168,7 +195,8 @@ def evaluate(
     """PSNR/SSIM/MSE of each method at each noise spec, plus the noisy input's own floor.
 
     `noise` is a family swept over `levels` (default DEFAULT_LEVELS) or one full spec ('salt_pepper:0.1').
-    The test images are a dataset's first `limit` images or `images`, float (N, C, H, W) in [0, 1] of at least
+    The test images are a dataset's first `limit` images (dataset=None: the one the checkpoints were trained
+    on, from the folder they recorded, else MNIST) or `images`, float (N, C, H, W) in [0, 1] of at least
     11x11 pixels (SSIM's window). Slow baselines (nlm, bm3d) run on the first `slow_limit` images; their records
     say how many. `sigma="given"` passes the true noise level to baselines that need one, `"estimate"` makes
     them estimate it.
@@ -204,6 +232,9 @@ def evaluate(
     if images is None:
         from dae.data.datasets import load_images
 
+        if dataset is None:
+            dataset, trained_dir = _training_data(methods)
+            data_dir = data_dir or trained_dir
         images = load_images(dataset, split, root=data_dir, limit=limit)
         source = f"dataset {dataset}/{split}"
     else:
@@ -263,6 +294,25 @@ def evaluate(
     return result
 
 
+def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
+    """The dataset (and its folder) the checkpoints were trained on, for an evaluation that names none;
+    MNIST when no checkpoint says."""
+    trained = {
+        (m.trained_on.get("dataset") or "mnist", m.trained_on.get("data_dir"))
+        for m in methods
+        if m.trained_on
+    }
+    if not trained:
+        return "mnist", None
+    folders = {d for n, d in trained if n == "folder"}
+    if len({n for n, _ in trained}) > 1 or len(folders) > 1:
+        where = ", ".join(sorted(f"{n} ({d})" if d else n for n, d in trained))
+        raise UsageError(
+            f"the checkpoints were trained on different data: {where}; choose one with --dataset"
+        )
+    return min(trained, key=lambda t: (t[1] is None, str(t[1])))  # MNIST from any recorded folder will do
+
+
 def _check_images(images: Any) -> None:
     """Refuse test images that are not a non-empty float (N, C, H, W) batch in [0, 1], before any work."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
@@ -278,11 +328,12 @@ def _check_images(images: Any) -> None:
 
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:
-    """results.csv, results.json, a PSNR-vs-noise plot and, for several trained levels, a train x test matrix."""
-    from dae.fileio import atomic_write_bytes
+    """results.csv, results.json, a PSNR-vs-noise plot and, for several trained levels, a train x test matrix;
+    replaces an earlier evaluation's results in `out` (none of its files are left behind)."""
+    from dae.fileio import atomic_write_bytes, make_folder
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     files = [out / "results.csv", out / "results.json"]
     atomic_write_bytes(files[0], records_to_csv(result.records).encode())
     atomic_write_bytes(
@@ -296,6 +347,11 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
         atomic_write_bytes(out / "matrix.csv", ("\n".join(lines) + "\n").encode())
         files.append(out / "matrix.csv")
         files.append(plot_matrix(result.records, out / "matrix.png"))
+    # An earlier evaluation's figure or matrix that this one did not replace would be read (by `dae report`
+    # too) as belonging to these results.
+    for name in RESULT_FILES:
+        if out / name not in files:
+            (out / name).unlink(missing_ok=True)
     return files
 
 

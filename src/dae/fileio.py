@@ -12,14 +12,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 
 
 def output_folder(path: str | Path) -> Path:
-    """`path` as a folder outputs will go to; a file already there is refused before any work is done."""
+    """`path` as a folder outputs will go to, checked before any work is done: a file already there, or a
+    file or unwritable folder where it would be created, is refused."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: output path exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise UsageError(f"{path}: cannot create the output folder: {ancestor} is a file")
+    if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ResourceError(f"{path}: cannot create the output folder: {ancestor} is not writable")
+    return path
+
+
+def make_folder(path: str | Path) -> Path:
+    """mkdir -p, with a one-line ResourceError instead of an OSError traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{path}: output path exists and is not a folder") from None
+    except OSError as e:
+        raise ResourceError(f"{path}: cannot create folder ({e.strerror or e})") from None
     return path
 
 

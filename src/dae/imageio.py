@@ -11,11 +11,12 @@ Rules (what a file becomes, and what is written back):
   - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Pillow reads 16-bit colour PNG/TIFF as 8 bits
     per channel, so colour output is always 8-bit. JPEG is written with quality 95.
   - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
-    displayed the same way. An ICC profile is carried over.
+    displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
+    its colour space (CMYK, LAB, YCbCr and HSV are read as RGB).
   - Hostile files are refused before memory is spent on them: the pixel count in the header is checked
-    against `max_pixels` before decoding (Pillow's own limit, 2 * Image.MAX_IMAGE_PIXELS, applies as well;
-    raise that too for larger trusted files), truncated files are errors (never silently padded), and
-    anything Pillow cannot identify or decode is a DataError naming the file and the reason.
+    against `max_pixels` before decoding (it replaces Pillow's own limit), truncated files are errors (never
+    silently padded), and anything Pillow cannot identify or decode is a DataError naming the file and the
+    reason; a file that cannot be read at all (permissions) is a ResourceError.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dae.errors import DataError, ResourceError, UsageError
 from dae.fileio import atomic_write
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
+_CONVERTED_MODES = ("CMYK", "LAB", "YCbCr", "HSV")  # read as RGB
 
 # Output format by extension; reading accepts whatever Pillow identifies, folder scans use these extensions.
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -71,25 +73,33 @@ def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone flipped Pillow's global switch; a truncated file would be padded with gray without a word.
         raise DataError(f"{path}: refusing to read with PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            # Our pixel limit below replaces Pillow's warning; its hard error (twice its limit) still applies.
+            # Our pixel limit below replaces Pillow's (its warning, and its error at twice its limit), so
+            # that max_pixels alone decides; Pillow's is restored at once.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise DataError(
-                        f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
-                        f"{max_pixels} (possible decompression bomb); raise max_pixels if the file is trusted"
+                        f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                        "(possible decompression bomb); if the file is trusted, raise the limit "
+                        "(dae denoise --max-pixels, or max_pixels=)"
                     )
                 fmt = im.format
                 src_mode = im.mode
-                icc = im.info.get("icc_profile")
+                # The profile describes the file's colour space; pixels converted out of it (CMYK, LAB,
+                # YCbCr, HSV to RGB) would be mis-rendered under it.
+                icc = im.info.get("icc_profile") if src_mode not in _CONVERTED_MODES else None
                 im.load()  # decode now so truncation surfaces here, as OSError
                 im = ImageOps.exif_transpose(im)
                 x, bit_depth, alpha = _to_array(im)
     except DataError:
         raise
+    except (PermissionError, IsADirectoryError) as e:
+        raise ResourceError(f"{path}: cannot read ({e.strerror or e})") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
     except UnidentifiedImageError:
@@ -99,6 +109,8 @@ def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     except Exception as e:  # Pillow plugins raise OSError, SyntaxError, ValueError, struct.error, ...
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot decode image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     info = ImageInfo(
         path=path, format=fmt, mode=src_mode, bit_depth=bit_depth, alpha=alpha, icc_profile=icc or None
     )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
-from dae.fileio import output_folder
+from dae.fileio import make_folder, output_folder
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
 
 TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
@@ -326,9 +326,11 @@ def denoise_files(
     is `<stem><suffix><ext>`, written atomically; an existing output is kept unless force=True, and an
     output that would be an input is a UsageError before anything runs. With add_noise (a noise spec such
     as "gaussian:0.1") each image is first corrupted with a generator seeded from `seed` and its relative
-    name, and with save_noisy the noisy image is saved beside the output as `<stem><suffix>.noisy<ext>`.
-    A run on one explicit file raises its error; otherwise bad files are listed in `report.failed`, one line
-    each, and the rest are written: call `report.raise_if_failed()` to turn that into PartialFailure.
+    name, and with save_noisy the noisy image is saved beside the output as `<stem><suffix>.noisy<ext>`
+    (.png for a JPEG, whose compression would remove part of the noise). `max_pixels` (None: no limit)
+    refuses larger images before decoding them. A run on one explicit file raises its error; otherwise bad
+    files are listed in `report.failed`, one line each, and the rest are written: call
+    `report.raise_if_failed()` to turn that into PartialFailure.
 
     Example:
         >>> report = denoise_files(["photos/"], "runs/unet/best.safetensors", "clean/")
@@ -339,6 +341,10 @@ def denoise_files(
     if not inputs:
         raise UsageError("no inputs given; pass image files or folders")
     out_root = output_folder(out_dir)
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise UsageError(f"max_pixels must be a positive whole number (None: no limit), got {max_pixels!r}")
     if any(sep in suffix for sep in ("/", os.sep)):
         raise UsageError(f"suffix {suffix!r} must not contain a path separator")
     _check_tiling(tile, overlap)
@@ -361,13 +367,18 @@ def denoise_files(
         try:
             _run_job(job, model, noise, seed, force, device, tile, overlap, max_pixels, report)
         except (DaeError, OSError) as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, OSError) and e.strerror:
+                message = e.strerror
+                if e.filename is not None and str(e.filename) != str(job.src):
+                    message = f"{e.filename}: {message}"
+            if not message.startswith(f"{job.src}:"):  # every line names the file it is about
+                message = f"{job.src}: {message}"
             if single:
                 if isinstance(e, DaeError):
-                    raise
-                raise ResourceError(f"{job.src}: {e.strerror or e}") from None
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if str(job.src) not in message:
-                message = f"{job.src}: {message}"
+                    e.args = (message,)
+                    raise e from None
+                raise ResourceError(message) from None
             report.failed.append((job.src, message))
     return report
 
@@ -388,7 +399,7 @@ def _run_job(
         raise DataError(f"{job.src}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
     for target in (job.out, job.noisy):
         if target is not None and target.exists() and not force:
-            raise ResourceError(f"{target}: output exists; pass --force to overwrite")
+            raise ResourceError(f"{job.src}: output {target} exists; pass --force to overwrite")
     x, info = read_image(job.src, max_pixels=max_pixels)  # (C, H, W)
     if noise is not None:
         # Seeded per file by name, so a file's noise does not depend on which other files are in the run.
@@ -396,7 +407,7 @@ def _run_job(
         generator = torch.Generator().manual_seed((seed * 1_000_003 + name_hash) % 2**63)
         x = noise(x[None], generator)[0].clamp(0.0, 1.0)
     y = denoise(model, x, device=device, tile=tile, overlap=overlap)
-    job.out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(job.out.parent)
     if job.noisy is not None:
         write_image(job.noisy, x, info, overwrite=force)
         report.noisy.append(job.noisy)
@@ -431,13 +442,17 @@ def _plan(inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with
             f"no .png/.jpg/.jpeg/.tif/.tiff/.bmp files found in {', '.join(str(i) for i in inputs)}"
         )
 
+    # The same file named twice (a folder and a file in it, or one path given twice) is denoised once.
+    pairs = list({(src.resolve(), rel): (src, rel) for src, rel in pairs}.values())
     sources = {src.resolve() for src, _ in pairs}
     source_ids = {_file_id(src) for src, _ in pairs} - {None}  # hard links and other aliases of an input
     jobs: list[_Job] = []
     claimed: dict[Path, Path] = {}
     for src, rel in pairs:
         out = out_root / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}")
-        noisy = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{rel.suffix}") if with_noisy else None
+        # A JPEG noisy copy would lose part of the noise the model saw (~3 dB at gaussian:0.2): PNG keeps it.
+        noisy_ext = ".png" if rel.suffix.lower() in (".jpg", ".jpeg") else rel.suffix
+        noisy = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{noisy_ext}") if with_noisy else None
         for target in (out, noisy):
             if target is None:
                 continue

@@ -24,6 +24,7 @@ import yaml
 from torch import Tensor
 
 from dae.errors import DaeError, DataError, ResourceError, UsageError
+from dae.fileio import make_folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -349,8 +350,7 @@ def write_report(
             f"{run} {what} (no config.yaml, metrics.csv or checkpoints/best.safetensors); "
             "give the --out directory of `dae train`"
         )
-    figures = run / "figures"
-    figures.mkdir(exist_ok=True)
+    figures = make_folder(run / "figures")
     notes: dict[str, list[Html]] = {}
 
     def skip(section: str, text: str) -> None:
@@ -537,7 +537,12 @@ def write_report(
         except DaeError as e:
             train_parts.append(note_html(f"training curves skipped: {e}"))
     elif not train_parts:
-        train_parts.append(note_html("no metrics.csv yet: training curves skipped"))
+        what = (
+            "no validation pass in metrics.csv yet"
+            if (run / "metrics.csv").exists()
+            else "no metrics.csv yet"
+        )
+        train_parts.append(note_html(f"{what}: training curves skipped"))
     sections.append(("Training", Html("".join(train_parts))))
 
     # --- evaluation
@@ -573,16 +578,12 @@ def _eval_section(run: Path, figures: Path, config: dict[str, Any]) -> Html:
     except DaeError as e:
         return note_html(f"evaluation results unreadable: {e}")
     if not records:
-        data = config.get("data") if isinstance(config.get("data"), dict) else {}
-        # The run's own images: a folder run's model is evaluated on its folder, not on MNIST.
-        flags = "".join(
-            f" --{flag} {shlex.quote(str(data[key]))}"
-            for key, flag, default in (("dataset", "dataset", "mnist"), ("data_dir", "data-dir", None))
-            if data.get(key) not in (None, default)
-        )
+        if not (run / "checkpoints" / "best.safetensors").is_file():
+            return note_html("no evaluation yet, and no checkpoints/best.safetensors to evaluate")
+        # `dae eval` evaluates on the data the run trained on and writes RUN/eval by default.
         return note_html(
             f"no evaluation yet ({eval_dir.relative_to(run)}/results.csv is missing); run "
-            f"`dae eval --checkpoint {run / 'checkpoints' / 'best.safetensors'}{flags} --out {eval_dir}`"
+            f"`dae eval --checkpoint {shlex.quote(str(run))}`"
         )
     parts: list[str] = [f'<p class="muted">{esc(n)}</p>' for n in eval_notes]
     curves: list[str] = []

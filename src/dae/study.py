@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from dae.errors import DaeError, PartialFailure
-from dae.fileio import atomic_write_bytes
+from dae.fileio import atomic_write_bytes, make_folder, output_folder
 
 # ----------------------------------------------------------------------------------------------------
 # settings and the models the experiments need
@@ -552,7 +552,7 @@ class Study:
         return clean, noisy, outs
 
     def fig(self, name: str) -> Path:
-        self.figures.mkdir(parents=True, exist_ok=True)
+        make_folder(self.figures)
         return self.figures / name
 
 
@@ -837,8 +837,7 @@ def run_experiments(
         )
     # Every model trains on MNIST: find (or download) and verify it before anything is written.
     check_dataset("mnist", root=data_dir, download=True)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(output_folder(out))
     st = Study(out, settings, data_dir, seed, log)
     t0 = time.perf_counter()
     sections = []

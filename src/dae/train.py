@@ -26,7 +26,7 @@ from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
 from dae.config import Config, build_config, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
-from dae.fileio import atomic_write_text, output_folder
+from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
@@ -340,6 +340,8 @@ def _train(
     if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
         t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
     check_settings(cfg)
+    if cfg.data.data_dir:  # recorded absolute, so eval and report find the data from any folder
+        cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().absolute())
     cfg.name = cfg.name or (
         Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
@@ -419,8 +421,7 @@ def _train(
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "figures").mkdir(exist_ok=True)
+    make_folder(run_dir / "figures")
     if not done:
         save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir)
