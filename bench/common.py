@@ -66,11 +66,11 @@ def machine_info() -> dict[str, Any]:
 
 def write_result(out_dir: str | Path, name: str, result: dict[str, Any]) -> Path:
     """bench/results/<name>.json with the machine record attached."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+    from dae.fileio import atomic_write_text, make_folder
+
+    path = make_folder(out_dir) / f"{name}.json"
     payload = {"benchmark": name, "machine": machine_info(), **result}
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
     return path
 
 

@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+from dae.errors import DaeError
+from dae.fileio import atomic_write_text, output_folder
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
@@ -957,7 +960,7 @@ def write_summary(results_dir: str | Path) -> Path:
         if fl.get("compile"):
             lines += ["", _compile_line(fl["compile"])]
     path = results_dir / "SUMMARY.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -967,7 +970,9 @@ def write_summary(results_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="dae benchmark suite")
     parser.add_argument("--out", default="bench/results", help="folder for <name>.json and SUMMARY.md")
-    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes in all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs (about 15 minutes in all on 2 shared cores)"
+    )
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument(
         "--models", default="", help="comma-separated architectures (default: all registered)"
@@ -980,23 +985,40 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in only if s not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; valid: {', '.join(BENCHMARKS)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or None
+    # Everything a run needs is checked before it spends minutes measuring, not after.
+    try:
+        output_folder(args.out)
+        for m in models or []:
+            common.recipe_batch_size(m)  # a registered model with a default recipe
+    except DaeError as e:
+        parser.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
     if common.data_dir() is None:
         print("bench: no MNIST found; set DAE_DATA_DIR to the folder holding mnist/", file=sys.stderr)
-    models = [m.strip() for m in args.models.split(",") if m.strip()] or None
-    out = Path(args.out)
+    try:
+        return run(only, args.quick, models, Path(args.out))
+    except DaeError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def run(only: list[str], quick: bool, models: list[str] | None, out: Path) -> int:
+    """Run the benchmarks named in `only`, writing each one's JSON as it finishes, then the summary."""
     for name in only:
-        print(f"bench: {name} ({'quick' if args.quick else 'full'})", flush=True)
+        print(f"bench: {name} ({'quick' if quick else 'full'})", flush=True)
         t0 = time.perf_counter()
         if name == "throughput":
-            result = bench_throughput(args.quick, models)
+            result = bench_throughput(quick, models)
         elif name == "time_to_quality":
-            result = bench_time_to_quality(args.quick, models)
+            result = bench_time_to_quality(quick, models)
         elif name == "inference":
-            result = bench_inference(args.quick)
+            result = bench_inference(quick)
         else:
-            result = bench_flops(args.quick, models, results_dir=out)
+            result = bench_flops(quick, models, results_dir=out)
         result["bench_wall_s"] = time.perf_counter() - t0
         path = common.write_result(out, name, result)
         print(f"bench: wrote {path} ({result['bench_wall_s']:.0f} s)", flush=True)

@@ -146,3 +146,24 @@ def test_unknown_benchmark_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as e:
         run.main(["--out", str(tmp_path), "--only", "nope"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "nope"], "model 'nope' has no default recipe"),
+        (["--threads", "-1"], "--threads must be >= 1, got -1"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--out", "FILE"], "output path exists and is not a folder"),
+    ],
+)
+def test_bad_arguments_are_refused_before_measuring(tmp_path, monkeypatch, capsys, args, message):
+    (tmp_path / "FILE").write_text("mine")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    monkeypatch.setattr(run, "run", lambda *a: pytest.fail("measured first"))
+    with pytest.raises(SystemExit) as e:
+        run.main(
+            ["--only", "flops", *(["--out", str(tmp_path / "out")] if "--out" not in args else []), *args]
+        )
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "FILE").read_text() == "mine"

@@ -45,11 +45,12 @@ def test_no_temp_files_left(saved):
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.json", "m.safetensors", "m.state.pt"]
 
 
-def test_truncated_weights_refused(saved):
+@pytest.mark.parametrize("keep", [-100, 20])  # cut in the tensors, or inside the header itself
+def test_truncated_weights_refused(saved, keep):
     _, path = saved
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) - 100])
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    path.write_bytes(data[:keep])
+    with pytest.raises(CheckpointError, match="(does|do) not match its manifest .*: truncated or corrupted"):
         load_model(path)
 
 

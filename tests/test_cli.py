@@ -189,3 +189,10 @@ def test_log_lines_carry_the_dae_prefix(tmp_path, monkeypatch, data_dir):
     lines = err.strip().splitlines()
     assert code in (0, 5) and lines and all(line.startswith("dae: ") for line in lines)
     assert any("ignoring" in line and "t10k-labels" in line for line in lines)
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_an_empty_noise_is_refused_not_replaced_by_the_default(tmp_path, command):
+    extra = ["--steps", "1", "--out", tmp_path / "r"] if command == "train" else ["--baselines", "median"]
+    code, _, err = dae(command, "--noise", "", *extra)
+    assert code == 2 and err.startswith("dae: empty noise spec") and not (tmp_path / "r").exists()

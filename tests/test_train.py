@@ -130,13 +130,18 @@ def test_resume_falls_back_to_previous_good_generation(tmp_path, data_dir, capsy
     assert resumed.step == 12  # resumed from step 4, not 8
 
 
-def test_resume_with_no_good_generation_errors(tmp_path, data_dir):
+def test_resume_with_no_good_generation_errors(tmp_path, data_dir, capsys):
     cfg = small_config(tmp_path, data_dir, epochs=1)
     first = train(cfg, progress=False)
     for p in (first.run_dir / "checkpoints").glob("step-*.safetensors"):
         p.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no good checkpoint"):
+    with pytest.raises(CheckpointError, match="no good checkpoint") as e:
         train(cfg, resume=True, progress=False)
+    # Each damaged generation was named once, on its own line; the error itself stays one short line.
+    assert "generation(s) are damaged (each named above)" in str(e.value) and "\n" not in str(e.value)
+    assert len(capsys.readouterr().err.strip().splitlines()) == len(
+        list(first.run_dir.glob("checkpoints/step-*.json"))
+    )
 
 
 def test_resume_where_no_run_was_made_is_a_missing_resource(tmp_path, data_dir):
@@ -306,3 +311,78 @@ def test_out_that_is_a_file_is_refused_before_loading_data(tmp_path, data_dir, m
     with pytest.raises(UsageError, match="run: output path exists and is not a folder"):
         train(small_config(tmp_path, data_dir, steps=1), progress=False)
     assert (tmp_path / "run").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change", [{"train": {"batch_size": 128}}, {"data": {"limit": 96}}])
+def test_resume_past_the_end_of_a_shorter_epoch_starts_the_next_one(tmp_path, data_dir, change):
+    cfg = small_config(tmp_path, data_dir, steps=6, batch_size=32)  # 8 batches per epoch: stops at batch 6
+    train(cfg, progress=False)
+
+    def hung(signum, frame):
+        raise AssertionError("resume spun without training")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        more = {
+            "out": cfg["out"],
+            "train": {"steps": 8, **change.get("train", {})},
+            "data": change.get("data", {}),
+        }
+        resumed = train(
+            more, resume=True, progress=False
+        )  # with 128 per batch (or 96 images) an epoch is 2 or 3
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert resumed.step == 8 and resumed.epoch >= 1
+
+
+def test_a_library_resume_continues_under_the_runs_saved_config(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    cfg["seed"] = 7
+    train(cfg, progress=False)
+    before = train_module.load_config_file(tmp_path / "run" / "config.yaml")
+    resumed = train({"out": cfg["out"], "train": {"steps": 3}}, resume=True, progress=False)
+    after = train_module.load_config_file(tmp_path / "run" / "config.yaml")
+    assert resumed.step == 3  # a strided run, although unet is the default model
+    before["train"]["steps"] = 3
+    assert after == before  # seed 7, limit 256, val_size 128 kept
+    (tmp_path / "run" / "config.yaml").unlink()  # lost: the checkpoints' records still hold the config
+    assert train({"out": cfg["out"], "train": {"steps": 4}}, resume=True, progress=False).step == 4
+    assert "seed: 7" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_a_recipe_in_a_library_config_is_applied(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=1)
+    del cfg["model"], cfg["train"]["noise"]
+    cfg["recipe"] = "tf-strided-0.3"
+    train(cfg, progress=False)
+    saved = train_module.load_config_file(tmp_path / "run" / "config.yaml")
+    assert saved["recipe"] == "tf-strided-0.3" and saved["model"]["name"] == "strided"
+    assert saved["train"]["noise"] == "gaussian:0.3" and saved["train"]["steps"] == 1  # its own keys win
+    with pytest.raises(UsageError, match="no-such-recipe"):
+        train({**cfg, "recipe": "no-such-recipe"}, progress=False)
+    with pytest.raises(UsageError, match="no-such-recipe"):
+        train(train_module.Config(recipe="no-such-recipe"), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("seed", 2**70, "seed must be a whole number from 0 to 2\\*\\*63 - 1"),
+        ("seed", -1, "seed must be"),
+        ("eval_seed", 2**64 - 1, "eval_seed must be"),
+    ],
+)
+def test_seeds_torch_cannot_take_are_refused(tmp_path, data_dir, key, value, match):
+    cfg = {**small_config(tmp_path, data_dir, steps=1), key: value}
+    with pytest.raises(UsageError, match=match):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["meta", "xpu", "bogus"])
+def test_devices_dae_cannot_run_on_are_refused(name):
+    with pytest.raises(UsageError, match=f"unknown device '{name}'; use auto, cpu, cuda or mps"):
+        train_module.select_device(name)

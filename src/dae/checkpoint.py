@@ -235,7 +235,12 @@ def _embedded_record(weights_path: Path, blob: bytes | None = None) -> dict[str,
 
 def _self_verified_record(weights_path: Path, blob: bytes, entry: dict[str, Any] | None) -> dict[str, Any]:
     """The record embedded in the weights, once their tensor bytes match the hash it holds."""
-    record = _well_formed(_embedded_record(weights_path, blob), weights_path)
+    try:
+        record = _well_formed(_embedded_record(weights_path, blob), weights_path)
+    except CheckpointError:
+        if entry is not None:  # the record beside it describes other bytes: say so, not "not a checkpoint"
+            raise _manifest_mismatch(weights_path, blob, entry, "checkpoint weights") from None
+        raise
     expected = record.get("tensors_sha256")
     if expected is None:  # written before dae embedded the hash: the sidecar was all there was to check
         if entry is not None:

@@ -28,10 +28,11 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
     file_layer = load_config_file(args.config) if args.config else {}
     recipe_name = args.recipe or file_layer.get("recipe")
     layers: list[dict[str, Any]] = []
-    saved = Path(args.out) / "config.yaml" if args.resume and args.out else None
-    if saved is not None and saved.is_file():
+    if args.resume and args.out:
         # A resumed run continues under the config it started with; only what is given again changes.
-        layers.append(load_config_file(saved))
+        from dae.train import saved_run_config
+
+        layers.append(saved_run_config(args.out))
     recipe_layer = get_recipe(recipe_name).to_dict() if recipe_name else None
     if recipe_layer:
         layers.append(recipe_layer)
@@ -45,7 +46,7 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         flags["model"]["name"] = args.model
         if recipe_layer and args.model != recipe_layer["model"]["name"]:
             recipe_layer["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
-    if args.noise:
+    if args.noise is not None:  # an empty --noise "" is refused by the parser, not ignored
         flags["train"]["noise"] = args.noise
     stops = {
         "epochs": args.epochs,
@@ -124,7 +125,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         args.checkpoint or [],
         baselines,
         dataset=args.dataset,
-        noise=args.noise or "gaussian",
+        noise="gaussian" if args.noise is None else args.noise,
         levels=levels,
         limit=args.limit,
         slow_limit=args.slow_limit,

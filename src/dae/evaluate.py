@@ -76,7 +76,9 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
     """
     from dae.data.noise import parse_noise
 
-    noise = noise or "gaussian"
+    noise = "gaussian" if noise is None else noise
+    if not noise.strip():
+        parse_noise(noise)  # the parser's "empty noise spec" message
     name, _, rest = noise.partition(",")
     full = ":" in name or "+" in noise or name == "none"
     if levels is None and not full:

@@ -24,12 +24,13 @@ from torch import Tensor
 from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
-from dae.config import Config, build_config, save_config
+from dae.config import Config, build_config, load_config_file, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
+from dae.recipes import get_recipe
 
 METRIC_COLUMNS = [
     "epoch",
@@ -80,9 +81,12 @@ def select_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ResourceError("device 'mps' requested but MPS is not available; use the cpu device")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):  # meta, xpu, ...: nothing dae runs on
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -153,6 +157,9 @@ def check_settings(cfg: Config) -> None:
     need(t.schedule in SCHEDULES, "train.schedule", " or ".join(SCHEDULES), repr(t.schedule))
     need(t.optimizer in OPTIMIZERS, "train.optimizer", " or ".join(OPTIMIZERS), repr(t.optimizer))
     need(d.val_size >= 1, "data.val_size", ">= 1 (validation picks the best checkpoint)", d.val_size)
+    for name in ("seed", "eval_seed"):  # torch takes 64-bit seeds, and the noise generator uses seed + 1
+        value = getattr(cfg, name)
+        need(isinstance(value, int) and 0 <= value < 2**63, name, "a whole number from 0 to 2**63 - 1", value)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -253,15 +260,15 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
     if not generations:
         raise ResourceError(f"no checkpoint to resume from in {ckpt_dir}; start the run without --resume")
-    problems = []
     for record in generations:
         try:
             return load_checkpoint(paths_for(record)[0], with_state=True)
         except (CheckpointError, ResourceError) as e:
-            problems.append(str(e))
             print(f"dae: skipping bad checkpoint generation: {e}", file=sys.stderr)
-    detail = f" ({'; '.join(problems)})" if problems else ""
-    raise CheckpointError(f"no good checkpoint to resume from in {ckpt_dir}{detail}")
+    raise CheckpointError(
+        f"no good checkpoint to resume from in {ckpt_dir}: all {len(generations)} generation(s) are damaged "
+        "(each named above)"
+    )
 
 
 def prune_generations(ckpt_dir: Path, keep: int) -> None:
@@ -294,12 +301,40 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, text.getvalue())  # a crash here leaves the old log, never a half-written one
 
 
-def resolve_config(config: Config | dict[str, Any] | None) -> Config:
-    if config is None:
-        return Config()
-    if isinstance(config, dict):
-        return build_config(config)
-    return config
+def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False) -> Config:
+    """The Config a call to train() runs under. A Config is taken whole. A dict is laid over, in order: the
+    saved config of the run it resumes, then its own "recipe" (the tutorial's set-up), then itself: so
+    `train({"out": "runs/x", "train": {"steps": 500}}, resume=True)` continues runs/x as it was set up, for
+    500 steps, as `dae train --out runs/x --resume --steps 500` does.
+    """
+    if isinstance(config, Config):
+        if config.recipe is not None:
+            get_recipe(config.recipe)  # an unknown name is an error, not a silent label
+        return config
+    if config is not None and not isinstance(config, dict):
+        raise UsageError(f"config must be a dae.Config, a dict or None, got {type(config).__name__}")
+    own = config or {}
+    layers = [saved_run_config(own["out"])] if resume and own.get("out") else []
+    if own.get("recipe"):
+        recipe = get_recipe(own["recipe"]).to_dict()
+        model = own.get("model") or {}
+        if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
+            recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
+        layers.append(recipe)
+    return build_config(*layers, own)
+
+
+def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        return load_config_file(run_dir / "config.yaml")
+    for record in sorted((run_dir / "checkpoints").glob("step-*.json"), reverse=True):
+        try:
+            return dict(json.loads(record.read_text()).get("config") or {})
+        except (OSError, ValueError, AttributeError):
+            continue  # a damaged record: resuming will say so, and fall back the same way
+    return {}
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -320,7 +355,7 @@ def train(
         >>> result = dae.train({"train": {"steps": 200}, "data": {"limit": 2048}, "out": "runs/quick"})
         >>> model = dae.load_model(result.best_checkpoint)
     """
-    cfg = resolve_config(config)
+    cfg = resolve_config(config, resume)
     # Each step's activations reuse the last step's memory instead of being faulted in again; given back when
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
@@ -415,6 +450,8 @@ def _train(
             scaler.load_state_dict(ck.state["grad_scaler"])
         torch.set_rng_state(ck.state["torch_rng"])
         step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
+        if batch_index >= batches_per_epoch:  # a larger batch or a smaller data.limit ended this epoch sooner
+            epoch, batch_index = epoch + 1, 0
         elapsed_before, best_psnr = float(ck.state["elapsed_s"]), float(ck.state["best_val_psnr"])
         _truncate_metrics(run_dir / "metrics.csv", step)
         print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
