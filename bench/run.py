@@ -994,7 +994,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in models or []:
             common.recipe_batch_size(m)  # a registered model with a default recipe
     except DaeError as e:
-        parser.error(str(e))
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None  # 2 for a usage mistake, 5 for an unwritable folder
     if args.threads:
         torch.set_num_threads(args.threads)
     if common.data_dir() is None:

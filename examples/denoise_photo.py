@@ -25,6 +25,7 @@ import torch
 import dae
 from dae.baselines import create_baseline
 from dae.errors import DaeError
+from dae.fileio import make_folder, output_folder
 from dae.imageio import read_image, write_image
 from dae.metrics import psnr, ssim
 from dae.plots import plot_error_maps
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/photo", help="folder for the images and the figure")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = output_folder(args.out)  # a file in the way is refused before any work
 
     # The clean photo as float32 (1, C, H, W) in [0, 1]; `info` remembers how to write it back.
     if args.photo:
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
         photo, info = torch.from_numpy(camera()).float().div(255)[None], None
     clean = photo[None]
-    noisy = dae.add_noise(clean, f"gaussian:{args.level:g}", seed=args.seed)
+    noisy = dae.add_noise(
+        clean, f"gaussian:{args.level!r}", seed=args.seed
+    )  # the level the baselines are told
 
     # One interface: a baseline and a learned model both take (N, C, H, W) in [0, 1] and return the same.
     # Baselines that need the noise level are told the true one, as `dae eval --sigma given` does.
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         outputs["learned"] = dae.denoise(dae.load_model(args.checkpoint), noisy)  # tiled when large
 
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     print(f"{'method':<14} {'PSNR dB':>8} {'SSIM':>7}")
     for name, y in outputs.items():
         print(f"{name:<14} {psnr(y, clean).mean():8.2f} {ssim(y, clean).mean():7.3f}")

@@ -167,3 +167,13 @@ def test_bad_arguments_are_refused_before_measuring(tmp_path, monkeypatch, capsy
         )
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert (tmp_path / "FILE").read_text() == "mine"
+
+
+def test_an_unwritable_out_folder_is_a_missing_resource(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # root ignores chmod
+    monkeypatch.setattr(run, "run", lambda *a: pytest.fail("measured first"))
+    with pytest.raises(SystemExit) as e:
+        run.main(["--only", "flops", "--out", str(tmp_path / "out")])
+    assert e.value.code == 5 and "is not writable" in capsys.readouterr().err

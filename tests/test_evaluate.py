@@ -113,8 +113,15 @@ def test_levels_default_to_the_sweep_for_a_family_and_a_full_spec_runs_as_is():
 
 
 def test_a_level_is_run_exactly_as_recorded():
-    specs = noise_specs("gaussian", [0.123456789, 0.5, 1.0])
-    assert specs == [("gaussian:0.123456789", 0.123456789), ("gaussian:0.5", 0.5), ("gaussian:1", 1.0)]
+    specs = noise_specs("gaussian", [0.123456789, 0.5, 1.0, 0.1 + 0.2])
+    assert specs == [
+        ("gaussian:0.123456789", 0.123456789),
+        ("gaussian:0.5", 0.5),
+        ("gaussian:1", 1.0),
+        ("gaussian:0.3", 0.3),  # float noise in a level is not carried into the spec
+    ]
+    with pytest.raises(UsageError, match="noise 'none' takes no levels"):
+        noise_specs("none", [0.3])
 
 
 @pytest.mark.parametrize(
@@ -132,7 +139,8 @@ def test_a_level_is_run_exactly_as_recorded():
 def test_bad_images_are_refused_before_any_denoising(images, message, monkeypatch):
     import dae.evaluate as module
 
-    monkeypatch.setattr(module, "make_noisy", lambda *a: pytest.fail("denoised first"), raising=False)
+    monkeypatch.setattr(module, "resolve_methods", lambda *a: [module.Method("m", "baseline", Recorder())])
+    monkeypatch.setattr("dae.data.noise.make_noisy", lambda *a: pytest.fail("noised first"))
     with pytest.raises(UsageError, match=message):
         evaluate(baselines=["median"], images=images, levels=[0.5], verbose=False)
 
@@ -217,10 +225,12 @@ def test_checkpoints_trained_on_different_data_need_a_dataset():
         return Method("m", "learned", None, trained_on=data)
 
     assert _training_data([method(None)]) == ("mnist", None)
+    # MNIST is found the usual way (a moved run's recorded folder may be gone); a folder run's folder is kept.
     assert _training_data([method({"dataset": "mnist"}), method({"dataset": "mnist", "data_dir": "/d"})]) == (
         "mnist",
-        "/d",
+        None,
     )
+    assert _training_data([method({"dataset": "folder", "data_dir": "/a"})]) == ("folder", "/a")
     for other in ({"dataset": "fashion-mnist"}, {"dataset": "folder", "data_dir": "/b"}):
         with pytest.raises(UsageError, match="trained on different data: .*; choose one with --dataset"):
             _training_data([method({"dataset": "folder", "data_dir": "/a"}), method(other)])

@@ -465,7 +465,7 @@ def test_a_jpeg_noisy_copy_is_saved_lossless_as_png(tmp_path: Path, monkeypatch)
     seen = {}
     monkeypatch.setattr(inference, "denoise", lambda model, x, **kw: seen.setdefault("x", x))
     report = denoise_files([a], TinyConv(), tmp_path / "out", add_noise="fake")
-    assert report.noisy == [tmp_path / "out" / "a.noisy.png"] and report.written == [
+    assert report.noisy == [tmp_path / "out" / "a.noisy.jpg.png"] and report.written == [
         tmp_path / "out" / "a.jpg"
     ]
     saved = torch.from_numpy(np.array(Image.open(report.noisy[0]))).permute(2, 0, 1) / 255
@@ -475,8 +475,17 @@ def test_a_jpeg_noisy_copy_is_saved_lossless_as_png(tmp_path: Path, monkeypatch)
 def test_the_same_file_named_twice_is_denoised_once(tmp_path: Path) -> None:
     src = tmp_path / "in"
     a = save(src / "a.png", u8((8, 8)))
-    report = denoise_files([src, src, a], TinyConv(), tmp_path / "out")
-    assert report.ok and report.written == [tmp_path / "out" / "a.png"]
+    b = save(src / "sub" / "b.png", u8((8, 8)))
+    report = denoise_files([src, src, a, b], TinyConv(), tmp_path / "out")
+    assert report.ok and report.written == [tmp_path / "out" / "a.png", tmp_path / "out" / "sub" / "b.png"]
+
+
+def test_a_jpeg_and_a_png_of_one_name_each_get_a_noisy_copy(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    save(src / "a.png", u8((8, 8)))
+    Image.fromarray(u8((8, 8))).save(src / "a.jpg")
+    report = denoise_files([src], TinyConv(), tmp_path / "out", add_noise="gaussian:0.1")
+    assert report.ok and sorted(p.name for p in report.noisy) == ["a.noisy.jpg.png", "a.noisy.png"]
 
 
 @pytest.mark.parametrize("where", ["file-parent", "unwritable"])

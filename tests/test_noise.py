@@ -344,15 +344,12 @@ def test_float64_inputs_work():
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)
-def test_make_noisy_is_fixed_by_seed_and_independent_of_later_batching(spec):
+def test_make_noisy_is_fixed_by_its_seed(spec):
     x = torch.rand(37, 1, 12, 12, generator=gen(9))
     full = make_noisy(x, spec, seed=1234)
     assert torch.equal(full, make_noisy(x, spec, seed=1234))
     if spec != "none":
         assert not torch.equal(full, make_noisy(x, spec, seed=1235))
-    # Evaluating in batches of any size sees exactly the same noisy images.
-    for bs in (1, 5, 16, 37):
-        assert torch.equal(torch.cat([full[i : i + bs] for i in range(0, 37, bs)]), full)
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)

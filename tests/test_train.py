@@ -370,9 +370,10 @@ def test_a_recipe_in_a_library_config_is_applied(tmp_path, data_dir):
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("seed", 2**70, "seed must be a whole number from 0 to 2\\*\\*63 - 1"),
-        ("seed", -1, "seed must be"),
-        ("eval_seed", 2**64 - 1, "eval_seed must be"),
+        ("seed", 2**70, "seed must be a whole number from -2\\*\\*63 to 2\\*\\*64 - 2"),
+        ("seed", -(2**63) - 1, "seed must be"),
+        ("seed", 2**64 - 1, "seed must be"),
+        ("eval_seed", 2**64, "eval_seed must be"),
     ],
 )
 def test_seeds_torch_cannot_take_are_refused(tmp_path, data_dir, key, value, match):
@@ -386,3 +387,14 @@ def test_seeds_torch_cannot_take_are_refused(tmp_path, data_dir, key, value, mat
 def test_devices_dae_cannot_run_on_are_refused(name):
     with pytest.raises(UsageError, match=f"unknown device '{name}'; use auto, cpu, cuda or mps"):
         train_module.select_device(name)
+
+
+def test_a_stop_condition_given_replaces_the_saved_and_the_recipes(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, epochs=1)  # 4 steps of 64 over 256 images
+    train(cfg, progress=False)
+    resumed = train({"out": cfg["out"], "train": {"steps": 6}}, resume=True, progress=False)
+    assert resumed.step == 6  # the saved epochs: 1 no longer stops it at step 4
+    t = train_module.resolve_config({"recipe": "tf-strided-0.3", "train": {"time_budget": 3600}}).train
+    assert (t.time_budget, t.epochs, t.steps) == (3600, None, None)  # not also the recipe's 10 epochs
+    t = train_module.resolve_config({"recipe": "tf-strided-0.3", "train": {"lr": 1e-4}}).train
+    assert (t.epochs, t.lr) == (10, 1e-4)  # no stop given: the recipe's stands

@@ -22,51 +22,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_config(args: argparse.Namespace, overrides: list[str]):
-    from dae.config import build_config, load_config_file, merge, parse_duration, parse_override
-    from dae.recipes import get_recipe
+    from dae.config import load_config_file, merge, parse_duration, parse_override
+    from dae.train import resolve_config
 
-    file_layer = load_config_file(args.config) if args.config else {}
-    recipe_name = args.recipe or file_layer.get("recipe")
-    layers: list[dict[str, Any]] = []
-    if args.resume and args.out:
-        # A resumed run continues under the config it started with; only what is given again changes.
-        from dae.train import saved_run_config
-
-        layers.append(saved_run_config(args.out))
-    recipe_layer = get_recipe(recipe_name).to_dict() if recipe_name else None
-    if recipe_layer:
-        layers.append(recipe_layer)
-    layers.append(file_layer)
+    # The file, then the flags, then dotted overrides; resolve_config lays them over the resumed run's saved
+    # config and the recipe, exactly as for a library caller.
+    own = load_config_file(args.config) if args.config else {}
     flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
+    if args.recipe:
+        flags["recipe"] = args.recipe
     if args.dataset:
         flags["data"]["dataset"] = args.dataset
     if args.data_dir:
         flags["data"]["data_dir"] = args.data_dir
     if args.model:
         flags["model"]["name"] = args.model
-        if recipe_layer and args.model != recipe_layer["model"]["name"]:
-            recipe_layer["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
     if args.noise is not None:  # an empty --noise "" is refused by the parser, not ignored
         flags["train"]["noise"] = args.noise
-    stops = {
-        "epochs": args.epochs,
-        "steps": args.steps,
-        "time_budget": parse_duration(args.time_budget) if args.time_budget else None,
-    }
-    if any(v is not None for v in stops.values()):
-        flags["train"].update(stops)  # a stop condition on the command line replaces the recipe's
+    if args.epochs is not None:
+        flags["train"]["epochs"] = args.epochs
+    if args.steps is not None:
+        flags["train"]["steps"] = args.steps
+    if args.time_budget:
+        flags["train"]["time_budget"] = parse_duration(args.time_budget)
     if args.seed is not None:
         flags["seed"] = args.seed
     if args.out:
         flags["out"] = args.out
     if args.name:
         flags["name"] = args.name
-    layers.append(flags)
-    dotted: dict[str, Any] = {}
+    own = merge(own, flags)
     for item in overrides:
-        dotted = merge(dotted, parse_override(item))
-    layers.append(dotted)
-    return build_config(*layers)
+        own = merge(own, parse_override(item))
+    return resolve_config(own, resume=args.resume)
 
 
 def _collect_overrides(rest: list[str]) -> list[str]:
@@ -154,6 +142,8 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
 
     keep_freed_memory()  # tile after tile of the same size: reuse the memory instead of faulting it in
 
+    if args.max_pixels is not None and args.max_pixels < 0:
+        raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     report = denoise_files(
         [Path(p) for p in args.inputs],
         args.checkpoint,
@@ -315,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--add-noise",
         help="corrupt inputs first (for demos), e.g. gaussian:0.3; the noisy copy is saved as NAME.noisy.EXT "
-        "(.png for JPEG)",
+        "(NAME.noisy.jpg.png for a JPEG, losslessly)",
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -41,9 +41,8 @@ class TrainConfig:
     batch_size: int = 64
     epochs: int | None = None
     steps: int | None = None
-    time_budget: float | None = (
-        None  # seconds of the training loop (data loading before it not counted); 90s, 2m, 1h
-    )
+    # Seconds of the training loop (loading the data before it is not counted); the CLI accepts 90s, 2m, 1h.
+    time_budget: float | None = None
     val_every: int | None = None  # steps between validation passes; None: once per epoch (and at the end)
     grad_clip: float | None = 1.0
     device: str = "auto"  # auto | cpu | cuda | mps

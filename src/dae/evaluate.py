@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import numbers
 import os
 import re
 import sys
@@ -91,18 +92,18 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         raise UsageError(
             f"levels cannot be combined with a composed noise {noise!r}; give full specs instead"
         )
+    if name == "none":
+        raise UsageError("noise 'none' takes no levels; drop the levels")
     if full:
         raise UsageError(
             f"noise {noise!r} already has a level; drop the levels or give the family only (e.g. gaussian)"
         )
     specs = []
     for level in levels:
-        text = f"{level:g}"
-        if float(text) != level:  # 6 significant digits would run another level than the one recorded
-            text = repr(float(level))
+        text = f"{float(level):.12g}"  # the level that runs is the level recorded (0.1 + 0.2 -> 0.3)
         spec = f"{name}:{text}" + (f",{rest}" if rest else "")
         parse_noise(spec)
-        specs.append((spec, float(level)))
+        specs.append((spec, float(text)))
     return specs
 
 
@@ -125,7 +126,7 @@ def resolve_methods(
 
     `models` may also hold denoiser objects of one's own (.name, .needs_sigma, .denoise(x, sigma=None)).
     """
-    from dae.baselines import BASELINES, as_denoiser
+    from dae.baselines import BASELINES, LearnedDenoiser, as_denoiser
     from dae.checkpoint import load_checkpoint
     from dae.train import select_device
 
@@ -148,7 +149,9 @@ def resolve_methods(
         )
     for model in models:
         if not isinstance(model, torch.nn.Module):  # a denoiser object of one's own (.name, .denoise)
-            methods.append(Method(getattr(model, "name", ""), "baseline", as_denoiser(model)))
+            kind = "learned" if isinstance(model, LearnedDenoiser) else "baseline"
+            slow = bool(getattr(model, "slow", False))
+            methods.append(Method(getattr(model, "name", ""), kind, as_denoiser(model), slow=slow))
             continue
         label = getattr(model, "dae_name", type(model).__name__)
         methods.append(Method(label, "learned", as_denoiser(model.to(dev).eval(), label)))
@@ -229,7 +232,9 @@ def evaluate(
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")
     specs = noise_specs(noise, levels)
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is not None and (
+        not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1
+    ):
         raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
     if images is None:
         from dae.data.datasets import load_images
@@ -261,7 +266,9 @@ def evaluate(
 
     records: list[dict[str, Any]] = []
     for spec, level in specs:
-        noisy = make_noisy(clean, spec, seed)  # the whole set in one call: batch size cannot change it
+        noisy = make_noisy(
+            clean, spec, seed
+        )  # image by image from the seed: limit and batches change nothing
         sigma_value = parse_noise(spec).sigma_estimate if sigma == "given" else None
         rows = [("noisy input", "noisy", None, noisy, n)]
         for m in methods:
@@ -297,22 +304,24 @@ def evaluate(
 
 
 def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
-    """The dataset (and its folder) the checkpoints were trained on, for an evaluation that names none;
-    MNIST when no checkpoint says."""
+    """The dataset the checkpoints were trained on (and a folder run's folder), for an evaluation that names
+    none; MNIST when no checkpoint says."""
+    # Only a folder run's images live in its folder; MNIST-like sets are found (and verified) the usual way,
+    # so a run moved to another machine still evaluates.
     trained = {
-        (m.trained_on.get("dataset") or "mnist", m.trained_on.get("data_dir"))
+        (name, m.trained_on.get("data_dir") if name == "folder" else None)
         for m in methods
         if m.trained_on
+        for name in [m.trained_on.get("dataset") or "mnist"]
     }
     if not trained:
         return "mnist", None
-    folders = {d for n, d in trained if n == "folder"}
-    if len({n for n, _ in trained}) > 1 or len(folders) > 1:
+    if len(trained) > 1:
         where = ", ".join(sorted(f"{n} ({d})" if d else n for n, d in trained))
         raise UsageError(
             f"the checkpoints were trained on different data: {where}; choose one with --dataset"
         )
-    return min(trained, key=lambda t: (t[1] is None, str(t[1])))  # MNIST from any recorded folder will do
+    return trained.pop()
 
 
 def _check_images(images: Any) -> None:

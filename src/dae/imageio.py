@@ -14,13 +14,15 @@ Rules (what a file becomes, and what is written back):
     displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
     its colour space (CMYK, LAB, YCbCr and HSV are read as RGB).
   - Hostile files are refused before memory is spent on them: the pixel count in the header is checked
-    against `max_pixels` before decoding (it replaces Pillow's own limit), truncated files are errors (never
+    against `max_pixels` before decoding (which overrides Pillow's own limit), truncated files are errors (never
     silently padded), and anything Pillow cannot identify or decode is a DataError naming the file and the
     reason; a file that cannot be read at all (permissions) is a ResourceError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from dae.fileio import atomic_write
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
 _CONVERTED_MODES = ("CMYK", "LAB", "YCbCr", "HSV")  # read as RGB
+_PILLOW_LIMIT = threading.Lock()  # held while Image.MAX_IMAGE_PIXELS is lifted
 
 # Output format by extension; reading accepts whatever Pillow identifies, folder scans use these extensions.
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -73,13 +76,22 @@ def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone flipped Pillow's global switch; a truncated file would be padded with gray without a word.
         raise DataError(f"{path}: refusing to read with PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True")
+    # Our pixel limit replaces Pillow's warning. Pillow's hard error (at twice its own limit) is lifted only
+    # when max_pixels asks for more, and only under a lock, as the limit is a global of Pillow's.
+    lift = max_pixels is None or (
+        Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS
+    )
+    with _PILLOW_LIMIT if lift else contextlib.nullcontext():
+        return _read(path, max_pixels, lift)
+
+
+def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, ImageInfo]:
     pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            # Our pixel limit below replaces Pillow's (its warning, and its error at twice its limit), so
-            # that max_pixels alone decides; Pillow's is restored at once.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None
+            if lift:
+                Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
@@ -110,7 +122,8 @@ def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: cannot decode image ({reason})") from None
     finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit
+        if lift:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
     info = ImageInfo(
         path=path, format=fmt, mode=src_mode, bit_depth=bit_depth, alpha=alpha, icc_profile=icc or None
     )

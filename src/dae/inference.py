@@ -327,10 +327,10 @@ def denoise_files(
     output that would be an input is a UsageError before anything runs. With add_noise (a noise spec such
     as "gaussian:0.1") each image is first corrupted with a generator seeded from `seed` and its relative
     name, and with save_noisy the noisy image is saved beside the output as `<stem><suffix>.noisy<ext>`
-    (.png for a JPEG, whose compression would remove part of the noise). `max_pixels` (None: no limit)
-    refuses larger images before decoding them. A run on one explicit file raises its error; otherwise bad
-    files are listed in `report.failed`, one line each, and the rest are written: call
-    `report.raise_if_failed()` to turn that into PartialFailure.
+    (`<stem><suffix>.noisy.jpg.png` for a JPEG, whose compression would remove part of the noise).
+    `max_pixels` (None: no limit) refuses larger images before decoding them. A run on one explicit file
+    raises its error; otherwise bad files are listed in `report.failed`, one line each, and the rest are
+    written: call `report.raise_if_failed()` to turn that into PartialFailure.
 
     Example:
         >>> report = denoise_files(["photos/"], "runs/unet/best.safetensors", "clean/")
@@ -442,16 +442,21 @@ def _plan(inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with
             f"no .png/.jpg/.jpeg/.tif/.tiff/.bmp files found in {', '.join(str(i) for i in inputs)}"
         )
 
-    # The same file named twice (a folder and a file in it, or one path given twice) is denoised once.
-    pairs = list({(src.resolve(), rel): (src, rel) for src, rel in pairs}.values())
+    # The same file named twice (a folder and a file in it, or one path given twice) is denoised once, under
+    # the name it was first found by.
+    first: dict[Path, tuple[Path, Path]] = {}
+    for src, rel in pairs:
+        first.setdefault(src.resolve(), (src, rel))
+    pairs = list(first.values())
     sources = {src.resolve() for src, _ in pairs}
     source_ids = {_file_id(src) for src, _ in pairs} - {None}  # hard links and other aliases of an input
     jobs: list[_Job] = []
     claimed: dict[Path, Path] = {}
     for src, rel in pairs:
         out = out_root / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}")
-        # A JPEG noisy copy would lose part of the noise the model saw (~3 dB at gaussian:0.2): PNG keeps it.
-        noisy_ext = ".png" if rel.suffix.lower() in (".jpg", ".jpeg") else rel.suffix
+        # A JPEG noisy copy would lose part of the noise the model saw (~3 dB at gaussian:0.2): PNG keeps it,
+        # named a.noisy.jpg.png so that a.jpg and a.png beside it still get a copy each.
+        noisy_ext = f"{rel.suffix}.png" if rel.suffix.lower() in (".jpg", ".jpeg") else rel.suffix
         noisy = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{noisy_ext}") if with_noisy else None
         for target in (out, noisy):
             if target is None:

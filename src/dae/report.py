@@ -546,7 +546,7 @@ def write_report(
     sections.append(("Training", Html("".join(train_parts))))
 
     # --- evaluation
-    sections.append(("Evaluation", _eval_section(run, figures, config)))
+    sections.append(("Evaluation", _eval_section(run, figures)))
 
     # --- configuration
     if config:
@@ -568,7 +568,7 @@ def write_report(
     return out
 
 
-def _eval_section(run: Path, figures: Path, config: dict[str, Any]) -> Html:
+def _eval_section(run: Path, figures: Path) -> Html:
     """PSNR/SSIM-vs-noise figures, the train x test matrix and the method x level table from eval/."""
     from dae import plots
 

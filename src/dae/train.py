@@ -24,7 +24,7 @@ from torch import Tensor
 from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
-from dae.config import Config, build_config, load_config_file, save_config
+from dae.config import Config, build_config, load_config_file, merge, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
@@ -157,9 +157,10 @@ def check_settings(cfg: Config) -> None:
     need(t.schedule in SCHEDULES, "train.schedule", " or ".join(SCHEDULES), repr(t.schedule))
     need(t.optimizer in OPTIMIZERS, "train.optimizer", " or ".join(OPTIMIZERS), repr(t.optimizer))
     need(d.val_size >= 1, "data.val_size", ">= 1 (validation picks the best checkpoint)", d.val_size)
-    for name in ("seed", "eval_seed"):  # torch takes 64-bit seeds, and the noise generator uses seed + 1
+    for name in ("seed", "eval_seed"):  # torch takes seeds in [-2**63, 2**64 - 1]; the noise uses seed + 1
         value = getattr(cfg, name)
-        need(isinstance(value, int) and 0 <= value < 2**63, name, "a whole number from 0 to 2**63 - 1", value)
+        ok = isinstance(value, int) and -(2**63) <= value <= 2**64 - 2
+        need(ok, name, "a whole number from -2**63 to 2**64 - 2", value)
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -302,10 +303,12 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False) -> Config:
-    """The Config a call to train() runs under. A Config is taken whole. A dict is laid over, in order: the
-    saved config of the run it resumes, then its own "recipe" (the tutorial's set-up), then itself: so
-    `train({"out": "runs/x", "train": {"steps": 500}}, resume=True)` continues runs/x as it was set up, for
-    500 steps, as `dae train --out runs/x --resume --steps 500` does.
+    """The Config a call to train() runs under; `dae train` builds its flags into a dict and comes here too.
+
+    A Config is taken whole. A dict is laid over, in order: the saved config of the run it resumes, then its
+    own "recipe" (the tutorial's set-up), then itself. A stop condition it names (epochs, steps, time_budget)
+    replaces all three of those layers', so `train({"out": "runs/x", "train": {"steps": 500}}, resume=True)`
+    continues runs/x as it was set up, until step 500.
     """
     if isinstance(config, Config):
         if config.recipe is not None:
@@ -321,6 +324,10 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
         if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
             recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
         layers.append(recipe)
+    train_layer = own.get("train") or {}
+    stops = ("epochs", "steps", "time_budget")
+    if any(train_layer.get(k) is not None for k in stops):
+        own = merge(own, {"train": {k: train_layer.get(k) for k in stops}})
     return build_config(*layers, own)
 
 
