@@ -122,6 +122,15 @@ def test_train_eval_denoise_round_trip(tmp_path, data_dir):
     for device, want in (("gpu", 2), ("cuda:7", 5)):
         code, _, err = dae("denoise", img, "--checkpoint", ckpt, "-o", tmp_path / "o2", "--device", device)
         assert code == want and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (20, 20), 40).save(folder / "a.png")
+    Image.new("L", (20, 20), 40).save(folder / "b.webp")
+    code, out, err = dae("denoise", folder, "--checkpoint", ckpt, "-o", tmp_path / "o3")
+    assert code == 0 and "wrote 1 file(s)" in out
+    assert err.startswith("dae: skipped 1 file(s) dae cannot read or write") and err.strip().endswith(
+        "b.webp"
+    )
 
     # eval of a run directory writes beside the run, not into the working directory
     elsewhere = tmp_path / "cwd"

@@ -535,3 +535,16 @@ def test_a_single_files_error_names_the_file(tmp_path: Path) -> None:
     a = save(tmp_path / "wide.png", u8((20, 30)))
     with pytest.raises(UsageError, match=r"^.*wide\.png: .*28x28"):  # fc takes only its own size
         denoise_files([a], create_model("fc"), tmp_path / "out")
+
+
+def test_images_in_other_formats_and_dangling_links_in_a_folder_are_named(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    save(src / "a.png", u8((8, 8)))
+    Image.fromarray(u8((8, 8))).save(src / "b.webp")
+    Image.fromarray(u8((8, 8))).save(src / "c.gif")
+    (src / "notes.txt").write_text("not an image, not worth a word")
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (src / "loop").symlink_to(src / "loop")  # never followed, never an error
+    report = denoise_files([src], TinyConv(), tmp_path / "out")
+    assert report.ok and report.written == [tmp_path / "out" / "a.png"]
+    assert report.skipped == [src / "b.webp", src / "c.gif", src / "gone.png"]

@@ -162,6 +162,13 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
         f"wrote {len(report.written)} file(s) to {args.output}"
         + (f"; {len(report.failed)} failed" if report.failed else "")
     )
+    if report.skipped:
+        names = ", ".join(str(p) for p in report.skipped[:5]) + (", ..." if len(report.skipped) > 5 else "")
+        print(
+            f"dae: skipped {len(report.skipped)} file(s) dae cannot read or write (webp, gif, ...) or that "
+            f"link to nothing: {names}",
+            file=sys.stderr,
+        )
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {report.total} input file(s) failed (listed above)")
     return 0

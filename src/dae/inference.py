@@ -273,6 +273,7 @@ class DenoiseReport:
     written: list[Path] = field(default_factory=list)
     noisy: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # images in folders in formats dae does not write
 
     @property
     def ok(self) -> bool:
@@ -322,7 +323,8 @@ def denoise_files(
     """Denoise image files and folders into out_dir, keeping names, formats and bit depth; returns a report.
 
     Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files and
-    anything already under out_dir are skipped) and keep their relative layout under out_dir. Each output
+    anything already under out_dir are skipped; images in other formats such as .webp and links to nothing
+    are listed in `report.skipped`) and keep their relative layout under out_dir. Each output
     is `<stem><suffix><ext>`, written atomically; an existing output is kept unless force=True, and an
     output that would be an input is a UsageError before anything runs. With add_noise (a noise spec such
     as "gaussian:0.1") each image is first corrupted with a generator seeded from `seed` and its relative
@@ -350,12 +352,13 @@ def denoise_files(
     _check_tiling(tile, overlap)
 
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
-    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy)
+    skipped: list[Path] = []
+    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, skipped)
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
     # Folders are made as each output is written (_run_job), so a run in which every file fails leaves none.
 
-    report = DenoiseReport(out_dir=out_root)
+    report = DenoiseReport(out_dir=out_root, skipped=skipped)
     if progress is None:
         progress = sys.stderr.isatty()
     iterator: Any = jobs
@@ -415,7 +418,15 @@ def _run_job(
     report.written.append(job.out)
 
 
-def _plan(inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with_noisy: bool) -> list[_Job]:
+# Image files a folder may hold that dae does not read and write; named in the report rather than passed over.
+OTHER_IMAGE_EXTENSIONS = frozenset(
+    {".webp", ".gif", ".heic", ".heif", ".jp2", ".ico", ".ppm", ".pgm", ".tga"}
+)
+
+
+def _plan(
+    inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with_noisy: bool, skipped: list[Path]
+) -> list[_Job]:
     """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes."""
     out_resolved = out_root.resolve()
     pairs: list[tuple[Path, Path]] = []
@@ -427,14 +438,17 @@ def _plan(inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with
             # An output folder inside the input folder is skipped, so a re-run does not denoise its outputs.
             skip = out_resolved if out_resolved != path.resolve() else None
             for f in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
-                rel = f.relative_to(path)
-                if (
-                    f.suffix.lower() in IMAGE_EXTENSIONS
-                    and not any(part.startswith(".") for part in rel.parts)  # ._x.png, .tmp files, .git
-                    and f.is_file()
-                    and (skip is None or skip not in f.resolve().parents)
+                rel, ext = f.relative_to(path), f.suffix.lower()
+                if ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS or any(
+                    part.startswith(".")
+                    for part in rel.parts  # ._x.png, .tmp files, .git
                 ):
-                    pairs.append((f, rel))
+                    continue
+                if ext in IMAGE_EXTENSIONS and f.is_file():
+                    if skip is None or skip not in f.resolve().parents:
+                        pairs.append((f, rel))
+                elif ext in OTHER_IMAGE_EXTENSIONS or not f.exists():
+                    skipped.append(f)  # another format, or a link to nothing
         else:
             pairs.append((path, Path(path.name)))
     if not pairs:
