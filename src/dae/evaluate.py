@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import numbers
 import os
 import re
 import sys
@@ -209,6 +208,7 @@ def evaluate(
     Example:
         >>> res = dae.evaluate(["runs/demo/checkpoints/best.safetensors"], ["median", "tv"], levels=[0.3, 0.5])
     """
+    from dae.data.datasets import check_limit, load_images
     from dae.data.noise import make_noisy, parse_noise
     from dae.metrics import mse as mse_fn
     from dae.metrics import psnr, ssim
@@ -232,13 +232,8 @@ def evaluate(
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")
     specs = noise_specs(noise, levels)
-    if limit is not None and (
-        not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1
-    ):
-        raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
+    check_limit(limit)
     if images is None:
-        from dae.data.datasets import load_images
-
         if dataset is None:
             dataset, trained_dir = _training_data(methods)
             data_dir = data_dir or trained_dir

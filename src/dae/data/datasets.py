@@ -164,11 +164,16 @@ def load_images(
     Example:
         >>> x = load_images("mnist", "test", limit=1000)  # (1000, 1, 28, 28)
     """
+    check_limit(limit)
+    return create_dataset(name, split, root, **kw).batch(slice(0, limit))
+
+
+def check_limit(limit: Any) -> None:
+    """Refuse an image count that is not None or a whole number >= 1 (2.5, 0, -3, True)."""
     if limit is not None and (
         not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1
     ):
         raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
-    return create_dataset(name, split, root, **kw).batch(slice(0, limit))
 
 
 def check_dataset(
