@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
-from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, save_checkpoint
+from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.config import Config, build_config, load_config_file, merge, save_config
 from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
@@ -338,8 +338,8 @@ def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
         return load_config_file(run_dir / "config.yaml")
     for record in sorted((run_dir / "checkpoints").glob("step-*.json"), reverse=True):
         try:
-            return dict(json.loads(record.read_text()).get("config") or {})
-        except (OSError, ValueError, AttributeError):
+            return dict(read_record(paths_for(record)[0]).get("config") or {})
+        except CheckpointError:
             continue  # a damaged record: resuming will say so, and fall back the same way
     return {}
 
