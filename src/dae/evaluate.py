@@ -36,13 +36,8 @@ RECORD_COLUMNS = [
 ]
 
 
-RESULT_FILES = (
-    "results.csv",
-    "results.json",
-    "psnr_vs_noise.png",
-    "matrix.csv",
-    "matrix.png",
-)  # write_results
+# Every file write_results may write, so a rerun can remove what it did not replace.
+RESULT_FILES = ("results.csv", "results.json", "psnr_vs_noise.png", "matrix.csv", "matrix.png")
 
 
 @dataclass
@@ -261,9 +256,8 @@ def evaluate(
 
     records: list[dict[str, Any]] = []
     for spec, level in specs:
-        noisy = make_noisy(
-            clean, spec, seed
-        )  # image by image from the seed: limit and batches change nothing
+        # Image by image from the seed: neither limit nor batch size changes an image's noise.
+        noisy = make_noisy(clean, spec, seed)
         sigma_value = parse_noise(spec).sigma_estimate if sigma == "given" else None
         rows = [("noisy input", "noisy", None, noisy, n)]
         for m in methods:

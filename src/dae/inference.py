@@ -439,10 +439,8 @@ def _plan(
             skip = out_resolved if out_resolved != path.resolve() else None
             for f in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
                 rel, ext = f.relative_to(path), f.suffix.lower()
-                if ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS or any(
-                    part.startswith(".")
-                    for part in rel.parts  # ._x.png, .tmp files, .git
-                ):
+                hidden = any(part.startswith(".") for part in rel.parts)  # ._x.png, .tmp files, .git
+                if hidden or ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS:
                     continue
                 if ext in IMAGE_EXTENSIONS and f.is_file():
                     if skip is None or skip not in f.resolve().parents:
@@ -461,8 +459,7 @@ def _plan(
     first: dict[Path, tuple[Path, Path]] = {}
     for src, rel in pairs:
         first.setdefault(src.resolve(), (src, rel))
-    pairs = list(first.values())
-    sources = {src.resolve() for src, _ in pairs}
+    pairs, sources = list(first.values()), set(first)
     source_ids = {_file_id(src) for src, _ in pairs} - {None}  # hard links and other aliases of an input
     jobs: list[_Job] = []
     claimed: dict[Path, Path] = {}
