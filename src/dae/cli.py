@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from dae.errors import DaeError, PartialFailure, ResourceError, UsageError
+from dae.errors import DaeError, Interrupted, PartialFailure, ResourceError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +84,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if args.resume and not cfg.out:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     result = train(cfg, resume=args.resume, progress=not args.quiet)
+    if _torchrun_rank() != 0:
+        return 0  # under torchrun the first process speaks for the run
     print(
         f"run: {result.run_dir}  steps: {result.step}  time: {result.elapsed_s:.1f}s  "
         f"best val PSNR: {result.best_val_psnr:.2f} dB"
@@ -253,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dae {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a denoiser (dotted overrides such as --train.lr=1e-3 accepted)")
+    t = sub.add_parser(
+        "train",
+        help="train a denoiser (dotted overrides such as --train.lr=1e-3 accepted)",
+        description="Train a denoiser. In several processes or on several GPUs, start it with torchrun: "
+        "torchrun --standalone --nproc-per-node N -m dae train ... (the batch size stays the whole batch).",
+    )
     t.add_argument("--config", help="YAML or TOML file setting config values")
     t.add_argument("--dataset", help="mnist, fashion-mnist or folder (default mnist)")
     t.add_argument(
@@ -379,6 +387,23 @@ def _log_to_stderr() -> None:
         logger.propagate = False  # printed once, whatever logging the caller has set up
 
 
+def _torchrun_rank() -> int:
+    """This process's RANK among torchrun's processes; 0 outside torchrun (read without importing torch)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _report(e: DaeError) -> None:
+    """The error's one line; under torchrun, labelled with the process that met it (the first speaks plainly)."""
+    rank = _torchrun_rank()
+    if rank == 0:
+        print(f"dae: {e}", file=sys.stderr)
+    elif not isinstance(e, Interrupted):  # all processes stop together; the first one says where
+        print(f"dae (process {rank}): {e}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     parser = build_parser()
@@ -391,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"unrecognised arguments: {' '.join(rest)}")
         return args.func(args, rest)
     except DaeError as e:
-        print(f"dae: {e}", file=sys.stderr)
+        _report(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("dae: interrupted", file=sys.stderr)

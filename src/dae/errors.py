@@ -43,3 +43,11 @@ class PartialFailure(DaeError):
     """Some items of a batch job failed (each reported); the good ones were written."""
 
     exit_code = 7
+
+
+class Interrupted(DaeError):
+    """SIGINT/SIGTERM during training: the current step finished and a checkpoint was saved."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them

@@ -25,7 +25,8 @@ from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.config import Config, build_config, load_config_file, merge, save_config
-from dae.errors import CheckpointError, DaeError, ResourceError, TrainingError, UsageError
+from dae.distributed import ALONE, World, join, leave
+from dae.errors import CheckpointError, Interrupted, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
@@ -43,14 +44,6 @@ METRIC_COLUMNS = [
     "val_ssim",
     "images_per_s",
 ]
-
-
-class Interrupted(DaeError):
-    """SIGINT/SIGTERM: the current step finished and a checkpoint was saved."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
 
 
 @dataclass
@@ -200,26 +193,32 @@ def to_float(batch: Tensor, channels_last: bool) -> Tensor:
 
 
 @torch.inference_mode()
-def validate(model, loss_fn, noisy: Tensor, clean: Tensor, amp, batch_size: int = 500) -> dict[str, float]:
-    """Loss, PSNR and SSIM on the fixed-seed noisy validation set."""
+def validate(
+    model, loss_fn, noisy: Tensor, clean: Tensor, amp, world: World = ALONE, batch_size: int = 500
+) -> dict[str, float]:
+    """Loss, PSNR and SSIM on the fixed-seed noisy validation set; each process scores its share of it."""
     model.eval()
-    losses, psnrs, ssims = [], [], []
+    noisy, clean = world.share(noisy), world.share(clean)
+    loss_sum, psnr_sum, ssim_sum = 0.0, 0.0, 0.0
     for i in range(0, noisy.shape[0], batch_size):
         x, y = noisy[i : i + batch_size], clean[i : i + batch_size]
         with amp:
             out = model(x)
         out = out.float()
-        losses.append(loss_fn(out, y, model.output_kind).item() * x.shape[0])
+        loss_sum += loss_fn(out, y, model.output_kind).item() * x.shape[0]
         img = model.to_image(out)
-        psnrs.append(psnr(img, y))
-        ssims.append(ssim(img, y))
+        psnr_sum += psnr(img, y).sum().item()
+        ssim_sum += ssim(img, y).sum().item()
     model.train()
-    n = noisy.shape[0]
-    return {
-        "val_loss": sum(losses) / n,
-        "val_psnr": torch.cat(psnrs).mean().item(),
-        "val_ssim": torch.cat(ssims).mean().item(),
-    }
+    loss_sum, psnr_sum, ssim_sum, n = world.sum(loss_sum, psnr_sum, ssim_sum, noisy.shape[0])
+    return {"val_loss": loss_sum / n, "val_psnr": psnr_sum / n, "val_ssim": ssim_sum / n}
+
+
+def noise_seed(seed: int, rank: int) -> int:
+    """The training noise stream's seed for process `rank`; the first keeps the single-process seed."""
+    from dae.data.noise import image_seed
+
+    return seed + 1 if rank == 0 else image_seed(seed + 1, rank)
 
 
 class StopSignals:
@@ -357,26 +356,32 @@ def train(
     """Train a denoiser as `config` says; returns where the run and its checkpoints are.
 
     `on_step(step, loss)` may return True to stop early, exactly as SIGINT does (checkpoint saved).
+    Under torchrun every process trains its share of each batch (see dae.distributed); the first one writes.
 
     Example:
         >>> result = dae.train({"train": {"steps": 200}, "data": {"limit": 2048}, "out": "runs/quick"})
         >>> model = dae.load_model(result.best_checkpoint)
     """
     cfg = resolve_config(config, resume)
+    world = join(select_device(cfg.train.device))  # torchrun's processes, or a world of one
     # Each step's activations reuse the last step's memory instead of being faulted in again; given back when
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
+    finished = False
     try:
-        return _train(cfg, resume, progress, on_step)
+        result = _train(cfg, world, resume, progress, on_step)
+        finished = True
+        return result
     finally:
+        leave(world, wait=finished)  # after a failure the other processes may be anywhere: do not wait
         if kept:
             release_freed_memory()
 
 
 def _train(
-    cfg: Config, resume: bool, progress: bool, on_step: Callable[[int, float], bool] | None
+    cfg: Config, world: World, resume: bool, progress: bool, on_step: Callable[[int, float], bool] | None
 ) -> TrainResult:
-    from dae.data.noise import make_noisy, parse_noise
+    from dae.data.noise import image_seed, make_noisy, parse_noise
 
     t = cfg.train
     if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
@@ -396,7 +401,7 @@ def _train(
         )
     get_loss(t.loss)  # validate names before loading data
     noise = parse_noise(t.noise)
-    device = select_device(t.device)
+    device = world.device
     amp, precision = autocast_for(device, t.precision)
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -428,14 +433,30 @@ def _train(
         model = model.to(memory_format=torch.channels_last)
     # The compiled module shares `model`'s parameters; checkpoints and validation use the eager `model`, so
     # saved state_dicts keep their plain keys and eval mode does not trigger a second compilation.
-    compiled = _compiled(model, device) if t.compile else None
     loss_fn = get_loss(t.loss)
     optimizer = make_optimizer(cfg, model)
-    noise_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # Each process draws its own noise; DistributedDataParallel averages the gradients of the processes'
+    # replicas in backward, so they stay equal.
+    net = world.replicate(model)
+    noise_gen = torch.Generator(device=device).manual_seed(noise_seed(cfg.seed, world.rank))
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler then passes through).
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    compiled = _compiled(net, device) if t.compile else None
 
-    batches_per_epoch = math.ceil(n_train / t.batch_size)
+    if t.batch_size < world.size:
+        raise UsageError(
+            f"train.batch_size {t.batch_size} is the whole batch, shared by {world.size} processes: make it at "
+            f"least {world.size}"
+        )
+    # train.batch_size is the whole batch, shared by the processes; a last batch too small to give each process
+    # an image is left out of the epoch (in a world of one, only an empty one).
+    full, rest = divmod(n_train, t.batch_size)
+    batches_per_epoch = full + (rest >= world.size)
+    if batches_per_epoch == 0:
+        raise UsageError(
+            f"{n_train} training image(s) cannot make a batch for {world.size} processes; train on more images "
+            "(data.limit) or in fewer processes"
+        )
     total_steps = min(
         t.steps if t.steps is not None else math.inf,
         t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
@@ -452,31 +473,51 @@ def _train(
                 f"{cfg.model.name} {cfg.model.kwargs or ''} (or its optimizer) cannot continue it; resume "
                 "with the run's own settings or use another --out"
             ) from None
-        noise_gen.set_state(ck.state["noise_rng"])
         if "grad_scaler" in ck.state:
             scaler.load_state_dict(ck.state["grad_scaler"])
         torch.set_rng_state(ck.state["torch_rng"])
         step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
+        streams = ck.state.get("noise_rng_world") or [ck.state["noise_rng"]]
+        if len(streams) == world.size:
+            noise_gen.set_state(streams[world.rank])  # every process continues its own noise exactly
+        elif world.rank == 0:
+            noise_gen.set_state(ck.state["noise_rng"])
+        else:
+            noise_gen.manual_seed(image_seed(noise_seed(cfg.seed, world.rank), step))
+        if len(streams) != world.size and world.main:
+            print(
+                f"dae: {ck.path.name} was trained by {len(streams)} process(es), this resume has {world.size}: "
+                "the first continues its noise stream, the others start new ones",
+                file=sys.stderr,
+            )
         if batch_index >= batches_per_epoch:  # a larger batch or a smaller data.limit ended this epoch sooner
             epoch, batch_index = epoch + 1, 0
         elapsed_before, best_psnr = float(ck.state["elapsed_s"]), float(ck.state["best_val_psnr"])
-        _truncate_metrics(run_dir / "metrics.csv", step)
-        print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
+        if world.main:
+            _truncate_metrics(run_dir / "metrics.csv", step)
+            print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
-    make_folder(run_dir / "figures")
-    if not done:
-        save_config(cfg, run_dir / "config.yaml")
-    writer = _tensorboard(run_dir)
+    if world.main:  # one process writes the run; the others train beside it
+        make_folder(run_dir / "figures")
+        if not done:
+            save_config(cfg, run_dir / "config.yaml")
+    writer = _tensorboard(run_dir) if world.main else None
 
     def save_generation(metrics: dict[str, float]) -> Path:
         nonlocal best_psnr
         is_best = metrics.get("val_psnr", -math.inf) > best_psnr
         best_psnr = max(best_psnr, metrics.get("val_psnr", -math.inf))
+        path = ckpt_dir / f"step-{step:08d}.safetensors"
+        # Every process's noise stream, so that a resume in as many processes continues each one exactly.
+        streams = world.gather(noise_gen.get_state())
+        if not world.main:
+            return path
         state = {
             "optimizer": optimizer.state_dict(),
-            "noise_rng": noise_gen.get_state(),
+            "noise_rng": streams[0],
+            **({"noise_rng_world": streams} if world.size > 1 else {}),
             **({"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
             "torch_rng": torch.get_rng_state(),
             "step": step,
@@ -486,7 +527,7 @@ def _train(
             "best_val_psnr": best_psnr,
         }
         meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
-        path = save_checkpoint(model, ckpt_dir / f"step-{step:08d}.safetensors", train_state=state, **meta)
+        save_checkpoint(model, path, train_state=state, **meta)
         if is_best:
             save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
         prune_generations(ckpt_dir, t.keep_last)
@@ -501,37 +542,41 @@ def _train(
         p = step / total_steps if total_steps < math.inf else 0.0
         return max(p, elapsed() / t.time_budget) if t.time_budget else p
 
-    bar = _progress_bar(progress, total_steps, step)
+    bar = _progress_bar(progress and world.main, total_steps, step)
     history: list[dict[str, float]] = []
     last_path: Path | None = ck.path if resume else None
     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
     model.train()
     with StopSignals() as stop:
-        if done:
+        if done and world.main:
             print(f"dae: {run_dir} already reached its stop condition at step {step}; nothing to do")
         while not done:
             order = epoch_permutation(n_train, cfg.seed, epoch).to(device)
             while batch_index < batches_per_epoch:
                 # One step: index a batch, corrupt it in one vectorised call, fit the clean target.
                 idx = order[batch_index * t.batch_size : (batch_index + 1) * t.batch_size]
-                clean = to_float(train_u8[idx], t.channels_last)  # (B, C, H, W) in [0, 1]
+                clean = to_float(train_u8[world.share(idx)], t.channels_last)  # (B, C, H, W) in [0, 1]
                 noisy = noise(clean, noise_gen)
                 lr = lr_at(cfg, step, training_progress())
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # The graph is specialised to the full batch; an epoch's short last batch runs eager (same
                 # parameters, same maths) rather than paying for a second compilation.
-                forward = compiled if compiled is not None and clean.shape[0] == t.batch_size else model
+                forward = compiled if compiled is not None and idx.shape[0] == t.batch_size else net
                 with amp:
                     out = forward(noisy)
-                loss = loss_fn(out.float(), clean, model.output_kind)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step + 1} (epoch {epoch}); stopped without saving "
-                        f"this step's weights; try a lower --train.lr (now {t.lr:g})"
-                    )
+                loss = loss_fn(out.float(), clean, model.output_kind)  # the mean over this process's share
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                # The processes' gradients are averaged; weighting each share by its size makes that the
+                # gradient of the whole batch's mean loss, also when the shares differ by an image.
+                scaler.scale(loss * (clean.shape[0] * world.size / idx.shape[0])).backward()
+                # The whole batch's loss, summed over the processes (in a world of one, this process's own).
+                loss_sum, images = world.sum(loss.item() * clean.shape[0], clean.shape[0])
+                if not math.isfinite(loss_sum):
+                    raise TrainingError(
+                        f"loss became {loss_sum / images} at step {step + 1} (epoch {epoch}); stopped without "
+                        f"saving this step's weights; try a lower --train.lr (now {t.lr:g})"
+                    )
                 if t.grad_clip:
                     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
@@ -539,18 +584,21 @@ def _train(
                 scaler.update()
                 step += 1
                 batch_index += 1
-                window_loss += loss.item() * clean.shape[0]
-                window_images += clean.shape[0]
+                window_loss += loss_sum
+                window_images += int(images)
 
-                user_stop = on_step(step, loss.item()) if on_step else False
-                out_of_budget = step >= total_steps or (
-                    t.time_budget is not None and elapsed() >= t.time_budget
+                user_stop = bool(on_step(step, loss_sum / images)) if on_step else False
+                over = step >= total_steps or (t.time_budget is not None and elapsed() >= t.time_budget)
+                # The processes stop together: when any of them was told to, signalled or is out of time.
+                user_stop, sigint, sigterm, out_of_budget = world.sum(
+                    user_stop, stop.signum == signal.SIGINT, stop.signum == signal.SIGTERM, over
                 )
+                signum = signal.SIGINT if sigint else signal.SIGTERM if sigterm else None
                 due = t.val_every is not None and step % t.val_every == 0
                 epoch_end = batch_index >= batches_per_epoch
                 if epoch_end:
                     epoch, batch_index = epoch + 1, 0
-                if due or epoch_end or out_of_budget or user_stop or stop.signum:
+                if due or epoch_end or out_of_budget or user_stop or signum:
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
                     row = {
                         "epoch": epoch,
@@ -559,10 +607,11 @@ def _train(
                         "lr": lr,
                         "train_loss": window_loss / max(window_images, 1),
                         "images_per_s": rate,
-                        **validate(model, loss_fn, val_noisy, val_clean, amp),
+                        **validate(model, loss_fn, val_noisy, val_clean, amp, world),
                     }
                     history.append(row)
-                    _append_metrics(run_dir / "metrics.csv", row)
+                    if world.main:
+                        _append_metrics(run_dir / "metrics.csv", row)
                     if writer is not None:
                         for k, v in row.items():
                             writer.add_scalar(k, v, step)
@@ -576,11 +625,11 @@ def _train(
                     )
                     window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
                 bar.update(1)
-                if stop.signum:
+                if signum:
                     bar.close()
-                    name = signal.Signals(stop.signum).name
+                    world.wait()  # the checkpoint is complete before any process ends
                     raise Interrupted(
-                        f"{name}: stopped at step {step}; checkpoint saved to {last_path}", stop.signum
+                        f"{signum.name}: stopped at step {step}; checkpoint saved to {last_path}", signum
                     )
                 if out_of_budget or user_stop:
                     done = True
@@ -590,6 +639,7 @@ def _train(
     bar.close()
     if writer is not None:
         writer.close()
+    world.wait()  # the main process's last checkpoint is written before any process looks for it
     best = ckpt_dir / "best.safetensors"
     return TrainResult(
         run_dir=run_dir,
