@@ -1,6 +1,6 @@
-"""dae benchmark suite: training throughput, time to quality, inference, FLOP efficiency.
+"""dae benchmark suite: training throughput, time to quality, inference, FLOP efficiency, torchrun processes.
 
-    python bench/run.py --out bench/results [--quick] [--only throughput,time_to_quality,inference,flops]
+    python bench/run.py --out bench/results [--quick] [--only throughput,time_to_quality,inference,flops,...]
 
 Each benchmark writes bench/results/<name>.json (with the machine record); SUMMARY.md is rebuilt from every
 JSON file present, so the suite can be run in parts with --only. Numbers are measurements, not assertions.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-BENCHMARKS = ("throughput", "time_to_quality", "inference", "flops")
+BENCHMARKS = ("throughput", "time_to_quality", "inference", "flops", "distributed")
 GIB = 1 << 30
 
 
@@ -74,20 +75,8 @@ def dae_throughput(
     """Steady-state images/s of dae.train: `window` warm-up steps, then `windows` timed windows of as many."""
     from dae.train import train
 
-    cfg = train_config(
-        f"{tmp}/{model}-{precision}{'-compiled' if compile else ''}",
-        model,
-        {
-            "steps": window * (windows + 1),
-            "val_every": window,
-            "batch_size": batch_size,
-            "noise": common.EVAL_NOISE,
-            "optimizer": "adam",
-            "precision": precision,
-            "compile": compile,
-        },
-        data={"val_size": 64},
-    )
+    out = f"{tmp}/{model}-{precision}{'-compiled' if compile else ''}"
+    cfg = throughput_config(out, model, batch_size, window, windows, precision=precision, compile=compile)
     result = train(cfg, progress=False)
     rate = steady_rate(result.history, batch_size)
     return {
@@ -98,6 +87,46 @@ def dae_throughput(
         "windows_images_per_s": [row["images_per_s"] for row in result.history],
         "final_val_psnr": result.best_val_psnr,
     }
+
+
+def throughput_config(
+    out: str, model: str, batch_size: int, window: int, windows: int, precision: str, compile: bool = False
+) -> dict[str, Any]:
+    """A run of `windows` + 1 logging windows of `window` steps, the first of them warm-up."""
+    train = {
+        "steps": window * (windows + 1),
+        "val_every": window,
+        "batch_size": batch_size,
+        "noise": common.EVAL_NOISE,
+        "optimizer": "adam",
+        "precision": precision,
+        "compile": compile,
+    }
+    return train_config(out, model, train, data={"val_size": 64})
+
+
+def torchrun_throughput(
+    model: str, *, batch_size: int, window: int, windows: int, processes: int, tmp: str
+) -> dict[str, Any]:
+    """Steady-state images/s of `dae train` in `processes` torchrun processes of one thread each, on the same
+    global batch as dae_throughput's single process."""
+    out = f"{tmp}/{model}-torchrun"
+    config = Path(f"{out}.yaml")
+    # JSON is YAML: the run's config file, as a user would pass it.
+    config.write_text(
+        json.dumps(throughput_config(out, model, batch_size, window, windows, precision="fp32"))
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    cmd += ["-m", "dae", "train", "--config", str(config), "--quiet"]
+    done = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun training of {model} failed: {done.stderr.strip()[-2000:]}")
+    with open(f"{out}/metrics.csv", newline="") as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rates = [row["images_per_s"] for row in history]
+    return {"images_per_s": steady_rate(history, batch_size), "windows_images_per_s": rates}
 
 
 def calibrate_window(model_name: str, batch_size: int, target_s: float, minimum: int) -> int:
@@ -247,6 +276,56 @@ def bench_throughput(
             "torch.randn noise, DataLoader(shuffle=True, num_workers=0), same model and loss, Adam, fp32, "
             "contiguous (NCHW) memory; "
             "same batch size; data loading timed"
+        ),
+        "rows": rows,
+    }
+
+
+def bench_distributed(
+    quick: bool = True, models: list[str] | None = None, window: int | None = None, windows: int | None = None
+) -> dict[str, Any]:
+    """dae.train in one process of T threads against torchrun's T processes of one thread each (at least 2),
+    same model and global batch: what data parallelism does on the cores one process would thread over."""
+    threads = torch.get_num_threads()
+    processes = max(2, threads)
+    windows = windows or (2 if quick else 3)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in arch_table(models):
+            name = arch["model"]
+            batch = common.recipe_batch_size(name)
+            steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
+            one = dae_throughput(
+                name, batch_size=batch, window=steps, windows=windows, precision="fp32", tmp=tmp
+            )
+            many = torchrun_throughput(
+                name, batch_size=batch, window=steps, windows=windows, processes=processes, tmp=tmp
+            )
+            rows.append(
+                {
+                    **arch,
+                    "batch_size": batch,
+                    "one_process_images_per_s": one["images_per_s"],
+                    "processes_images_per_s": many["images_per_s"],
+                    "ratio": many["images_per_s"] / one["images_per_s"],
+                    "one_process": one,
+                    "processes_run": many,
+                }
+            )
+            print(
+                f"  distributed {name}: 1 process x {threads} threads {one['images_per_s']:.0f} img/s, "
+                f"{processes} processes x 1 thread {many['images_per_s']:.0f} img/s, x{rows[-1]['ratio']:.2f}",
+                flush=True,
+            )
+    return {
+        "mode": "quick" if quick else "full",
+        "threads": threads,
+        "processes": processes,
+        "method": (
+            "dae.train in this process (fp32, the recipe's model, loss and batch) against `torchrun --standalone "
+            "--nproc-per-node P -m dae train` with OMP_NUM_THREADS=1 and the same config (gloo, "
+            "DistributedDataParallel, each process a share of the same global batch); images/s of every "
+            "logging window but the first"
         ),
         "rows": rows,
     }
@@ -647,7 +726,9 @@ def _verdict(ok: bool | None) -> str:
 
 def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for every project target, from the result files present."""
-    tp, ttq, inf, fl = (_load(results_dir, n) for n in BENCHMARKS)
+    tp, ttq, inf, fl = (
+        _load(results_dir, n) for n in ("throughput", "time_to_quality", "inference", "flops")
+    )
     rows = []
     if tp:
         tut = [r for r in tp["rows"] if r["tutorial"]]
@@ -851,6 +932,34 @@ def write_summary(results_dir: str | Path) -> Path:
             "1/(1-s)x by feeding the same network faster; the rest of any ratio comes from running the network "
             "faster (channels_last and freed memory kept here).",
         ]
+    dd = _load(results_dir, "distributed")
+    if dd:
+        lines += ["", f"## Training in several processes ({dd['mode']}, {dd['machine']['date']})", ""]
+        lines += _table(
+            [
+                "model",
+                "batch",
+                f"1 process x {dd['threads']} threads img/s",
+                f"{dd['processes']} processes x 1 thread img/s",
+                "ratio",
+            ],
+            [
+                [
+                    _name(r),
+                    r["batch_size"],
+                    f"{r['one_process_images_per_s']:.0f}",
+                    f"{r['processes_images_per_s']:.0f}",
+                    f"{r['ratio']:.2f}",
+                ]
+                for r in dd["rows"]
+            ],
+        )
+        lines += [
+            "",
+            "Both runs use the same cores: the processes' share of each batch is smaller and they add a gradient "
+            "all-reduce per step, so on one CPU this measures the cost of data parallelism; its gain is on "
+            "several GPUs or machines.",
+        ]
     ttq = _load(results_dir, "time_to_quality")
     if ttq:
         e = ttq["eval"]
@@ -1018,6 +1127,8 @@ def run(only: list[str], quick: bool, models: list[str] | None, out: Path) -> in
             result = bench_time_to_quality(quick, models)
         elif name == "inference":
             result = bench_inference(quick)
+        elif name == "distributed":
+            result = bench_distributed(quick, models)
         else:
             result = bench_flops(quick, models, results_dir=out)
         result["bench_wall_s"] = time.perf_counter() - t0

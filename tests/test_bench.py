@@ -38,6 +38,16 @@ def test_throughput_rows_compare_both_loops(tiny_model):
     assert row["ratio"] == pytest.approx(row["dae_images_per_s"] / row["reference_images_per_s"])
 
 
+def test_distributed_rows_compare_one_process_with_several(tiny_model, tmp_path):
+    result = run.bench_distributed(quick=True, models=[tiny_model], window=2, windows=1)
+    (row,) = result["rows"]
+    assert result["processes"] >= 2 and row["model"] == tiny_model
+    assert row["one_process_images_per_s"] > 0 and row["processes_images_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["processes_images_per_s"] / row["one_process_images_per_s"])
+    common.write_result(tmp_path, "distributed", result)
+    assert "## Training in several processes" in run.write_summary(tmp_path).read_text()
+
+
 def test_time_to_quality_evaluates_on_fixed_test_set(tiny_model):
     result = run.bench_time_to_quality(quick=True, models=[tiny_model], budgets=[0.5], eval_images=50)
     assert result["eval"] == {**result["eval"], "images": 50, "seed": 1234, "noise": "gaussian:0.5"}

@@ -91,10 +91,13 @@ def join(device: torch.device) -> World:
     """The torchrun world this process belongs to, joined on `device`; a world of one outside torchrun.
 
     Under torchrun each process takes the GPU of its LOCAL_RANK and talks over NCCL; CPU processes use gloo.
-    A process group the caller already started is used as it is.
+    A process group the caller already started is used as it is. The group dae starts stays up for the next
+    dae.train in this process (a script may train several models): a second init_process_group under the same
+    torchrun would read the first one's stale addresses.
     """
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), _process_device(device))
+        size = dist.get_world_size()
+        return World(dist.get_rank(), size, _process_device(device) if size > 1 else device)
     size = environment_size()
     if size == 1:
         return World(device=device)
@@ -110,16 +113,6 @@ def join(device: torch.device) -> World:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ResourceError(f"cannot join the {size} training processes ({backend}): {first}") from None
     return World(dist.get_rank(), dist.get_world_size(), device)
-
-
-def leave(world: World, wait: bool = True) -> None:
-    """Done training: `wait` for every process, unless this one has failed (the others may be anywhere).
-
-    The process group stays up for the next dae.train in this process (a study trains several models): a
-    second init_process_group under the same torchrun would read the first one's stale addresses.
-    """
-    if wait and world.size > 1:
-        dist.barrier()
 
 
 def _process_device(device: torch.device) -> torch.device:

@@ -25,7 +25,7 @@ from dae import CallableModule
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.config import Config, build_config, load_config_file, merge, save_config
-from dae.distributed import ALONE, World, join, leave
+from dae.distributed import ALONE, World, join
 from dae.errors import CheckpointError, Interrupted, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
@@ -367,13 +367,9 @@ def train(
     # Each step's activations reuse the last step's memory instead of being faulted in again; given back when
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
-    finished = False
     try:
-        result = _train(cfg, world, resume, progress, on_step)
-        finished = True
-        return result
+        return _train(cfg, world, resume, progress, on_step)
     finally:
-        leave(world, wait=finished)  # after a failure the other processes may be anywhere: do not wait
         if kept:
             release_freed_memory()
 
