@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import dae
+from dae import cli
 from dae.checkpoint import load_checkpoint, load_model
 from dae.distributed import ALONE, join
-from dae.errors import UsageError
+from dae.errors import Interrupted, UsageError
 from dae.models import list_models
 
 
@@ -91,6 +92,25 @@ def test_a_bad_world_size_is_a_usage_error(monkeypatch, value):
     monkeypatch.setenv("WORLD_SIZE", value)
     with pytest.raises(UsageError, match="WORLD_SIZE"):
         join(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "env, error, expected",
+    [
+        ({}, UsageError("bad"), "dae: bad\n"),
+        ({"RANK": "1"}, UsageError("bad"), "dae: bad\n"),  # RANK alone is not torchrun's
+        ({"RANK": "1", "WORLD_SIZE": "2"}, UsageError("bad"), "dae (process 1): bad\n"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, Interrupted("SIGTERM: stopped", 15), "dae: SIGTERM: stopped\n"),
+        ({"RANK": "1", "WORLD_SIZE": "2"}, Interrupted("SIGTERM: stopped", 15), ""),  # the first one says it
+    ],
+)
+def test_errors_name_the_process_that_met_them(monkeypatch, capsys, env, error, expected):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cli._report(error)
+    assert capsys.readouterr().err == expected
 
 
 def test_two_processes_train_the_run_one_process_trains(tmp_path, data_dir):

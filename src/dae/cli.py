@@ -390,8 +390,8 @@ def _log_to_stderr() -> None:
 def _torchrun_rank() -> int:
     """This process's RANK among torchrun's processes; 0 outside torchrun (read without importing torch)."""
     try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
         return 0
 
 
