@@ -22,13 +22,16 @@ from dae.errors import Interrupted, UsageError
 from dae.models import list_models
 
 
-def torchrun(*args: str, nproc: int = 2, **popen) -> subprocess.Popen | subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node N ARGS` (a free port each time); Popen when asked to."""
+def torchrun(*args: str, nproc: int = 2, cwd=None, background: bool = False):
+    """`torchrun --standalone --nproc-per-node N ARGS` (a free port each time): its CompletedProcess, or the
+    running Popen in the `background`."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    if popen:
-        return subprocess.Popen(cmd, env=env, text=True, **popen)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if background:
+        return subprocess.Popen(
+            cmd, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def config(tmp_path, data_dir, name, **train):
@@ -202,8 +205,7 @@ def test_sigterm_to_torchrun_stops_every_process_with_a_checkpoint(tmp_path, dat
     out = tmp_path / "run"
     launcher = torchrun(
         "-m", "dae", "train", "--data-dir", str(data_dir), "--model", "strided", "--data.limit", "2048",
-        "--time-budget", "10m", "--train.val_every", "5", "--quiet", "--out", str(out),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "--time-budget", "10m", "--train.val_every", "5", "--quiet", "--out", str(out), background=True,
     )  # fmt: skip
     metrics = out / "metrics.csv"
     deadline = time.monotonic() + 120
@@ -219,3 +221,91 @@ def test_sigterm_to_torchrun_stops_every_process_with_a_checkpoint(tmp_path, dat
     step = int(err.split("dae: SIGTERM: stopped at step ")[1].split(";")[0])
     ck = load_checkpoint(out / "checkpoints" / f"step-{step:08d}.safetensors", with_state=True)
     assert ck.state["step"] == step and len(ck.state["noise_rng_world"]) == 2
+
+
+def test_batchnorm_processes_validate_the_model_that_is_saved(tmp_path, data_dir):
+    # Each CPU process's BatchNorm statistics follow its own share of the batch; the scores written for a
+    # checkpoint must be that checkpoint's, not a blend of the processes' models.
+    from contextlib import nullcontext
+
+    from dae.data.noise import make_noisy
+    from dae.losses import get_loss
+    from dae.train import load_train_val, resolve_config, validate
+
+    cfg = config(tmp_path, data_dir, "bn", steps=6, val_every=6, batch_size=16, noise="gaussian:0.5")
+    cfg["model"] = {"name": "unet", "kwargs": {"norm": "batch"}}
+    cfg["data"].update(limit=96, val_size=64)
+    script = tmp_path / "bn.py"
+    script.write_text(
+        f"import dae, json\ndae.train(json.loads({json.dumps(json.dumps(cfg))}), progress=False)\n"
+    )
+    done = torchrun(str(script))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "no SyncBatchNorm on CPUs" in done.stderr
+    resolved = resolve_config(cfg)
+    _, val_u8 = load_train_val(resolved)
+    clean = val_u8.float() / 255
+    noisy = make_noisy(clean, resolved.train.noise, resolved.eval_seed)
+    model = load_model(tmp_path / "bn" / "checkpoints" / "step-00000006.safetensors")
+    scored = validate(model, get_loss(resolved.train.loss), noisy, clean, nullcontext())
+    header, *rows = (tmp_path / "bn" / "metrics.csv").read_text().splitlines()
+    logged = dict(zip(header.split(","), rows[-1].split(","), strict=True))
+    assert float(logged["val_loss"]) == pytest.approx(scored["val_loss"], rel=1e-6, abs=1e-7)
+    assert float(logged["val_psnr"]) == pytest.approx(scored["val_psnr"], abs=1e-5)
+
+
+def test_a_process_that_fails_alone_stops_the_others_without_a_traceback(tmp_path, data_dir):
+    # The main process cannot write its metrics (a full disk, say); the other one must stop with one line.
+    script = tmp_path / "failing.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            import dae.train
+            from dae import cli
+            from dae.errors import ResourceError
+
+            def full(path, row):
+                raise ResourceError(f"{path}: cannot write (No space left on device)")
+
+            if os.environ["RANK"] == "0":
+                dae.train._append_metrics = full
+            sys.exit(cli.main(sys.argv[1:]))
+            """
+        )
+    )
+    done = torchrun(
+        str(script), "train", "--data-dir", str(data_dir), "--model", "strided", "--steps", "20",
+        "--train.val_every", "5", "--data.limit", "256", "--data.val_size", "32", "--quiet",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "cannot write (No space left on device)" in done.stderr
+    assert "dae (process 1): another training process stopped" in done.stderr
+    assert "[rank1]: Traceback" not in done.stderr and not re.search(r'File ".*/dae/', done.stderr)
+
+
+def test_the_main_process_names_an_unnamed_run_for_all(tmp_path, data_dir):
+    # Processes reading the clock either side of a second would otherwise name different run folders.
+    script = tmp_path / "clock.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os, time
+            import dae
+
+            rank = os.environ["RANK"]
+            time.strftime = lambda fmt, *a: "second-" + rank
+            cfg = {{"model": {{"name": "fc"}}, "train": {{"steps": 2, "batch_size": 8}},
+                   "data": {{"data_dir": r"{data_dir}", "limit": 32, "val_size": 8}}}}
+            result = dae.train(cfg, progress=False)
+            with open(f"result-{{rank}}.json", "w") as f:
+                json.dump({{"run": str(result.run_dir), "best": str(result.best_checkpoint)}}, f)
+            """
+        )
+    )
+    done = torchrun(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0] == results[1] and results[0]["run"] == "runs/fc-second-0"
+    assert (tmp_path / results[1]["best"]).exists()

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,11 +20,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dae.errors import ResourceError, UsageError
+from dae.errors import PeerFailure, ResourceError, UsageError
 
 # A process that dies without a word leaves the others waiting in a collective; torchrun stops them when it
 # sees the death, and this bounds the wait when it cannot (a hung, not dead, process).
 TIMEOUT = timedelta(minutes=10)
+# How gloo and NCCL say that the process at the other end has gone (their errors are plain RuntimeErrors).
+PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "remote process", "remote worker", "timed out")
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,24 @@ class World:
         """`model` as this process trains it: wrapped so that backward averages the processes' gradients."""
         if self.size == 1:
             return model
+        if self.device.type == "cuda":
+            # BatchNorm statistics over the whole batch, as in one process (the layers are replaced in place).
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif self.main and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            print(
+                "dae: torch has no SyncBatchNorm on CPUs: each process's BatchNorm layers normalise its own share "
+                "of the batch, so this run differs from a run in one process",
+                file=sys.stderr,
+            )
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def align(self, model: torch.nn.Module) -> None:
+        """Give every process the main process's buffers (BatchNorm statistics), so that what all of them
+        validate is the model the main process saves."""
+        if self.size > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     def share(self, items: torch.Tensor) -> torch.Tensor:
         """This process's contiguous share of a batch (or of any tensor along its first dimension)."""
@@ -65,6 +84,22 @@ class World:
         out: list[Any] = [None] * self.size
         dist.all_gather_object(out, obj)
         return out
+
+    def first(self, obj: Any) -> Any:
+        """The main process's `obj`, on every process (a name drawn from the clock, say)."""
+        return self.gather(obj)[0]
+
+    def lost_peer(self, error: BaseException) -> PeerFailure | None:
+        """The one-line error to raise when `error` says another process has gone; None for anything else."""
+        if self.size == 1 or not isinstance(error, RuntimeError):
+            return None
+        text = str(error).lower()
+        if isinstance(error, dist.DistError) or any(s in text for s in PEER_GONE):
+            return PeerFailure(
+                "another training process stopped or stopped answering, so this one stopped too (see that "
+                "process's error)"
+            )
+        return None
 
     def wait(self) -> None:
         """Until every process gets here: the main process's files are complete for all who return."""

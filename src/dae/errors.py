@@ -45,6 +45,12 @@ class PartialFailure(DaeError):
     exit_code = 7
 
 
+class PeerFailure(DaeError):
+    """Under torchrun: another training process stopped (its own error says why), so this one stopped too."""
+
+    exit_code = 8
+
+
 class Interrupted(DaeError):
     """SIGINT/SIGTERM during training: the current step finished and a checkpoint was saved."""
 

@@ -369,6 +369,11 @@ def train(
     kept = cfg.train.keep_memory and keep_freed_memory()
     try:
         return _train(cfg, world, resume, progress, on_step)
+    except RuntimeError as e:
+        lost = world.lost_peer(e)  # a collective broken by a process that failed: its error says why
+        if lost is None:
+            raise
+        raise lost from None
     finally:
         if kept:
             release_freed_memory()
@@ -385,8 +390,9 @@ def _train(
     check_settings(cfg)
     if cfg.data.data_dir:  # recorded absolute, so eval and report find the data from any folder
         cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().absolute())
+    # Under torchrun the processes may read the clock either side of a second: the main process names the run.
     cfg.name = cfg.name or (
-        Path(cfg.out).name if cfg.out else f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        Path(cfg.out).name if cfg.out else world.first(f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     )
     run_dir = output_folder(cfg.out or f"runs/{cfg.name}")
     ckpt_dir = run_dir / "checkpoints"
@@ -595,6 +601,7 @@ def _train(
                 if epoch_end:
                     epoch, batch_index = epoch + 1, 0
                 if due or epoch_end or out_of_budget or user_stop or signum:
+                    world.align(model)  # every process validates the model that is saved
                     rate = window_images / max(time.perf_counter() - window_start, 1e-9)
                     row = {
                         "epoch": epoch,
