@@ -433,8 +433,6 @@ def _train(
     model = create_model(cfg.model.name, **kwargs).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # The compiled module shares `model`'s parameters; checkpoints and validation use the eager `model`, so
-    # saved state_dicts keep their plain keys and eval mode does not trigger a second compilation.
     loss_fn = get_loss(t.loss)
     optimizer = make_optimizer(cfg, model)
     # Each process draws its own noise; DistributedDataParallel averages the gradients of the processes'
@@ -443,6 +441,8 @@ def _train(
     noise_gen = torch.Generator(device=device).manual_seed(noise_seed(cfg.seed, world.rank))
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler then passes through).
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    # The compiled module shares `model`'s parameters; checkpoints and validation use the eager `model`, so
+    # saved state_dicts keep their plain keys and eval mode does not trigger a second compilation.
     compiled = _compiled(net, device) if t.compile else None
 
     if t.batch_size < world.size:
