@@ -168,6 +168,14 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path, data_dir, capsys):
     assert "trained by 2 process(es), this resume has 1" in capsys.readouterr().err
 
 
+def test_a_one_process_run_resumes_in_two_processes(tmp_path, data_dir):
+    dae.train(config(tmp_path, data_dir, "b", epochs=2), progress=False, on_step=lambda step, _: step == 3)
+    resumed = run_worker(tmp_path, config(tmp_path, data_dir, "b", epochs=2), resume=True)
+    assert [r["step"] for r in resumed] == [8, 8]
+    ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "step-00000008.safetensors", with_state=True)
+    assert len(ck.state["noise_rng_world"]) == 2
+
+
 def test_every_model_trains_in_two_processes(tmp_path, data_dir):
     # DistributedDataParallel refuses models with parameters a forward pass leaves unused; none may have any.
     script = tmp_path / "each.py"
