@@ -1,9 +1,9 @@
 """Data-parallel training under torchrun: one process per device, each fitting its share of every batch.
 
 `dae.train` joins the world torchrun describes in its environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
-MASTER_PORT); outside torchrun it is a world of one, where World's helpers pass values through. The batch size stays the
-global batch: N processes each take 1/N of it, and DistributedDataParallel averages their gradients, so the
-maths of a run does not depend on how many processes train it.
+MASTER_PORT); outside torchrun it is a world of one, where World's helpers pass values through. The batch
+size stays the global batch: N processes each take 1/N of it, and DistributedDataParallel averages their
+gradients, so the maths of a run does not depend on how many processes train it.
 
 Example:
     torchrun --standalone --nproc-per-node 4 -m dae train --model unet --time-budget 10m --out runs/ddp
