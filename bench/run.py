@@ -205,6 +205,19 @@ def run_probe(spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     return run_script("probe.py", spec, timeout)
 
 
+def throughput_runs(
+    models: list[str] | None, quick: bool, window: int | None
+) -> list[tuple[dict[str, Any], int, int]]:
+    """(architecture row, recipe batch, steps per timing window) for each architecture to time; without
+    `window`, each window is sized to last about 1.5 s (quick) or 4 s (full) of dae training."""
+    runs = []
+    for arch in arch_table(models):
+        batch = common.recipe_batch_size(arch["model"])
+        steps = window or calibrate_window(arch["model"], batch, 1.5 if quick else 4.0, minimum=5)
+        runs.append((arch, batch, steps))
+    return runs
+
+
 def arch_table(models: list[str] | None) -> list[dict[str, Any]]:
     default = common.default_model()
     names = models or common.list_archs()
@@ -217,17 +230,12 @@ def arch_table(models: list[str] | None) -> list[dict[str, Any]]:
 def bench_throughput(
     quick: bool = True, models: list[str] | None = None, window: int | None = None, windows: int | None = None
 ) -> dict[str, Any]:
-    """dae.train's steady images/s against the tutorial DataLoader loop, per architecture, same batch size.
-
-    Without `window`, each timing window is sized to last about 1.5 s (quick) or 4 s (full) of dae training.
-    """
+    """dae.train's steady images/s against the tutorial DataLoader loop, per architecture, same batch size."""
     windows = windows or (2 if quick else 3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in arch_table(models):
+        for arch, batch, steps in throughput_runs(models, quick, window):
             name = arch["model"]
-            batch = common.recipe_batch_size(name)
-            steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
             # dae as it runs by default: precision "auto" is bf16 only on CPUs with native bf16.
             dae_r = dae_throughput(
                 name, batch_size=batch, window=steps, windows=windows, precision="auto", tmp=tmp
@@ -291,10 +299,8 @@ def bench_distributed(
     windows = windows or (2 if quick else 3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in arch_table(models):
+        for arch, batch, steps in throughput_runs(models, quick, window):
             name = arch["model"]
-            batch = common.recipe_batch_size(name)
-            steps = window or calibrate_window(name, batch, 1.5 if quick else 4.0, minimum=5)
             one = dae_throughput(
                 name, batch_size=batch, window=steps, windows=windows, precision="fp32", tmp=tmp
             )

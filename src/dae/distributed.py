@@ -69,6 +69,11 @@ class World:
         """This process's contiguous share of a batch (or of any tensor along its first dimension)."""
         return items.tensor_split(self.size)[self.rank] if self.size > 1 else items
 
+    def whole_batch(self, loss: torch.Tensor, share: int, batch: int) -> torch.Tensor:
+        """`loss`, the mean over this process's `share` of a `batch`, weighted by the share's size: the processes'
+        averaged gradients are then the whole batch's mean's, also when the shares differ by an image."""
+        return loss if self.size == 1 else loss * (share * self.size / batch)
+
     def sum(self, *values: float) -> list[float]:
         """`values` summed over all processes, in one collective; as given in a world of one."""
         if self.size == 1:

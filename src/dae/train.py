@@ -569,9 +569,7 @@ def _train(
                     out = forward(noisy)
                 loss = loss_fn(out.float(), clean, model.output_kind)  # the mean over this process's share
                 optimizer.zero_grad(set_to_none=True)
-                # The processes' gradients are averaged; weighting each share by its size makes that the
-                # gradient of the whole batch's mean loss, also when the shares differ by an image.
-                scaler.scale(loss * (clean.shape[0] * world.size / idx.shape[0])).backward()
+                scaler.scale(world.whole_batch(loss, clean.shape[0], idx.shape[0])).backward()
                 # The whole batch's loss, summed over the processes (in a world of one, this process's own).
                 loss_sum, images = world.sum(loss.item() * clean.shape[0], clean.shape[0])
                 if not math.isfinite(loss_sum):
