@@ -18,7 +18,7 @@ import dae
 from dae import cli
 from dae.checkpoint import load_checkpoint, load_model
 from dae.distributed import ALONE, join
-from dae.errors import Interrupted, UsageError
+from dae.errors import Interrupted, ResourceError, UsageError
 from dae.models import list_models
 
 
@@ -95,6 +95,22 @@ def test_a_bad_world_size_is_a_usage_error(monkeypatch, value):
     monkeypatch.setenv("WORLD_SIZE", value)
     with pytest.raises(UsageError, match="WORLD_SIZE"):
         join(torch.device("cpu"))
+
+
+def test_a_half_set_torchrun_environment_is_one_line(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ResourceError, match=r"^cannot join the 2 training processes \(gloo\): .*MASTER_ADDR"):
+        join(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("device, message", [("cuda:1", "LOCAL_RANK"), ("mps", "runs on cpu or cuda")])
+def test_devices_processes_cannot_share_are_refused(monkeypatch, device, message):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match=message):
+        join(torch.device(device))
 
 
 @pytest.mark.parametrize(
