@@ -81,8 +81,18 @@ def test_float_tiff_scale_rule(tmp_path: Path, scale: float) -> None:
     src = tmp_path / "f.tif"
     Image.fromarray(a * scale).save(src)
     x, info = read_image(src)
-    assert info.mode == "F"
+    assert info.mode == "F" and info.bit_depth == 32 and info.scale == scale
     np.testing.assert_allclose(x[0].numpy(), a, atol=1e-6)
+    # Written back as a float TIFF on the file's own scale, not quantised to 16 bits.
+    write_image(tmp_path / "out.tif", x, info)
+    back = Image.open(tmp_path / "out.tif")
+    assert back.mode == "F"
+    np.testing.assert_allclose(np.asarray(back), a * scale, rtol=1e-6, atol=1e-6 * scale)
+    # PNG holds no floats: the nearest it has is 16 bits.
+    write_image(tmp_path / "out.png", x, info)
+    back = Image.open(tmp_path / "out.png")
+    assert back.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(back), np.rint(x[0].numpy() * 65535).astype(np.uint16))
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])

@@ -8,8 +8,9 @@ Rules (what a file becomes, and what is written back):
   - Alpha is KEPT but never denoised: it is split off into `ImageInfo.alpha` (the original bytes) and
     re-attached unchanged by `write_image` when the output format holds alpha (PNG, TIFF); JPEG and BMP
     drop it.
-  - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Pillow reads 16-bit colour PNG/TIFF as 8 bits
-    per channel, so colour output is always 8-bit. JPEG is written with quality 95.
+  - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Floating-point (mode F) input is written back
+    as a 32-bit float TIFF on its own scale ([0, 1] or [0, 255]), and as 16-bit PNG. Pillow reads 16-bit colour
+    PNG/TIFF as 8 bits per channel, so colour output is always 8-bit. JPEG is written with quality 95.
   - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
     displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
     its colour space (CMYK, LAB, YCbCr and HSV are read as RGB).
@@ -56,7 +57,8 @@ class ImageInfo:
     path: Path | None = None
     format: str | None = None  # Pillow format of the source file ("PNG", "JPEG", ...)
     mode: str = "L"  # Pillow mode of the source file, before any conversion
-    bit_depth: int = 8  # 8 or 16 (per sample) for the written output
+    bit_depth: int = 8  # 8, 16 or 32 (float) per sample, for the written output
+    scale: float = 1.0  # a float file's full scale: [0, 1] is 1.0, [0, 255] is 255.0
     alpha: np.ndarray | None = None  # (H, W) uint8, the original alpha channel, re-attached on write
     icc_profile: bytes | None = None
 
@@ -107,7 +109,7 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
                 icc = im.info.get("icc_profile") if src_mode not in _CONVERTED_MODES else None
                 im.load()  # decode now so truncation surfaces here, as OSError
                 im = ImageOps.exif_transpose(im)
-                x, bit_depth, alpha = _to_array(im)
+                x, bit_depth, alpha, scale = _to_array(im)
     except DataError:
         raise
     except (PermissionError, IsADirectoryError) as e:
@@ -125,13 +127,19 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
         if lift:
             Image.MAX_IMAGE_PIXELS = pillow_limit
     info = ImageInfo(
-        path=path, format=fmt, mode=src_mode, bit_depth=bit_depth, alpha=alpha, icc_profile=icc or None
+        path=path,
+        format=fmt,
+        mode=src_mode,
+        bit_depth=bit_depth,
+        scale=scale,
+        alpha=alpha,
+        icc_profile=icc or None,
     )
     return torch.from_numpy(x), info
 
 
-def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None]:
-    """Decoded Pillow image -> ((C, H, W) float32 in [0, 1], bit depth, (H, W) uint8 alpha or None)."""
+def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None, float]:
+    """Decoded Pillow image -> ((C, H, W) float32 in [0, 1], bit depth, (H, W) uint8 alpha or None, scale)."""
     mode = im.mode
     if mode == "P":
         has_alpha = "transparency" in im.info
@@ -152,12 +160,12 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None]:
 
     if mode in _GRAY_16:
         a = np.asarray(im).astype(np.float32)
-        return (np.clip(a, 0, 65535) / 65535.0)[None], 16, None
+        return (np.clip(a, 0, 65535) / 65535.0)[None], 16, None, 1.0
     if mode == "F":
         a = np.asarray(im).astype(np.float32)
         a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
         scale = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
-        return np.clip(a / scale, 0.0, 1.0)[None], 16, None
+        return np.clip(a / scale, 0.0, 1.0)[None], 32, None, scale
     if mode in ("L", "LA", "RGB", "RGBA"):
         a = np.asarray(im)
         alpha = None
@@ -166,7 +174,7 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None]:
             a = a[..., :-1]
         a = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, C)
         x = np.ascontiguousarray(a.transpose(2, 0, 1)).astype(np.float32) / 255.0
-        return x, 8, alpha
+        return x, 8, alpha, 1.0
     raise ValueError(f"unsupported image mode {mode!r}")
 
 
@@ -220,7 +228,9 @@ def _to_pil(image: Tensor, info: ImageInfo, fmt: str, path: Path) -> Image.Image
     alpha = info.alpha if fmt in ALPHA_FORMATS else None
     if alpha is not None and alpha.shape != (h, w):
         raise UsageError(f"{path}: alpha channel is {alpha.shape[1]}x{alpha.shape[0]}, image is {w}x{h}")
-    if c == 1 and info.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS and alpha is None:
+    if c == 1 and info.bit_depth == 32 and fmt == "TIFF" and alpha is None:
+        return Image.fromarray((x[0] * np.float32(info.scale)).astype(np.float32))  # mode F
+    if c == 1 and info.bit_depth >= 16 and fmt in SIXTEEN_BIT_FORMATS and alpha is None:
         return Image.fromarray(np.rint(x[0] * 65535.0).astype(np.uint16))  # mode I;16
     a = np.rint(x * 255.0).astype(np.uint8).transpose(1, 2, 0)  # (H, W, C)
     if alpha is not None:
