@@ -39,6 +39,18 @@ def test_train_and_evaluate_are_callable_modules(every_submodule_imported, name,
     assert train.select_device and evaluate.format_table  # the modules' other contents stay reachable
 
 
+@pytest.mark.parametrize("name", ["train", "evaluate"])
+def test_help_on_a_callable_module_documents_its_function(every_submodule_imported, name):
+    import pydoc
+
+    function = getattr(importlib.import_module(f"dae.{name}"), name)
+    text = pydoc.render_doc(getattr(dae, name), renderer=pydoc.plaintext)
+    summary = inspect.getdoc(function).splitlines()[0]
+    assert f"dae.{name} - {summary}" in text  # help()'s NAME line is the function's summary
+    assert f"dae.{name}{inspect.signature(function)}" in text
+    assert "Example:" in text
+
+
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dae.nope  # noqa: B018

@@ -39,6 +39,27 @@ class CallableModule(types.ModuleType):
         return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
 
 
+def make_callable(module: types.ModuleType) -> None:
+    """Turn `module` into a CallableModule that `help()` and `inspect.signature` describe as its function.
+
+    help() documents a module as a module, so the function's signature and docstring are put first in the
+    module's docstring; `__signature__` is what inspect (and so IDEs and notebooks) reads for a callable.
+    """
+    import inspect
+    import textwrap
+
+    name = module.__name__.rpartition(".")[2]
+    function = getattr(module, name)
+    signature = inspect.signature(function)
+    module.__class__ = CallableModule
+    module.__signature__ = signature
+    summary, _, details = (inspect.getdoc(function) or "").partition("\n")
+    module.__doc__ = (
+        f"{summary}\n\n    dae.{name}{signature}\n{details}\n\n"
+        f"The module dae.{name}:\n{textwrap.indent(inspect.cleandoc(module.__doc__ or ''), '    ')}"
+    )
+
+
 def __getattr__(name: str):
     if name in ("create_model", "list_models"):
         from dae import models

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dae import CallableModule
+from dae import make_callable
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.config import Config, build_config, load_config_file, merge, save_config
@@ -676,5 +676,5 @@ def _tensorboard(run_dir: Path):
 
 
 # `dae.train(...)` calls this module's train(); see dae.CallableModule.
-sys.modules[__name__].__class__ = CallableModule
+make_callable(sys.modules[__name__])
 __signature__ = inspect.signature(train)
