@@ -132,6 +132,28 @@ def test_errors_name_the_process_that_met_them(monkeypatch, capsys, env, error, 
     assert capsys.readouterr().err == expected
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--baselines", "median", "--limit", "20"],
+        ["denoise", "in.png", "--checkpoint", "run", "-o", "out"],
+        ["study", "--quick"],
+        ["report", "run"],
+        ["models"],
+    ],
+)
+def test_commands_that_do_not_share_work_refuse_torchrun(monkeypatch, capsys, tmp_path, argv):
+    # Each process would do the whole job and write the same files; one line before any work instead.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"dae {argv[0]} runs in one process" in err and "without torchrun" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_two_processes_train_the_run_one_process_trains(tmp_path, data_dir):
     # Without noise both runs see the same images in the same order, so only the arithmetic differs: two shares
     # of 5 and 4 images (an odd batch) and a last batch of 7 must still give the gradient of the whole batch.

@@ -387,10 +387,21 @@ def _log_to_stderr() -> None:
         logger.propagate = False  # printed once, whatever logging the caller has set up
 
 
-def _torchrun_rank() -> int:
-    """This process's RANK among torchrun's processes; 0 outside torchrun (read without importing torch)."""
+def _torchrun_size() -> int:
+    """How many processes torchrun started; 1 outside torchrun (read without importing torch).
+
+    A malformed WORLD_SIZE reads as 1 here: dae train's own check (dae.distributed) names it.
+    """
     try:
-        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def _torchrun_rank() -> int:
+    """This process's RANK among torchrun's processes; 0 outside torchrun."""
+    try:
+        return int(os.environ["RANK"]) if _torchrun_size() > 1 else 0
     except (KeyError, ValueError):
         return 0
 
@@ -414,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if rest and not getattr(args, "allow_rest", False):
             raise UsageError(f"unrecognised arguments: {' '.join(rest)}")
+        if args.func is not cmd_train and _torchrun_size() > 1:
+            # Every process would do the whole job and write the same files; only training shares its work.
+            raise UsageError(
+                f"dae {args.command} runs in one process; of dae's commands only `dae train` shares its work "
+                "across torchrun's processes, so run this one without torchrun"
+            )
         return args.func(args, rest)
     except DaeError as e:
         _report(e)
