@@ -77,6 +77,44 @@ def test_override_errors_name_the_field(override, fragment):
         build_config(parse_override(override))
 
 
+@pytest.mark.parametrize(
+    "text, flags, fragment",
+    [
+        ("model: dncnn\n", [], "config field model is a section"),
+        ("data: fashion-mnist\n", ["--dataset", "mnist"], "config field data is a section"),
+        ("train: 5\n", ["--steps", "3"], "config field train is a section"),
+        ("model:\n", ["--model", "fc"], "config field model is a section"),
+        ("train:\n  noise:\n", [], "train.noise: cannot use None"),
+        ("train:\n  noise: [gaussian]\n", [], "train.noise: cannot use"),
+    ],
+)
+def test_a_config_file_value_where_a_section_or_spec_belongs_is_refused(tmp_path, text, flags, fragment):
+    # Once these were dropped in favour of the flags' sections (training the wrong model or data), or read
+    # as the text "None", i.e. no noise at all; either way the run went ahead without a word.
+    from dae.cli import _train_config, build_parser
+
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    args, rest = build_parser().parse_known_args(["train", "--config", str(f), *flags])
+    with pytest.raises(UsageError, match=fragment):
+        _train_config(args, rest)
+
+
+@pytest.mark.parametrize("override", ["train.noise=null", "model.name=~", "data.dataset=null"])
+def test_null_for_a_text_field_is_refused(override):
+    with pytest.raises(UsageError, match="cannot use None"):
+        build_config(parse_override(override))
+
+
+def test_a_library_dict_with_a_value_for_a_section_is_a_usage_error():
+    from dae.train import resolve_config
+
+    with pytest.raises(UsageError, match="config field model is a section"):
+        resolve_config({"model": "dncnn", "recipe": "tf-upsample-0.5"})  # was an AttributeError
+    with pytest.raises(UsageError, match="config field train is a section"):
+        resolve_config({"train": 5})
+
+
 def test_bad_config_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train: [1, 2\n")

@@ -418,6 +418,38 @@ def test_folder_crops_rgb_and_determinism(tmp_path):
     assert torch.equal(gray_crops[:, 0], gray_crops[:, 1]) and torch.equal(gray_crops[:, 1], gray_crops[:, 2])
 
 
+def test_folder_holds_one_decoded_picture_at_a_time(tmp_path, monkeypatch):
+    # Whole pictures were once all kept (for resample): a folder of a dozen 20-megapixel photos took about
+    # 600 MiB for 2 MiB of crops. Now each picture is let go before the next is decoded.
+    import gc
+    import weakref
+
+    root = make_folder(tmp_path / "imgs")
+    loaded, alive_at_each_load = [], []
+
+    def tracked(path, channels, patch_size):
+        gc.collect()
+        alive_at_each_load.append(sum(ref() is not None for ref in loaded))
+        picture = load(path, channels, patch_size)
+        loaded.append(weakref.ref(picture))
+        return picture
+
+    load = D._load_picture
+    monkeypatch.setattr(D, "_load_picture", tracked)
+    ds = D.create_dataset("folder", "all", root=root, patch_size=8, patches_per_image=4, seed=1)
+    ds.resample(2)
+    assert alive_at_each_load == [0] * 10  # 5 files, read twice
+    gc.collect()
+    assert all(ref() is None for ref in loaded)
+
+
+@pytest.mark.parametrize("kwargs", [{"patch_size": 2.5}, {"patches_per_image": "4"}, {"val_every": True}])
+def test_folder_sizes_must_be_integers(tmp_path, kwargs):
+    root = make_folder(tmp_path / "imgs")
+    with pytest.raises(UsageError, match=f"{next(iter(kwargs))} must be an integer"):
+        D.create_dataset("folder", "all", root=root, **kwargs)  # was numpy's TypeError
+
+
 def test_folder_patch_size_that_would_exhaust_memory_is_refused_before_decoding(tmp_path, monkeypatch):
     root = tmp_path / "two"
     root.mkdir()

@@ -69,7 +69,10 @@ def test_write_is_deterministic_and_leaves_no_temp_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gz"]
 
 
-@pytest.mark.parametrize("array", [np.zeros(3, np.int64), np.zeros(3, bool), np.zeros((0, 2), np.uint8)])
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros(3, np.int64), np.zeros(3, bool), np.zeros((0, 2), np.uint8), np.zeros((1,) * 33, np.uint8)],
+)
 def test_write_refuses_unrepresentable_arrays(tmp_path, array):
     with pytest.raises(UsageError):
         write_idx(tmp_path / "bad", array)
@@ -84,6 +87,7 @@ MALFORMED = {
     "bad magic": (b"\x01\x00\x08\x01" + struct.pack(">I", 2) + b"ab", "magic"),
     "bad type code": (header(code=0x0A) + b"\x00" * 6, "type code 0x0A"),
     "zero dims": (b"\x00\x00\x08\x00", "0 dimensions"),
+    "more dims than numpy has": (header(dims=(1,) * 65) + b"\x07", "65 dimensions"),  # was a ValueError
     "zero dimension size": (header(dims=(2, 0)), "dimension 1 has size 0"),
     "dimension over cap": (header(dims=(2**32 - 1,)), "dimension 0 has size"),
     "payload over cap": (header(code=0x0E, dims=(2**31 - 1, 2**31 - 1)), "cap"),

@@ -335,6 +335,23 @@ def test_bad_inputs_are_usage_errors():
         noise(torch.rand(1, 1, 8, 8), 0)
     with pytest.raises(UsageError, match="seed"):
         add_noise(torch.rand(1, 1, 8, 8), "gaussian:0.1", seed="0")
+    with pytest.raises(UsageError, match="out of range"):
+        add_noise(torch.rand(1, 1, 8, 8), "gaussian:0.1", seed=2**64)  # was torch's bare ValueError
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_images_are_refused(value):
+    x = torch.rand(1, 1, 8, 8)
+    x[0, 0, 3, 3] = value
+    with pytest.raises(UsageError, match="NaN or infinite"):
+        add_noise(x, "poisson:30", seed=0)  # was torch's "invalid Poisson rate"
+
+
+def test_a_numpy_integer_is_a_seed():
+    import numpy as np
+
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(add_noise(x, "gaussian:0.3", seed=np.int64(3)), add_noise(x, "gaussian:0.3", seed=3))
 
 
 def test_float64_inputs_work():

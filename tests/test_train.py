@@ -398,3 +398,20 @@ def test_a_stop_condition_given_replaces_the_saved_and_the_recipes(tmp_path, dat
     assert (t.time_budget, t.epochs, t.steps) == (3600, None, None)  # not also the recipe's 10 epochs
     t = train_module.resolve_config({"recipe": "tf-strided-0.3", "train": {"lr": 1e-4}}).train
     assert (t.epochs, t.lr) == (10, 1e-4)  # no stop given: the recipe's stands
+
+
+def test_folder_validation_takes_whole_pictures_the_training_crops_never_see(tmp_path):
+    # A folder's crops come picture by picture; holding out the last n // 10 crops once split a picture between
+    # training and validation, so the best checkpoint was picked on training data.
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(8):  # file 0 is the test split's (every 10th file): 7 training pictures
+        Image.fromarray(np.full((20, 24), 10 * (i + 1), np.uint8)).save(root / f"p{i}.png")
+    cfg = train_module.resolve_config({"data": {"dataset": "folder", "data_dir": str(root), "patch_size": 8}})
+    train_u8, val_u8 = train_module.load_train_val(cfg)
+    assert val_u8.shape[0] == 16  # 7 * 16 crops: a tenth is 11, rounded up to one whole picture
+    train_values, val_values = set(train_u8.unique().tolist()), set(val_u8.unique().tolist())
+    assert val_values == {80} and 80 not in train_values

@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset tools")
     data.set_defaults(func=lambda args, rest: data.print_help() or 2)  # no ACTION: what the actions are
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
-    dc = dsub.add_parser("check", help="locate (download if needed) and verify a dataset's files")
+    dc = dsub.add_parser(
+        "check", help="locate a dataset's files and verify them (--download fetches missing ones)"
+    )
     dc.add_argument("name")
     dc.add_argument("--data-dir")
     dc.add_argument("--download", action="store_true", help="download and verify if not found locally")

@@ -128,6 +128,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ValueError
             return float(value)
         if annotation is str:
+            if value is None or isinstance(value, (dict, list)):
+                raise ValueError  # str(None) is "None", which a noise spec would read as no noise
             return str(value)
         if origin is dict:
             if isinstance(value, str):
@@ -205,11 +207,18 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge two nested dicts; `extra` wins."""
+def merge(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge two nested dicts; `extra` wins.
+
+    A section in one and a plain value in the other is an error, not a silent replacement: a config file's
+    `model: dncnn` under a flag's `model.name` would otherwise train the flag's model without a word.
+    """
     out = dict(base)
     for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if k in out and isinstance(v, dict) != isinstance(out[k], dict):
+            where = f"{prefix}{k}"
+            raise UsageError(f"config field {where} is a section; give {where}.<field>=value")
+        out[k] = merge(out[k], v, f"{prefix}{k}.") if isinstance(v, dict) and k in out else v
     return out
 
 

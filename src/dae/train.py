@@ -173,9 +173,15 @@ def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
     from dae.data.datasets import create_dataset
 
     kwargs = {"patch_size": cfg.data.patch_size} if cfg.data.dataset == "folder" else {}
-    images = create_dataset(cfg.data.dataset, "train", root=cfg.data.data_dir, **kwargs).images
+    dataset = create_dataset(cfg.data.dataset, "train", root=cfg.data.data_dir, **kwargs)
+    images = dataset.images
     n = images.shape[0]
     n_val = min(cfg.data.val_size, max(1, n // 10))
+    per_picture = getattr(dataset, "patches_per_image", 1)  # a folder's crops come in runs of one picture's
+    if n // per_picture >= 2:
+        # Whole pictures only: a crop overlapping a training crop of the same picture would score training data.
+        pictures = min(-(-n_val // per_picture), n // per_picture - 1)
+        n_val = pictures * per_picture
     train, val = images[: n - n_val], images[n - n_val :]
     if cfg.data.limit is not None:  # >= 1: check_settings
         train = train[: cfg.data.limit]
@@ -319,11 +325,13 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
     layers = [saved_run_config(own["out"])] if resume and own.get("out") else []
     if own.get("recipe"):
         recipe = get_recipe(own["recipe"]).to_dict()
-        model = own.get("model") or {}
+        model = (
+            own["model"] if isinstance(own.get("model"), dict) else {}
+        )  # not a section: build_config says so
         if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
             recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
         layers.append(recipe)
-    train_layer = own.get("train") or {}
+    train_layer = own["train"] if isinstance(own.get("train"), dict) else {}
     stops = ("epochs", "steps", "time_budget")
     if any(train_layer.get(k) is not None for k in stops):
         own = merge(own, {"train": {k: train_layer.get(k) for k in stops}})

@@ -749,6 +749,9 @@ def _folder_root(root: str | os.PathLike | None) -> Path:
 class FolderDataset(ImageDataset):
     """Random square crops from a folder of image files; `resample(seed)` draws new crops.
 
+    Only the crops are kept: each file is decoded, cropped and let go in turn (a folder of large photos
+    would otherwise be held whole in memory), so `resample` reads the files again.
+
     Example:
         >>> ds = create_dataset("folder", "train", root="photos/", patch_size=64, patches_per_image=16)
         >>> ds.images.shape  # (16 * n_images, C, 64, 64) uint8
@@ -756,16 +759,16 @@ class FolderDataset(ImageDataset):
 
     def __init__(
         self,
-        pictures: list[torch.Tensor],
         files: list[Path],
         split: str,
         root: Path,
+        channels: int,
         patch_size: int,
         patches_per_image: int,
         seed: int,
     ):
-        self.pictures = pictures  # each (C, H, W) uint8, padded to at least patch_size
         self.files = files
+        self.channels = channels
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
         super().__init__(self._crops(seed), None, "folder", split, source=str(root))
@@ -779,14 +782,28 @@ class FolderDataset(ImageDataset):
     def _crops(self, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         p, k = self.patch_size, self.patches_per_image
-        out = []
-        for picture in self.pictures:
+        out = torch.empty((len(self.files) * k, self.channels, p, p), dtype=torch.uint8)
+        for i, path in enumerate(self.files):
+            picture = _load_picture(path, self.channels, p)
             _, h, w = picture.shape
             ys = torch.randint(0, h - p + 1, (k,), generator=g).tolist()
             xs = torch.randint(0, w - p + 1, (k,), generator=g).tolist()
-            # Slices, not index tensors: those would take 8 bytes an index for each of the k*p*p pixels.
-            out += [picture[:, y : y + p, x : x + p] for y, x in zip(ys, xs, strict=True)]
-        return torch.stack(out)  # (n_pictures * k, C, p, p)
+            for j, (y, x) in enumerate(zip(ys, xs, strict=True)):
+                out[i * k + j] = picture[:, y : y + p, x : x + p]
+            del picture  # let it go before the next file is decoded, not after
+        return out  # (n_pictures * k, C, p, p); crops of picture i are rows i*k .. i*k + k - 1
+
+
+def _load_picture(path: Path, channels: int, patch_size: int) -> torch.Tensor:
+    """One file as (channels, H, W) uint8, padded to at least patch_size on each side."""
+    pixels, gray = read_image(path)
+    if channels == 1 and not gray:
+        # ITU-R 601 luma, the same weights Pillow's convert("L") uses.
+        luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        pixels = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
+    elif channels == 3 and gray:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return torch.from_numpy(np.array(_pad_to(pixels, patch_size).transpose(2, 0, 1), order="C"))  # writable
 
 
 @DATASETS.register("folder")
@@ -810,6 +827,13 @@ def folder(
         raise UsageError(f"unknown split {split!r} for folder; valid splits: train, test, all")
     if channels not in (None, 1, 3):
         raise UsageError(f"channels must be 1 or 3, got {channels}")
+    for name, value in (
+        ("patch_size", patch_size),
+        ("patches_per_image", patches_per_image),
+        ("val_every", val_every),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise UsageError(f"folder: {name} must be an integer, got {value!r}")
     if patch_size < 1 or patches_per_image < 1 or val_every < 2:
         raise UsageError("folder needs patch_size >= 1, patches_per_image >= 1 and val_every >= 2")
     files = list_image_files(folder_root)
@@ -825,7 +849,8 @@ def folder(
         chosen = [f for i, f in enumerate(files) if (i % val_every == 0) == test]
     if not chosen:
         raise ResourceError(
-            f"{folder_root}: {len(files)} image file(s) leave no {split} images; add files or use split='all'"
+            f"{folder_root}: {len(files)} image file(s) leave no {split} images (the 1st, {val_every + 1}th, ... "
+            "file is the test split); add files, or in the library use split='all'"
         )
     crop_bytes = len(chosen) * patches_per_image * channels * patch_size**2
     if crop_bytes > MAX_CROP_BYTES:
@@ -835,18 +860,7 @@ def folder(
             "half this machine's memory); "
             "use a smaller patch_size (--data.patch_size), fewer patches_per_image or fewer images"
         )
-    pictures = []
-    for path in chosen:
-        pixels, gray = read_image(path)
-        if channels == 1 and not gray:
-            # ITU-R 601 luma, the same weights Pillow's convert("L") uses.
-            luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            pixels = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
-        elif channels == 3 and gray:
-            pixels = np.repeat(pixels, 3, axis=2)
-        pixels = _pad_to(pixels, patch_size)
-        pictures.append(torch.from_numpy(np.array(pixels.transpose(2, 0, 1), order="C")))  # a writable copy
-    return FolderDataset(pictures, chosen, split, folder_root, patch_size, patches_per_image, seed)
+    return FolderDataset(chosen, split, folder_root, channels, patch_size, patches_per_image, seed)
 
 
 __all__ = [

@@ -30,6 +30,7 @@ _CODE_FOR_KIND = {(dt.kind, dt.itemsize): code for code, dt in TYPE_CODES.items(
 # A dimension above 2**31 - 1 cannot come from a sane writer, and capping the payload keeps a hostile
 # header from asking us to allocate terabytes before the length check can fail.
 MAX_DIM = 2**31 - 1
+MAX_NDIM = 32  # numpy's own limit (32 before numpy 2, 64 since); the format's byte would allow 255
 MAX_PAYLOAD_BYTES = 16 * 2**30
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 22
@@ -103,8 +104,8 @@ def _read_stream(stream: BinaryIO, where: str) -> tuple[np.ndarray, str]:
     if code not in TYPE_CODES:
         valid = ", ".join(f"0x{c:02X}" for c in TYPE_CODES)
         raise DataError(f"{where}: bad type code 0x{code:02X} in header; valid codes are {valid}")
-    if ndim == 0:
-        raise DataError(f"{where}: header says 0 dimensions; an IDX file needs at least 1")
+    if ndim == 0 or ndim > MAX_NDIM:
+        raise DataError(f"{where}: header says {ndim} dimensions; an IDX file here has 1..{MAX_NDIM}")
     dims_raw = _read_exact(stream, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
         raise DataError(f"{where}: header truncated: {ndim} dimension sizes expected, file ends first")
@@ -151,8 +152,10 @@ def idx_bytes(array: np.ndarray) -> bytes:
     if code is None:
         valid = "uint8, int8, int16, int32, float32, float64"
         raise UsageError(f"cannot write dtype {array.dtype} as IDX; valid dtypes: {valid}")
-    if not 1 <= array.ndim <= 255:
-        raise UsageError(f"cannot write a {array.ndim}-dimensional array as IDX; need 1..255 dimensions")
+    if not 1 <= array.ndim <= MAX_NDIM:
+        raise UsageError(
+            f"cannot write a {array.ndim}-dimensional array as IDX; need 1..{MAX_NDIM} dimensions"
+        )
     if any(s == 0 for s in array.shape):
         raise UsageError(f"cannot write an empty array of shape {array.shape} as IDX")
     header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)

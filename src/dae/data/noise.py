@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -654,9 +655,11 @@ def list_noises() -> list[str]:
 def _generator(seed: int | torch.Generator) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # numpy integers are seeds too
         raise UsageError(f"noise seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
+    if not -(2**63) <= int(seed) < 2**64:  # what a torch generator's 64-bit seed can hold
+        raise UsageError(f"noise seed {int(seed)} is out of range; use an int in [-2**63, 2**64)")
+    return torch.Generator().manual_seed(int(seed))
 
 
 def add_noise(x: Tensor, spec: str | Noise, seed: int | torch.Generator) -> Tensor:
@@ -665,7 +668,10 @@ def add_noise(x: Tensor, spec: str | Noise, seed: int | torch.Generator) -> Tens
     Example:
         >>> noisy = add_noise(torch.rand(8, 1, 28, 28), "gaussian:0.5", seed=0)
     """
-    return parse_noise(spec)(x, _generator(seed))
+    noise, generator = parse_noise(spec), _generator(seed)
+    if isinstance(x, Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
+        raise UsageError("add_noise: x holds NaN or infinite values; images must lie in [0, 1]")
+    return noise(x, generator)
 
 
 def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
