@@ -77,6 +77,18 @@ def test_forward_28x28_shape_kind_and_denoise_range(name, kw, code_shape):
     assert den.shape == x.shape and den.min() >= 0 and den.max() <= 1
 
 
+@pytest.mark.parametrize("name", ["fc", "unet"])
+def test_denoise_under_bf16_autocast_maps_to_the_image_in_float32(name):
+    # A bf16 sigmoid has 8 bits near 1 (steps of 1/256): too coarse for a 16-bit image file.
+    model = _build(name, {})
+    x = _batch((2, *(model.fixed_size or (1, 28, 28))))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        den = model.denoise(x)
+    assert den.dtype == torch.float32
+    ref = model.denoise(x)
+    assert (den - ref).abs().max() < 0.02  # the network's own bf16 error, not a 1/256 output grid
+
+
 @pytest.mark.parametrize(("name", "kw", "code_shape"), CASES)
 def test_an_empty_batch_gives_an_empty_batch(name, kw, code_shape):
     model = _build(name, kw)

@@ -62,6 +62,24 @@ def test_resume_mid_epoch_is_bitwise_exact(tmp_path, data_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_of_a_run_whose_noise_was_drawn_on_another_device(tmp_path, data_dir, monkeypatch, capsys):
+    # A CUDA generator's state is 16 bytes (seed, offset), a CPU one's 5056: a run started on a GPU machine and
+    # resumed on a laptop (or back) once died in Generator.set_state with a traceback.
+    train(small_config(tmp_path, data_dir, epochs=2), progress=False, on_step=lambda s, _: s == 4)
+    load = train_module.load_checkpoint
+
+    def from_a_gpu(*args, **kwargs):
+        ck = load(*args, **kwargs)
+        ck.state["noise_rng"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0] + [0] * 8, dtype=torch.uint8)
+        return ck
+
+    monkeypatch.setattr(train_module, "load_checkpoint", from_a_gpu)
+    capsys.readouterr()
+    resumed = train(small_config(tmp_path, data_dir, epochs=2), resume=True, progress=False)
+    assert resumed.step == 8
+    assert "drew its noise on another kind of device than cpu" in capsys.readouterr().err
+
+
 def test_resume_of_a_finished_run_trains_nothing(tmp_path, data_dir, capsys):
     done = train(small_config(tmp_path, data_dir, steps=4), progress=False)
     saved = (tmp_path / "run" / "config.yaml").read_text()

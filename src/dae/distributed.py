@@ -148,7 +148,8 @@ def join(device: torch.device) -> World:
     device = _process_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        # NCCL bound to this process's GPU from the start: barrier() and object collectives then need no guess.
+        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if backend == "nccl" else None)
     except (ValueError, RuntimeError) as e:  # a half-set environment, an unreachable MASTER_ADDR
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ResourceError(f"cannot join the {size} training processes ({backend}): {first}") from None

@@ -238,7 +238,9 @@ def evaluate(
         _check_images(images)
         images = images[:limit]
         source = "the images given"
-    clean = images.float()
+    clean = (
+        images.float().cpu()
+    )  # scored on the CPU, where the noise is drawn and each method's output comes back
     n = clean.shape[0]
     if min(clean.shape[-2:]) < 11:
         raise UsageError(

@@ -309,6 +309,8 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float]) -> list[tuple
 
 def _code_of(model: Any, x: Tensor) -> Tensor:
     """The code layer of one image: encode(pad(x)), taking the tensor out of a (code, skips) tuple or dict."""
+    weight = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    x = x if weight is None else x.to(weight.device)  # the model may live on a GPU (evaluation moved it)
     xp = model.pad(x)[0] if hasattr(model, "pad") else x
     with torch.inference_mode():
         code = model.encode(xp)
@@ -318,7 +320,7 @@ def _code_of(model: Any, x: Tensor) -> Tensor:
         code = next((v for v in code if isinstance(v, Tensor)), None)
     if not isinstance(code, Tensor):
         raise _Skip(f"{type(model).__name__}.encode returned no tensor to show")
-    return code[0]
+    return code[0].cpu()
 
 
 def write_report(

@@ -90,12 +90,18 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        # Without emulation: pre-Ampere GPUs (V100, T4) "support" bf16 only by emulating it, slowly.
+        with torch.cuda.device(device):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
 def autocast_for(device: torch.device, precision: str):
     """Mixed precision context: bf16 on GPUs and on CPUs with native bf16 (measured faster, same quality), else fp32."""
     if precision == "auto":
-        precision = (
-            "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()) else "fp32"
-        )
+        precision = "bf16" if _native_bf16(device) else "fp32"
     if precision == "fp32":
         return nullcontext(), precision
     if precision not in ("bf16", "fp16"):
@@ -188,6 +194,23 @@ def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
     return train, val
 
 
+def _continue_stream(generator: torch.Generator, state: Tensor | None, fresh_seed: int) -> bool:
+    """Continue a saved noise stream; False when there is none, or it is another device type's, then reseed.
+
+    A CPU generator's state (5056 bytes) and a CUDA one's (seed and offset) do not fit each other, and a run
+    started on a laptop may be resumed on a GPU machine: its noise then starts afresh, as when the process
+    count changed.
+    """
+    if state is not None:
+        try:
+            generator.set_state(state)
+            return True
+        except RuntimeError:  # "wrong size": a state from the other kind of device
+            pass
+    generator.manual_seed(fresh_seed)
+    return False
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     # Derived from (seed, epoch) alone, so a resumed run draws the same order without saved state.
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -253,10 +276,20 @@ class StopSignals:
 
 
 def _compiled(model: torch.nn.Module, device: torch.device):
-    """torch.compile'd `model`, specialised to one input shape; on CPU inductor needs a C++ compiler."""
+    """torch.compile'd `model`, specialised to one input shape.
+
+    Inductor builds C++ kernels on the CPU; on GPUs Triton builds its launchers with a C compiler. Without one
+    the first step would fail deep inside inductor.
+    """
     if device.type == "cpu" and not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")):
         raise ResourceError(
             "train.compile on the CPU needs a C++ compiler (g++ or clang++); install one or train without it"
+        )
+    if device.type == "cuda" and not any(
+        (os.environ.get("CC"), shutil.which("cc"), shutil.which("gcc"), shutil.which("clang"))
+    ):
+        raise ResourceError(
+            "train.compile on a GPU needs a C compiler for Triton (cc, gcc or clang); install one or train without it"
         )
     return torch.compile(model, dynamic=False)
 
@@ -488,16 +521,25 @@ def _train(
         torch.set_rng_state(ck.state["torch_rng"])
         step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
         streams = ck.state.get("noise_rng_world") or [ck.state["noise_rng"]]
+        fresh_stream = image_seed(noise_seed(cfg.seed, world.rank), step)
         if len(streams) == world.size:
-            noise_gen.set_state(streams[world.rank])  # every process continues its own noise exactly
+            continued = _continue_stream(
+                noise_gen, streams[world.rank], fresh_stream
+            )  # each its own, exactly
         elif world.rank == 0:
-            noise_gen.set_state(ck.state["noise_rng"])
+            continued = _continue_stream(noise_gen, ck.state["noise_rng"], fresh_stream)
         else:
-            noise_gen.manual_seed(image_seed(noise_seed(cfg.seed, world.rank), step))
+            continued = _continue_stream(noise_gen, None, fresh_stream)
         if len(streams) != world.size and world.main:
             print(
                 f"dae: {ck.path.name} was trained by {len(streams)} process(es), this resume has {world.size}: "
                 "the first continues its noise stream, the others start new ones",
+                file=sys.stderr,
+            )
+        if not continued and world.main and len(streams) == world.size:
+            print(
+                f"dae: {ck.path.name} drew its noise on another kind of device than {device.type}: the noise "
+                "starts a new stream (weights, optimiser and data order continue exactly)",
                 file=sys.stderr,
             )
         if batch_index >= batches_per_epoch:  # a larger batch or a smaller data.limit ended this epoch sooner

@@ -65,8 +65,15 @@ class Denoiser(nn.Module):
 
     @torch.inference_mode()
     def denoise(self, x: Tensor) -> Tensor:
-        """Denoise a batch in [0, 1]; returns [0, 1] of the same shape."""
-        return self.to_image(self(x))
+        """Denoise a batch in [0, 1]; returns float32 [0, 1] of the same shape, on x's device.
+
+        x is moved to the model's device and the result back, so a model that evaluation moved to a GPU still
+        takes CPU batches. The output is mapped to an image in float32: under bf16 autocast a bf16 sigmoid
+        would leave only 8 bits of precision near 1, less than a 16-bit image file holds.
+        """
+        weight = next(self.parameters(), None)
+        device = x.device if weight is None else weight.device
+        return self.to_image(self(x.to(device)).float()).to(x.device)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
