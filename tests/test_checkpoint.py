@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dae.checkpoint import load_checkpoint, load_model, paths_for, save_checkpoint
-from dae.errors import CheckpointError, ResourceError, TrainingError
+from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
 from dae.models import create_model, list_models
 
 
@@ -287,3 +287,23 @@ def test_weights_that_fit_no_known_layout_are_refused(tmp_path):
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     with pytest.raises(CheckpointError, match="weights do not fit model 'unet'.*2 earlier default layout"):
         load_model(path)
+
+
+@pytest.mark.parametrize(
+    "device, error, message",
+    [
+        ("cuda", ResourceError, "CUDA is not available"),  # was torch's AssertionError
+        ("bogus", UsageError, "unknown device 'bogus'"),
+        (3, UsageError, "device must be a name"),
+    ],
+)
+def test_load_model_names_a_device_it_cannot_use(saved, device, error, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(error, match=message):
+        load_model(saved[1], device=device)
+
+
+def test_load_model_of_something_not_a_path_is_a_usage_error():
+    with pytest.raises(UsageError, match="a checkpoint is a path"):
+        load_model(None)  # was Path's TypeError

@@ -145,6 +145,31 @@ def test_bad_images_are_refused_before_any_denoising(images, message, monkeypatc
         evaluate(baselines=["median"], images=images, levels=[0.5], verbose=False)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),  # was range()'s ValueError
+        ({"batch_size": -1}, "batch_size must be an integer >= 1"),  # was torch.cat's
+        ({"levels": []}, "levels is empty"),  # was a message about the spec 'gaussian' needing a value
+    ],
+)
+def test_bad_sizes_and_empty_levels_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        evaluate(
+            baselines=["median"],
+            images=torch.rand(2, 1, 28, 28),
+            verbose=False,
+            **{"levels": [0.5], **kwargs},
+        )
+
+
+def test_none_for_a_list_of_methods_means_none():
+    res = evaluate(
+        None, ["identity"], models=None, images=torch.rand(2, 1, 28, 28), levels=[0.5], verbose=False
+    )
+    assert {r["method"] for r in res.records} >= {"identity"}
+
+
 @pytest.mark.parametrize("limit", [0, -3, 2.5, True])
 def test_limit_must_be_a_positive_count(limit):
     with pytest.raises(UsageError, match="limit must be a positive whole number"):

@@ -112,6 +112,12 @@ def test_wrong_channel_count_is_a_usage_error(name, kw, code_shape):
         model(_batch((1, 3, 28, 28)))
 
 
+def test_fc_hidden_may_be_one_size():
+    # --model.kwargs.hidden=64 gives an int: once "'int' object is not iterable" with a traceback.
+    assert create_model("fc", hidden=64).encoder[1].out_features == 64
+    assert create_model("fc", hidden=[64]).encoder[1].out_features == 64
+
+
 def test_fc_rejects_other_sizes_and_accepts_its_own():
     model = create_model("fc")
     with pytest.raises(UsageError, match="only 1x28x28"):

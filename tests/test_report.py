@@ -422,3 +422,12 @@ def test_matrix_rows_sorted_by_training_level():
     rows, cols, _ = plots._matrix_from(records, "psnr")
     assert rows == ["gaussian:0.3 (a)", "gaussian:0.3 (b)", "gaussian:0.5"]
     assert cols == ["gaussian:0.3", "gaussian:0.5"]
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"records": ["a"]}', '{"records": [], "notes": 5}'])
+def test_results_json_of_the_wrong_shape_is_one_data_error(tmp_path, content):
+    from dae.errors import DataError
+
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(DataError, match="results.json"):  # was a TypeError or ValueError traceback
+        load_records(tmp_path)

@@ -130,11 +130,23 @@ def test_models_no_better_than_their_input_are_named():
         rec("mixed", "gaussian:0.3", 12.0, train_noise=g),  # worse at 0.3, better at 0.5: it did learn
         rec("mixed", "gaussian:0.5", 11.0, train_noise=g),
         rec("occluder", "block:third", 10.0, train_noise="block:quarter"),  # same family: judged
+        rec("noisy input", "gaussian:0.9", 6.4, kind="noisy"),
+        # Beats the input at 0.3 and 0.9, yet worse at its own 0.5: it did not learn (seen in a quick study).
+        rec("lucky", "gaussian:0.3", 13.5, train_noise=g),
+        rec("lucky", "gaussian:0.5", 6.5, train_noise=g),
+        rec("lucky", "gaussian:0.9", 6.5, train_noise=g),
+        # The same score whatever the noise: a constant output, better than the input at heavy noise.
+        rec("constant", "gaussian:0.3", 10.2, train_noise=g),
+        rec("constant", "gaussian:0.5", 10.24, train_noise=g),
+        rec("constant", "gaussian:0.9", 10.22, train_noise=g),
+        rec("learned", "gaussian:0.3", 21.0, train_noise=g),
+        rec("learned", "gaussian:0.5", 19.0, train_noise=g),
+        rec("learned", "gaussian:0.9", 15.0, train_noise=g),
     ]
-    assert not_denoising(records) == ["flat", "equal", "occluder"]
+    assert not_denoising(records) == ["flat", "equal", "occluder", "lucky", "constant"]
     assert not_denoising([r for r in records if r["kind"] != "noisy"]) == []  # nothing to judge against
     text = caveat(["flat", "equal"], 8)
-    assert text.startswith("Not a finding: flat and equal did no better than the noisy input")
+    assert text.startswith("Not a finding: flat and equal had not learned to denoise")
     assert "in 8 s of training" in text and "--budget" in text
     assert caveat([], 8) == ""
 
@@ -188,6 +200,24 @@ def test_study_end_to_end_tiny(tmp_path, data_dir):
     )
     assert not any(line.startswith("[study] train") for line in lines)
     assert sum(line.startswith("[study] reuse") for line in lines) == 2
+
+
+def test_an_interrupt_stops_the_study_instead_of_failing_one_model(tmp_path, data_dir, monkeypatch):
+    # Interrupted is a DaeError; the study once caught it as "model failed" and trained the next model.
+    import dae.train
+    from dae.errors import Interrupted
+
+    calls = []
+
+    def interrupted(cfg, **kwargs):
+        calls.append(cfg["model"]["name"])
+        raise Interrupted("SIGINT: stopped at step 3; checkpoint saved", 130)
+
+    monkeypatch.setattr(dae.train, "train", interrupted)
+    settings = StudySettings(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
+    with pytest.raises(Interrupted):
+        run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    assert len(calls) == 1
 
 
 def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path, data_dir):

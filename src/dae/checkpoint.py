@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import pickle
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from dae.errors import CheckpointError, ResourceError, TrainingError
+from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
 from dae.fileio import atomic_write_bytes
 
 FORMAT = "dae-checkpoint"
@@ -141,6 +142,8 @@ def _tensor_bytes(blob: bytes) -> bytes:
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a .safetensors, .state.pt or .json path, a checkpoints/ directory or a run directory; return the
     weights path."""
+    if not isinstance(path, str | os.PathLike):
+        raise UsageError(f"a checkpoint is a path (file or run folder), got {type(path).__name__}")
     p = Path(path)
     if p.is_dir():
         for candidate in (p / "checkpoints" / "best.safetensors", p / "best.safetensors"):
@@ -262,12 +265,22 @@ class Checkpoint:
     path: Path
 
 
+def _device(device: str | torch.device) -> torch.device:
+    """A device this machine has, or one clear error (torch's own is an AssertionError for a missing CUDA)."""
+    from dae.train import select_device  # imported here: dae.train imports this module
+
+    if not isinstance(device, str | torch.device):
+        raise UsageError(f"device must be a name such as 'cpu' or 'cuda', got {device!r}")
+    return select_device(str(device))
+
+
 def load_checkpoint(
     path: str | Path, *, with_state: bool = False, device: str | torch.device = "cpu"
 ) -> Checkpoint:
     """Verify and load a checkpoint; the training state is read only when asked, and only as plain tensors."""
     from dae.models import MODELS
 
+    device = _device(device)  # before any reading: a bad device is the caller's mistake, not the file's
     weights_path = resolve_checkpoint(path)
     record = read_record(weights_path)
     files = record.get("files", {})

@@ -274,11 +274,19 @@ def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
             data = json.loads(js.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{js} is not valid JSON ({e})") from None
+        records, notes = None, []
         if isinstance(data, list):
-            return [dict(r) for r in data], []
-        if isinstance(data, dict) and isinstance(data.get("records"), list):
-            return [dict(r) for r in data["records"]], [str(n) for n in data.get("notes") or []]
-        raise DataError(f"{js} holds neither a list of records nor {{'records': [...]}}")
+            records = data
+        elif isinstance(data, dict) and isinstance(data.get("records"), list):
+            records, notes = data["records"], data.get("notes") or []
+        if records is None or not isinstance(notes, list):
+            raise DataError(f"{js} holds neither a list of records nor {{'records': [...]}}")
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise DataError(
+                    f"{js}: record {i} is {type(r).__name__}, not an object of method, noise, psnr, ..."
+                )
+        return [dict(r) for r in records], [str(n) for n in notes]
     if cs.exists():
         try:
             rows = _read_csv_rows(cs)

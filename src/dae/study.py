@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dae.errors import DaeError, PartialFailure
+from dae.errors import DaeError, Interrupted, PartialFailure
 from dae.fileio import atomic_write_bytes, make_folder, output_folder
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,32 +161,51 @@ def _family(spec: Any) -> str:
 
 
 def not_denoising(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Learned methods no better than the noisy input at every setting of the noise they were trained on.
+    """Learned methods that have not learned to denoise (too few steps in their budget, or a failed run).
 
-    Such a model has not learned to denoise (too few steps in its budget, or a failed run). Only test noise
-    of the training noise's family counts: doing worse than the input on noise a model never saw (a gaussian
-    model on occlusion) can be the very finding.
+    A model is named when it does no better than the noisy input on the very noise it was trained on (or, if
+    that spec was not tested, at every tested setting of its family), or when its score hardly moves across
+    settings of that family while the input's falls by several dB: its output ignores its input (a constant
+    image, say), which can still beat the input at heavy noise. Only noise of the training noise's family
+    counts: doing worse than the input on noise a model never saw (a gaussian model on occlusion) can be the
+    very finding.
     """
     noisy = {str(r["noise"]): _num(r["psnr"]) for r in records if r.get("kind") == "noisy"}
-    scores: dict[str, list[tuple[float, float]]] = {}
+    scores: dict[str, dict[str, float]] = {}
+    trained_on: dict[str, str] = {}
     for r in records:
         if r.get("kind") != "learned" or not r.get("train_noise"):
             continue
         spec, value = str(r["noise"]), _num(r["psnr"])
         if spec in noisy and _family(spec) == _family(r["train_noise"]) and not math.isnan(value):
-            scores.setdefault(str(r["method"]), []).append((value, noisy[spec]))
-    return [m for m, pairs in scores.items() if all(v <= floor for v, floor in pairs)]
+            scores.setdefault(str(r["method"]), {})[spec] = value
+            trained_on[str(r["method"])] = str(r["train_noise"])
+    failed = []
+    for method, by_spec in scores.items():
+        own = trained_on[method]
+        if own in by_spec:
+            no_better = by_spec[own] <= noisy[own]
+        else:
+            no_better = all(v <= noisy[spec] for spec, v in by_spec.items())
+        values, floors = list(by_spec.values()), [noisy[spec] for spec in by_spec]
+        ignores_input = (
+            len(values) >= 3 and max(floors) - min(floors) >= 3.0 and max(values) - min(values) < 0.5
+        )
+        if no_better or ignores_input:
+            failed.append(method)
+    return failed
 
 
 def caveat(failed: Sequence[str], train_seconds: float) -> str:
     """The sentence that stops an answer built on models that did not learn from reading as a finding."""
     if not failed:
         return ""
-    who = f"{failed[0]} did" if len(failed) == 1 else f"{', '.join(failed[:-1])} and {failed[-1]} did"
+    who = f"{failed[0]} had" if len(failed) == 1 else f"{', '.join(failed[:-1])} and {failed[-1]} had"
     return (
-        f"Not a finding: {who} no better than the noisy input on the noise it was trained for, i.e. had not "
-        f"learned to denoise in {train_seconds:g} s of training, so the comparison below does not show what "
-        "the models can do; rerun with a larger --budget (the full study trains each model for 60 s)."
+        f"Not a finding: {who} not learned to denoise in {train_seconds:g} s of training (no better than the "
+        "noisy input on the noise it was trained for, or about the same score at every noise level), so the "
+        "comparison below does not show what the models can do; rerun with a larger --budget (the full study "
+        "trains each model for 60 s)."
     )
 
 
@@ -482,6 +501,8 @@ class Study:
             t0 = time.perf_counter()
             try:
                 result = train(cfg, progress=False)
+            except Interrupted:
+                raise  # Ctrl-C or SIGTERM stops the study, with this model's checkpoint saved; a rerun resumes
             except (DaeError, TypeError, ValueError) as e:  # a bad model or kwargs: skip it, report it
                 self.failures[sp] = f"{type(e).__name__}: {e}"
                 self.log(f"[study]   FAILED {sp.label}: {str(e).splitlines()[0]}")
@@ -887,8 +908,8 @@ def run_experiments(
             (
                 "Read this first",
                 note_html(
-                    f"{len(doubtful)} of {len(sections)} answers rest on models that did no better than the noisy "
-                    f"input in {settings.train_seconds:g} s of training ("
+                    f"{len(doubtful)} of {len(sections)} answers rest on models that had not learned to denoise "
+                    f"in {settings.train_seconds:g} s of training ("
                     + "; ".join(f"{s.title}: {', '.join(s.not_denoising)}" for s in doubtful)
                     + "). Those answers are marked 'Not a finding'; a larger --budget gives every model time "
                     "to learn."
