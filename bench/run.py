@@ -38,14 +38,18 @@ GIB = 1 << 30
 
 
 def train_config(out: str, model: str, train: dict[str, Any], data: dict[str, Any] | None = None) -> dict:
-    """The model's recipe, then the benchmark's own fields (which win)."""
+    """The model's recipe, then the benchmark's own fields (which win), on the CPU.
+
+    The suite measures CPUs: the tutorial-style reference loop and the inference probes run there, so dae's loop
+    is pinned there too; on a GPU machine "auto" would time dae on the GPU against a reference on the CPU.
+    """
     from dae.config import merge
 
     layer = {
         "out": out,
         "data": {"data_dir": common.data_dir(), **(data or {})},
         "model": {"name": model},
-        "train": train,
+        "train": {**train, "device": "cpu"},
     }
     return merge(common.recipe_layer(model), layer)
 
@@ -442,7 +446,7 @@ def ttq_config(out: str, name: str, budget: float, recipe: str) -> dict[str, Any
         train["loss"] = "bce"
     cfg = train_config(out, name, train)
     if recipe == "as written":
-        cfg = merge(cfg, {"train": recipe_for(name).to_dict(exact=True)["train"] | train})
+        cfg = merge(cfg, {"train": recipe_for(name).to_dict(exact=True)["train"] | train | {"device": "cpu"}})
     return cfg
 
 

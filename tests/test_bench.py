@@ -80,6 +80,16 @@ def test_time_to_quality_runs_end_on_the_budget_not_the_recipes_epochs(recipe):
     assert cfg.train.epochs is None and cfg.train.steps is None and cfg.train.time_budget == 120.0
     assert cfg.train.loss == ("bce" if recipe == "dae" else recipe_for("strided").loss)
     assert cfg.train.schedule == ("constant" if recipe == "as written" else "cosine")
+    assert (
+        cfg.train.device == "cpu"
+    )  # the reference loop runs on the CPU; "auto" would pick a GPU for dae only
+
+
+def test_throughput_runs_are_pinned_to_the_cpu():
+    from dae.config import build_config
+
+    cfg = build_config(run.throughput_config("out", "unet", 64, window=10, windows=2, precision="fp32"))
+    assert cfg.train.device == "cpu"
 
 
 def test_inference_probe_reports_rate_latency_and_memory(tiny_model):
