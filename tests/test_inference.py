@@ -138,6 +138,10 @@ def test_bad_inputs_are_usage_errors() -> None:
         denoise(TinyConv(), torch.zeros(8, 8))
     with pytest.raises(UsageError, match="not a denoiser"):
         denoise(nn.Identity(), rand(1, 1, 8, 8))
+    with pytest.raises(UsageError, match="NaN or infinite"):  # once NaN out, against the docstring's [0, 1]
+        denoise(TinyConv(), torch.full((1, 1, 8, 8), float("nan")))
+    # Unclipped noise leaves noisy images outside [0, 1]: they are a denoiser's input, not a mistake.
+    assert denoise(TinyConv(), torch.linspace(-0.5, 1.5, 64).reshape(1, 1, 8, 8)).shape == (1, 1, 8, 8)
 
 
 def test_duck_typed_baseline() -> None:

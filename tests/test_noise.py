@@ -339,12 +339,12 @@ def test_bad_inputs_are_usage_errors():
         add_noise(torch.rand(1, 1, 8, 8), "gaussian:0.1", seed=2**64)  # was torch's bare ValueError
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_images_are_refused(value):
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 255.0, -0.5])
+def test_images_outside_the_unit_range_are_refused(value):
     x = torch.rand(1, 1, 8, 8)
     x[0, 0, 3, 3] = value
-    with pytest.raises(UsageError, match="NaN or infinite"):
-        add_noise(x, "poisson:30", seed=0)  # was torch's "invalid Poisson rate"
+    with pytest.raises(UsageError, match=r"must lie in \[0, 1\]"):
+        add_noise(x, "poisson:30", seed=0)  # NaN was torch's "invalid Poisson rate"; 255 went through
 
 
 def test_a_numpy_integer_is_a_seed():

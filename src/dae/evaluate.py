@@ -327,11 +327,9 @@ def _check_images(images: Any) -> None:
         raise UsageError(f"images must be a float (N, C, H, W) tensor in [0, 1], got {got}")
     if images.shape[0] == 0:
         raise UsageError("images is empty: nothing to evaluate")
-    lo, hi = images.min().item(), images.max().item()
-    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-        raise UsageError(
-            f"images must lie in [0, 1], got values from {lo:g} to {hi:g} (uint8 data: divide by 255)"
-        )
+    from dae.data.noise import check_unit_range
+
+    check_unit_range(images, "images")
 
 
 def write_results(result: EvalResult, out: Path) -> list[Path]:

@@ -90,6 +90,9 @@ def denoise(
         raise UsageError(f"denoise expects float images in [0, 1], got {images.dtype}; divide by 255 first")
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    # Not a [0, 1] check: unclipped noise (gaussian:0.3,clip=false) leaves noisy images outside it, rightly.
+    if images.numel() and not torch.isfinite(images).all():
+        raise UsageError("denoise: images hold NaN or infinite values")
     if device is not None:
         from dae.train import select_device
 

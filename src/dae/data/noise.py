@@ -669,9 +669,20 @@ def add_noise(x: Tensor, spec: str | Noise, seed: int | torch.Generator) -> Tens
         >>> noisy = add_noise(torch.rand(8, 1, 28, 28), "gaussian:0.5", seed=0)
     """
     noise, generator = parse_noise(spec), _generator(seed)
-    if isinstance(x, Tensor) and x.is_floating_point() and not torch.isfinite(x).all():
-        raise UsageError("add_noise: x holds NaN or infinite values; images must lie in [0, 1]")
+    if isinstance(x, Tensor) and x.is_floating_point():
+        check_unit_range(x, "add_noise: images")
     return noise(x, generator)
+
+
+def check_unit_range(x: Tensor, what: str) -> None:
+    """Refuse values outside [0, 1] (NaN included) with one line; uint8 data scaled by 255 is the usual cause."""
+    if x.numel() == 0:
+        return
+    lo, hi = x.min().item(), x.max().item()
+    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+        raise UsageError(
+            f"{what} must lie in [0, 1], got values from {lo:g} to {hi:g} (uint8 data: divide by 255)"
+        )
 
 
 def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
