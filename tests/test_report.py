@@ -431,3 +431,14 @@ def test_results_json_of_the_wrong_shape_is_one_data_error(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
     with pytest.raises(DataError, match="results.json"):  # was a TypeError or ValueError traceback
         load_records(tmp_path)
+
+
+def test_metrics_rows_without_a_step_are_left_out_and_counted(tmp_path):
+    # Garbage rows once counted as validation passes, and the last one gave the summary's step and time.
+    run = make_synthetic_run(tmp_path, eval=False)
+    passes = len((run / "metrics.csv").read_text().splitlines()) - 1
+    with open(run / "metrics.csv", "a") as f:
+        f.write("foo,bar\n1,2,abc,def\n")
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    assert f"{passes} validation passes from metrics.csv" in page
+    assert "2 row(s) of metrics.csv without a step and time left out" in page

@@ -396,6 +396,16 @@ def write_report(
             metrics = _read_csv_rows(run / "metrics.csv")
         except _Skip as e:
             skip("Training", str(e))
+        # dae writes a step and a time on every row; a row without both numbers is not a validation pass (a
+        # hand edit, a foreign file): left out and counted, so neither the pass count nor the summary's last
+        # step and time come from it.
+        kept = [r for r in metrics if not any(math.isnan(_num(r.get(k))) for k in ("step", "time_s"))]
+        if len(kept) < len(metrics):
+            skip(
+                "Training",
+                f"{len(metrics) - len(kept)} row(s) of metrics.csv without a step and time left out",
+            )
+        metrics = kept
 
     # --- summary
     psnrs = [_num(r.get("val_psnr")) for r in metrics]
