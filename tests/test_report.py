@@ -442,3 +442,41 @@ def test_metrics_rows_without_a_step_are_left_out_and_counted(tmp_path):
     page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
     assert f"{passes} validation passes from metrics.csv" in page
     assert "2 row(s) of metrics.csv without a step and time left out" in page
+
+
+def test_psnr_vs_noise_legend_names_every_panels_methods_in_distinct_colours(tmp_path, monkeypatch):
+    # The legend was once the first panel's only, and 9 colours went round 11 methods (wavelet in unet's).
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    records = [
+        {
+            "method": f"m{i}",
+            "kind": "learned" if i < 6 else "baseline",
+            "noise": f"gaussian:{lv}",
+            "level": lv,
+            "psnr": 20.0 - lv + i,
+        }
+        for i in range(11)
+        for lv in (0.3, 0.5)
+    ]
+    records += [
+        {"method": "sp-only", "kind": "learned", "noise": f"salt_pepper:{p}", "level": p, "psnr": 25.0 - p}
+        for p in (0.1, 0.2)
+    ]
+    plots.plot_psnr_vs_noise(records, tmp_path / "p.png")
+    (fig,) = figures
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(labels) == sorted([f"m{i}" for i in range(11)] + ["sp-only"])
+    colours = {line.get_label(): line.get_color() for ax in fig.axes for line in ax.get_lines()}
+    assert len(set(colours.values())) == len(colours) == 12
+
+
+def test_error_map_titles_wrap_to_their_column(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    x = torch.rand(2, 1, 28, 28)
+    names = ["upsample @gaussian:0.5 bce", "transpose @gaussian:0.5 mse"]
+    plots.plot_error_maps(x, {n: torch.rand(2, 1, 28, 28) for n in names}, tmp_path / "e.png")
+    titles = [ax.get_title() for ax in figures[0].axes if ax.get_title() not in ("", "clean")]
+    assert [t.replace("\n", " ") for t in titles] == names  # the whole label, in lines that fit a column
+    assert max(len(line) for t in titles for line in t.splitlines()) <= 16

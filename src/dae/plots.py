@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,8 @@ def plot_error_maps(clean: Tensor, outputs: Mapping[str, Tensor], path: str | Pa
             axes[i, j].set_xlabel(f"{psnrs[i]:.1f} dB", fontsize=7, labelpad=2)
     axes[0, 0].set_title("clean", fontsize=8)
     for j, name in enumerate(errors, start=1):
-        axes[0, j].set_title(name, fontsize=8)
+        # Wrapped to the column's width: study labels ("upsample @gaussian:0.5 bce") ran into each other.
+        axes[0, j].set_title(textwrap.fill(str(name), 16, break_long_words=True), fontsize=7)
     fig.colorbar(im, ax=axes[:, 1:], shrink=0.8, label="|error|")
     return _save(fig, path)
 
@@ -545,7 +547,13 @@ def plot_psnr_vs_noise(
         "#17becf",
         "#bcbd22",
     ]
-    colours = {m: palette[i % len(palette)] for i, m in enumerate(m for m in order if kinds[m] != "noisy")}
+    coloured = [m for m in order if kinds[m] != "noisy"]
+    if len(coloured) > len(palette):  # one colour per method while there are colours to give
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        palette = [to_hex(c) for c in colormaps["tab20"].colors]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(coloured)}
 
     fig = Figure(figsize=(0.8 + 4.6 * len(families), 4.2), layout="constrained")
     axes = fig.subplots(1, len(families), squeeze=False)[0]
@@ -568,8 +576,13 @@ def plot_psnr_vs_noise(
             ax.set_xticks(list(position.values()), _short_levels([str(v) for v in xs])[0], fontsize=8)
         ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, metric))
         ax.grid(alpha=0.3)
-    # Below the plot, not beside it: method names can be long and would squeeze the axes.
-    handles, labels = axes[0].get_legend_handles_labels()
+    # Below the plot, not beside it: method names can be long and would squeeze the axes. Every panel's
+    # methods, each once: a method evaluated on one family only (salt_pepper, say) is in one panel only.
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(
         handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False
     )
