@@ -357,11 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=cmd_data_check)
 
     s = sub.add_parser("study", help="reproduce the tutorials' experiments and answer their open questions")
-    s.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
-    s.add_argument("--budget", help="training time per model, e.g. 60s")
-    s.add_argument("--out", default="runs/study")
-    s.add_argument("--data-dir")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--quick", action="store_true", help="8 s per model, a few minutes on 2 CPU cores (a smoke test)"
+    )
+    s.add_argument("--budget", help="training time per model, e.g. 60s (default 60s, 8s with --quick)")
+    s.add_argument(
+        "--out",
+        default="runs/study",
+        help="study folder; models trained there are reused (default: %(default)s)",
+    )
+    s.add_argument(
+        "--data-dir", help="folder holding MNIST (default: $DAE_DATA_DIR, the cache, then download)"
+    )
+    s.add_argument("--seed", type=int, default=0, help="training seed of every model (default: %(default)s)")
     s.set_defaults(func=cmd_study)
     return p
 

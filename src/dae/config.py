@@ -56,6 +56,18 @@ class TrainConfig:
 
 @dataclass
 class Config:
+    """A run's whole set-up: sections data, model and train, plus the run's name, folder, recipe and seeds.
+
+    dae.train takes a Config whole, or a nested dict laid over the defaults (and over a recipe's set-up when it
+    names one); `dae train` flags and --section.field=value overrides build the same dict. Each field's
+    comment in dae/config.py says what it does.
+
+    Example:
+        >>> cfg = Config()
+        >>> cfg.train.noise, cfg.model.name
+        ('gaussian:0.5', 'unet')
+    """
+
     name: str | None = None
     out: str | None = None  # run directory; default runs/<name>
     recipe: str | None = None
