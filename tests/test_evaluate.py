@@ -280,3 +280,11 @@ def test_two_checkpoints_of_one_run_are_labelled_by_file(tmp_path, data_dir):
         "strided@run:step-00000004",
         "strided@run:best#2",
     ]
+
+
+def test_an_unknown_family_is_named_as_given():
+    from dae.evaluate import noise_specs
+
+    with pytest.raises(UsageError, match="unknown noise 'bogus'") as caught:
+        noise_specs("bogus", [0.1, 0.3])
+    assert "bogus:0.1" not in str(caught.value)  # once quoted a spec the user never typed

@@ -92,6 +92,10 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         raise UsageError(
             f"noise {noise!r} already has a level; drop the levels or give the family only (e.g. gaussian)"
         )
+    from dae.data.noise import NOISES
+
+    if name.strip().lower() not in NOISES.names():  # named as given, not as the first spec built from it
+        NOISES.create(name.strip().lower())  # the registry's "unknown noise ...; valid: ..." line
     specs = []
     for level in levels:
         text = f"{float(level):.12g}"  # the level that runs is the level recorded (0.1 + 0.2 -> 0.3)
