@@ -83,7 +83,6 @@ def test_override_errors_name_the_field(override, fragment):
         ("model: dncnn\n", [], "config field model is a section"),
         ("data: fashion-mnist\n", ["--dataset", "mnist"], "config field data is a section"),
         ("train: 5\n", ["--steps", "3"], "config field train is a section"),
-        ("model:\n", ["--model", "fc"], "config field model is a section"),
         ("train:\n  noise:\n", [], "train.noise: cannot use None"),
         ("train:\n  noise: [gaussian]\n", [], "train.noise: cannot use"),
     ],
@@ -98,6 +97,18 @@ def test_a_config_file_value_where_a_section_or_spec_belongs_is_refused(tmp_path
     args, rest = build_parser().parse_known_args(["train", "--config", str(f), *flags])
     with pytest.raises(UsageError, match=fragment):
         _train_config(args, rest)
+
+
+@pytest.mark.parametrize("text", ["model:\n", "model:\n  # name: fc\ntrain:\n  steps: 2\n"])
+def test_an_empty_section_in_a_config_file_sets_nothing(tmp_path, text):
+    from dae.cli import _train_config, build_parser
+
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    for flags, model in (([], "unet"), (["--model", "fc"], "fc")):
+        args, rest = build_parser().parse_known_args(["train", "--config", str(f), *flags])
+        assert _train_config(args, rest).model.name == model
+    assert build_config({"model": None}).model.name == "unet"
 
 
 @pytest.mark.parametrize("override", ["train.noise=null", "model.name=~", "data.dataset=null"])

@@ -163,6 +163,15 @@ def test_bad_sizes_and_empty_levels_are_usage_errors(kwargs, message):
         )
 
 
+def test_a_numpy_integer_is_a_batch_size():
+    import numpy as np
+
+    res = evaluate(
+        baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=[0.5], batch_size=np.int64(1)
+    )
+    assert res.records
+
+
 def test_none_for_a_list_of_methods_means_none():
     res = evaluate(
         None, ["identity"], models=None, images=torch.rand(2, 1, 28, 28), levels=[0.5], verbose=False

@@ -345,6 +345,8 @@ def test_images_outside_the_unit_range_are_refused(value):
     x[0, 0, 3, 3] = value
     with pytest.raises(UsageError, match=r"must lie in \[0, 1\]"):
         add_noise(x, "poisson:30", seed=0)  # NaN was torch's "invalid Poisson rate"; 255 went through
+    with pytest.raises(UsageError, match=r"must lie in \[0, 1\]"):
+        make_noisy(x, "gaussian:0.5", seed=0)
 
 
 def test_a_numpy_integer_is_a_seed():

@@ -19,7 +19,8 @@ class DataConfig:
     dataset: str = "mnist"
     data_dir: str | None = None  # None: DAE_DATA_DIR, the cache, /usr/share/datasets, then download
     limit: int | None = None  # train on the first N training images only (quick runs)
-    val_size: int = 1000  # held out from the end of the training split for validation
+    val_size: int = 1000  # held out from the end of the training split for validation (a tenth at most;
+    # for a folder, whole pictures' crops: at least one picture, so with few pictures a larger share)
     patch_size: int = 64  # folder datasets: training crop size
 
 
@@ -46,7 +47,7 @@ class TrainConfig:
     val_every: int | None = None  # steps between validation passes; None: once per epoch (and at the end)
     grad_clip: float | None = 1.0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto (bf16 on GPU and bf16-capable CPUs, else fp32) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 where GPU or CPU has it natively, else fp32) | fp32 | bf16 | fp16
     threads: int | None = None  # CPU threads; None: torch's default
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward; on a 2-core CPU it pays only on long runs
@@ -167,6 +168,8 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
+            if value is None:
+                continue  # an empty YAML section sets nothing
             if not isinstance(value, dict):
                 raise UsageError(f"config field {where} is a section; give {where}.<field>=value")
             _update(current, value, prefix=f"{where}.")
@@ -227,6 +230,10 @@ def merge(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict
     """
     out = dict(base)
     for k, v in extra.items():
+        if isinstance(v, dict) and out.get(k, 0) is None:
+            out[k] = {}  # an empty YAML section (`model:` with nothing under it) is an empty section
+        if v is None and isinstance(out.get(k), dict):
+            continue
         if k in out and isinstance(v, dict) != isinstance(out[k], dict):
             where = f"{prefix}{k}"
             raise UsageError(f"config field {where} is a section; give {where}.<field>=value")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import numbers
 import os
 import re
 import sys
@@ -225,7 +226,7 @@ def evaluate(
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:
         raise UsageError(f"--slow-limit must be >= 1 (images for the slow baselines), got {slow_limit}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if levels is not None and len(levels) == 0:
         raise UsageError("levels is empty: give at least one noise level, or None for the default sweep")

@@ -502,7 +502,7 @@ class Study:
             try:
                 result = train(cfg, progress=False)
             except Interrupted:
-                raise  # Ctrl-C or SIGTERM stops the study, with this model's checkpoint saved; a rerun resumes
+                raise  # Ctrl-C or SIGTERM stops the study; a rerun reuses finished models and retrains this one
             except (DaeError, TypeError, ValueError) as e:  # a bad model or kwargs: skip it, report it
                 self.failures[sp] = f"{type(e).__name__}: {e}"
                 self.log(f"[study]   FAILED {sp.label}: {str(e).splitlines()[0]}")

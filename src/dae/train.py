@@ -99,7 +99,7 @@ def _native_bf16(device: torch.device) -> bool:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """Mixed precision context: bf16 on GPUs and on CPUs with native bf16 (measured faster, same quality), else fp32."""
+    """Mixed precision context: bf16 on GPUs and CPUs with native bf16 (measured faster, same quality), else fp32."""
     if precision == "auto":
         precision = "bf16" if _native_bf16(device) else "fp32"
     if precision == "fp32":
@@ -186,7 +186,7 @@ def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
     per_picture = getattr(dataset, "patches_per_image", 1)  # a folder's crops come in runs of one picture's
     if n // per_picture >= 2:
         # Whole pictures only: a crop overlapping a training crop of the same picture would score training data.
-        pictures = min(-(-n_val // per_picture), n // per_picture - 1)
+        pictures = min(max(1, n_val // per_picture), n // per_picture - 1)
         n_val = pictures * per_picture
     train, val = images[: n - n_val], images[n - n_val :]
     if cfg.data.limit is not None:  # >= 1: check_settings
@@ -285,11 +285,10 @@ def _compiled(model: torch.nn.Module, device: torch.device):
         raise ResourceError(
             "train.compile on the CPU needs a C++ compiler (g++ or clang++); install one or train without it"
         )
-    if device.type == "cuda" and not any(
-        (os.environ.get("CC"), shutil.which("cc"), shutil.which("gcc"), shutil.which("clang"))
-    ):
-        raise ResourceError(
-            "train.compile on a GPU needs a C compiler for Triton (cc, gcc or clang); install one or train without it"
+    if device.type == "cuda" and not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        raise ResourceError(  # Triton looks at $CC, then gcc, then clang
+            "train.compile on a GPU needs a C compiler for Triton (gcc or clang, or $CC); install one or train "
+            "without it"
         )
     return torch.compile(model, dynamic=False)
 
@@ -536,7 +535,7 @@ def _train(
                 "the first continues its noise stream, the others start new ones",
                 file=sys.stderr,
             )
-        if not continued and world.main and len(streams) == world.size:
+        if not continued and world.main:  # the main process always had a saved stream: another device's
             print(
                 f"dae: {ck.path.name} drew its noise on another kind of device than {device.type}: the noise "
                 "starts a new stream (weights, optimiser and data order continue exactly)",

@@ -702,6 +702,8 @@ def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
     noise, g = parse_noise(spec), _generator(seed)
     if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] == 0:
         return noise(x, g)  # the noise's own checks, or an empty batch
+    if x.is_floating_point():
+        check_unit_range(x, "make_noisy: images")
     # One generator per image, not one for the whole set: a whole-set draw would tie each image's noise to
     # the set's size (per-image levels, occlusion offsets and a composition's second component are drawn
     # after all the pixels, and torch redraws the tail of a normal draw whose length is not a multiple of 16).
