@@ -230,7 +230,7 @@ def merge(base: dict[str, Any], extra: dict[str, Any], prefix: str = "") -> dict
     """
     out = dict(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and out.get(k, 0) is None:
+        if isinstance(v, dict) and k in out and out[k] is None:
             out[k] = {}  # an empty YAML section (`model:` with nothing under it) is an empty section
         if v is None and isinstance(out.get(k), dict):
             continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import numbers
 import os
@@ -95,8 +94,8 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         )
     from dae.data.noise import NOISES
 
-    if name.strip().lower() not in NOISES.names():  # named as given, not as the first spec built from it
-        NOISES.create(name.strip().lower())  # the registry's "unknown noise ...; valid: ..." line
+    # An unknown family is named as given, not as the first spec built from it.
+    NOISES.get(name.strip().lower())
     specs = []
     for level in levels:
         text = f"{float(level):.12g}"  # the level that runs is the level recorded (0.1 + 0.2 -> 0.3)
@@ -248,9 +247,8 @@ def evaluate(
         _check_images(images)
         images = images[:limit]
         source = "the images given"
-    clean = (
-        images.float().cpu()
-    )  # scored on the CPU, where the noise is drawn and each method's output comes back
+    # Scored on the CPU, where the noise is drawn and each method's output comes back.
+    clean = images.float().cpu()
     n = clean.shape[0]
     if min(clean.shape[-2:]) < 11:
         raise UsageError(
@@ -405,5 +403,4 @@ def format_table(records: list[dict[str, Any]], metric: str = "psnr") -> str:
 
 
 # `dae.evaluate(...)` calls this module's evaluate(); see dae.CallableModule.
-make_callable(sys.modules[__name__])
-__signature__ = inspect.signature(evaluate)
+make_callable(sys.modules[__name__])  # also sets the module's __signature__ to evaluate's

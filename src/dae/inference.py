@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
 from dae.fileio import make_folder, output_folder
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
+from dae.models.base import module_device
 
 TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
 DEFAULT_TILE = 256
@@ -107,7 +108,7 @@ def denoise(
     if learned and device is not None:
         model.to(device)
     if learned:
-        run_device = _module_device(model)
+        run_device = module_device(model)
         if _channels_last(model, run_device):
             model.to(memory_format=torch.channels_last)
     else:
@@ -190,14 +191,6 @@ def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) ->
         raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
     _check_tiling(tile, overlap)
     return tile
-
-
-def _module_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _channels_last(model: Any, device: torch.device) -> bool:

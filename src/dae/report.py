@@ -317,8 +317,10 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float]) -> list[tuple
 
 def _code_of(model: Any, x: Tensor) -> Tensor:
     """The code layer of one image: encode(pad(x)), taking the tensor out of a (code, skips) tuple or dict."""
-    weight = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-    x = x if weight is None else x.to(weight.device)  # the model may live on a GPU (evaluation moved it)
+    if isinstance(model, torch.nn.Module):  # the model may live on a GPU (evaluation moved it there)
+        from dae.models.base import module_device
+
+        x = x.to(module_device(model, default=x.device))
     xp = model.pad(x)[0] if hasattr(model, "pad") else x
     with torch.inference_mode():
         code = model.encode(xp)

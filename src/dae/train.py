@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import math
@@ -357,9 +356,8 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
     layers = [saved_run_config(own["out"])] if resume and own.get("out") else []
     if own.get("recipe"):
         recipe = get_recipe(own["recipe"]).to_dict()
-        model = (
-            own["model"] if isinstance(own.get("model"), dict) else {}
-        )  # not a section: build_config says so
+        # A model that is not a section is build_config's to refuse; here it names no other model.
+        model = own["model"] if isinstance(own.get("model"), dict) else {}
         if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
             recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
         layers.append(recipe)
@@ -519,16 +517,11 @@ def _train(
             scaler.load_state_dict(ck.state["grad_scaler"])
         torch.set_rng_state(ck.state["torch_rng"])
         step, epoch, batch_index = int(ck.state["step"]), int(ck.state["epoch"]), int(ck.state["batch_index"])
-        streams = ck.state.get("noise_rng_world") or [ck.state["noise_rng"]]
+        streams = ck.state.get("noise_rng_world") or [ck.state["noise_rng"]]  # streams[0] is noise_rng
+        # In as many processes each continues its own stream exactly; in another number only the first does.
+        saved = streams[world.rank] if len(streams) == world.size or world.rank == 0 else None
         fresh_stream = image_seed(noise_seed(cfg.seed, world.rank), step)
-        if len(streams) == world.size:
-            continued = _continue_stream(
-                noise_gen, streams[world.rank], fresh_stream
-            )  # each its own, exactly
-        elif world.rank == 0:
-            continued = _continue_stream(noise_gen, ck.state["noise_rng"], fresh_stream)
-        else:
-            continued = _continue_stream(noise_gen, None, fresh_stream)
+        continued = _continue_stream(noise_gen, saved, fresh_stream)
         if len(streams) != world.size and world.main:
             print(
                 f"dae: {ck.path.name} was trained by {len(streams)} process(es), this resume has {world.size}: "
@@ -725,5 +718,4 @@ def _tensorboard(run_dir: Path):
 
 
 # `dae.train(...)` calls this module's train(); see dae.CallableModule.
-make_callable(sys.modules[__name__])
-__signature__ = inspect.signature(train)
+make_callable(sys.modules[__name__])  # also sets the module's __signature__ to train's

@@ -11,6 +11,15 @@ from dae.errors import UsageError
 OUTPUT_KINDS = ("logits", "image")
 
 
+def module_device(model: nn.Module, default: torch.device | None = None) -> torch.device:
+    """Where `model` lives: its first parameter's device, else its first buffer's, else `default` (CPU)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return default if default is not None else torch.device("cpu")
+
+
 class Denoiser(nn.Module):
     """A learned denoiser: `forward` maps a noisy batch (N, C, H, W) in [0, 1] to its raw output.
 
@@ -71,8 +80,7 @@ class Denoiser(nn.Module):
         takes CPU batches. The output is mapped to an image in float32: under bf16 autocast a bf16 sigmoid
         would leave only 8 bits of precision near 1, less than a 16-bit image file holds.
         """
-        weight = next(self.parameters(), None)
-        device = x.device if weight is None else weight.device
+        device = module_device(self, default=x.device)
         return self.to_image(self(x.to(device)).float()).to(x.device)
 
     def num_parameters(self) -> int:
