@@ -20,6 +20,16 @@ def test_unknown_flag_is_usage_error():
     assert err.startswith("dae: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv", [["study", "--budget", "-5s"], ["train", "--time-budget", "-1m"]])
+def test_a_value_that_looks_like_an_option_gets_a_hint(argv, capsys):
+    from dae.cli import main
+
+    # argparse takes "-5s" for an option; the bare "expected one argument" hid what to type instead
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"is written {argv[1]}=VALUE" in err
+
+
 def test_bad_override_names_field(data_dir):
     code, _, err = dae("train", "--train.lrr=1", "--data-dir", data_dir)
     assert code == 2 and "train.lrr" in err and "Traceback" not in err

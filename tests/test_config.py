@@ -135,6 +135,33 @@ def test_bad_config_file(tmp_path):
         load_config_file(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("train: [1, 2\n", "line 2, column 1"),  # the problem and its place, not PyYAML's "while parsing" context
+        ("train:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n", "duplicate key 'lr' (line 4, column 3)"),
+        ("model:\n  name: fc\nmodel:\n  name: unet\n", "duplicate key 'model' (line 3"),
+    ],
+)
+def test_yaml_errors_say_what_and_where(tmp_path, text, where):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(UsageError, match="not valid YAML") as e:
+        load_config_file(f)
+    assert where in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_yaml_merge_may_override_what_it_merges(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("base: &b\n  lr: 0.1\n  steps: 3\ntrain:\n  <<: *b\n  lr: 0.2\n")
+    assert load_config_file(f)["train"] == {"lr": 0.2, "steps": 3}
+
+
+def test_a_repeated_key_in_an_override_is_refused():
+    with pytest.raises(UsageError, match="cannot use"):
+        build_config(parse_override("model.kwargs={width: 4, width: 8}"))
+
+
 def test_duration():
     assert parse_duration("2m") == 120 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     with pytest.raises(UsageError):

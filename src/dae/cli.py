@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 2, one line) instead of printing usage and exiting."""
 
     def error(self, message: str):
+        option = re.fullmatch(r"argument (-[-\w]+): expected one argument", message)
+        if option:
+            # argparse reads `--budget -5s` as two options, so the real complaint (a negative value) never shows
+            message += f"; a value that starts with '-' is written {option[1]}=VALUE"
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 

@@ -146,7 +146,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return str(value)
         if origin is dict:
             if isinstance(value, str):
-                value = yaml.safe_load(value)
+                value = _load_yaml(value)
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
@@ -181,6 +181,41 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML with repeated keys refused, as the YAML spec says; PyYAML keeps the last one silently, which turns a
+    pasted-twice `lr:` line into a run that trains with a value the user may not have meant."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then overriding a merged key is what merges are for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str | bytes) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _parse_problem(e: Exception) -> str:
+    """The one line of a parser's error worth showing. PyYAML's first line is its context ("while parsing a
+    block mapping"); the problem and where it is come after."""
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem and mark is not None:
+        return f"{e.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(e).splitlines()[0]
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or TOML config file into a nested dict."""
     path = Path(path)
@@ -189,11 +224,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise UsageError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else _load_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise UsageError(
-            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
-            f"{str(e).splitlines()[0]}"
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {_parse_problem(e)}"
         ) from None
     if data is None:
         return {}
@@ -208,7 +242,7 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not key:
         raise UsageError(f"bad override {text!r}; use section.field=value, e.g. train.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = _load_yaml(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str) and key.endswith(("noise", "name", "dataset", "data_dir")):
