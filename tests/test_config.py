@@ -138,7 +138,8 @@ def test_bad_config_file(tmp_path):
 @pytest.mark.parametrize(
     "text, where",
     [
-        ("train: [1, 2\n", "line 2, column 1"),  # the problem and its place, not PyYAML's "while parsing" context
+        # the problem and its place, not PyYAML's "while parsing" context
+        ("train: [1, 2\n", "line 2, column 1"),
         ("train:\n  lr: 0.1\n  steps: 5\n  lr: 0.2\n", "duplicate key 'lr' (line 4, column 3)"),
         ("model:\n  name: fc\nmodel:\n  name: unet\n", "duplicate key 'model' (line 3"),
     ],
