@@ -269,6 +269,47 @@ def test_matrix_from_mapping_records_and_matrix_csv(tmp_path):
     assert_png(plots.plot_matrix(tmp_path / "matrix.csv", tmp_path / "m3.png"))
 
 
+@pytest.mark.parametrize(
+    "noisy, denoised",
+    [
+        (lambda x: x[:, :, :20], lambda x: x),  # another size
+        (lambda x: x[:2], lambda x: x),  # fewer images than shown
+        (lambda x: x, lambda x: x.repeat(1, 3, 1, 1)),  # colour output for grey images
+    ],
+)
+def test_denoise_grid_refuses_images_unlike_the_clean_ones(tmp_path, noisy, denoised):
+    x = digits(4)
+    # these were numpy's "operands could not be broadcast" from the PSNR in the row label
+    with pytest.raises(
+        UsageError, match=r"plot_denoise_grid: (noisy|denoised) images at level 0.5 has shape"
+    ):
+        plots.plot_denoise_grid(x, {"0.5": noisy(x)}, {"0.5": denoised(x)}, tmp_path / "g.png", n=4)
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "magic"), [("f.jpg", b"\xff\xd8\xff"), ("f.SVG", b"<?xml"), ("f.pdf", b"%PDF")]
+)
+def test_figures_are_written_in_the_format_their_name_says(tmp_path, name, magic):
+    x = digits(2)
+    out = plots.plot_denoise_grid(x, {"0.5": x}, {}, tmp_path / name)
+    assert out.read_bytes().startswith(magic)  # a .jpg path used to get PNG bytes
+
+
+def test_figure_paths_that_cannot_be_written_are_one_line(tmp_path):
+    x = digits(2)
+    with pytest.raises(UsageError, match=r"cannot write '\.bmp' files; use \.png"):
+        plots.plot_denoise_grid(x, {"0.5": x}, {}, tmp_path / "f.bmp")
+    with pytest.raises(UsageError, match="is a folder"):
+        plots.plot_denoise_grid(x, {"0.5": x}, {}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_psnr_vs_noise_names_records_of_the_wrong_kind(tmp_path):
+    with pytest.raises(UsageError, match="records are evaluation rows"):
+        plots.plot_psnr_vs_noise("results.json", tmp_path / "p.png")  # was AttributeError: 'str' ... 'get'
+
+
 def test_error_maps(tmp_path):
     x = digits(4)
     outs = {"noisy": (x + 0.3 * torch.randn_like(x)).clamp(0, 1), "blur": x * 0.8}

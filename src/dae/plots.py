@@ -1,9 +1,9 @@
-"""Figures for runs and studies: each function takes plain data, writes one PNG and returns its path.
+"""Figures for runs and studies: each function takes plain data, writes one figure and returns its path.
 
 Figures are built on `matplotlib.figure.Figure` directly instead of pyplot: nothing is registered in
 pyplot's global figure list (so nothing leaks and there is nothing to close), the process-wide backend is
-never switched, and PNGs are rendered by Agg whatever backend a notebook has selected.
-Files are written atomically.
+never switched, and files are rendered by Agg whatever backend a notebook has selected.
+Files are written atomically, as PNG, SVG, PDF or JPEG by the path's extension (PNG without one).
 """
 
 from __future__ import annotations
@@ -44,12 +44,24 @@ VECTOR_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear,)
 # helpers
 
 
+# The file's extension picks the format: a .jpg path used to get PNG bytes, which some viewers refuse.
+FORMATS = {"": "png", ".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Render `fig` to PNG at `path` atomically (temp file + os.replace) and return the path."""
+    """Render `fig` at `path` atomically (temp file + os.replace) in the format its extension names (PNG
+    without one) and return the path."""
     path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        fig.clear()
+        raise UsageError(f"figure {path}: cannot write {path.suffix!r} files; use .png, .svg, .pdf or .jpg")
+    if path.is_dir():
+        fig.clear()
+        raise UsageError(f"figure {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, facecolor="white"))
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, facecolor="white"))
     finally:
         fig.clear()  # drop the artists now rather than at garbage collection
     return path
@@ -72,6 +84,12 @@ def _images(x: Tensor | np.ndarray, what: str) -> np.ndarray:
         raise UsageError(f"{what}: expected images shaped (N, 1|3, H, W), got {tuple(a.shape)}")
     a = np.clip(a, 0.0, 1.0)
     return a[:, 0] if a.shape[1] == 1 else a.transpose(0, 2, 3, 1)
+
+
+def _like_clean(y: np.ndarray, clean: np.ndarray, fn: str, what: str) -> np.ndarray:
+    if y.shape != clean.shape:
+        raise UsageError(f"{fn}: {what} has shape {y.shape}, clean has {clean.shape}")
+    return y
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -187,10 +205,12 @@ def plot_denoise_grid(
     c = c[:n]
     rows: list[tuple[str, np.ndarray]] = [("clean", c)]
     for level, noisy in noisy_by_level.items():
-        x = _images(noisy, f"noisy images at level {level}")[:n]
+        what = f"noisy images at level {level}"
+        x = _like_clean(_images(noisy, what)[:n], c, "plot_denoise_grid", what)
         rows.append((f"noisy {level}\n{_psnr(x, c):.1f} dB", x))
         if level in denoised_by_level:
-            y = _images(denoised_by_level[level], f"denoised images at level {level}")[:n]
+            what = f"denoised images at level {level}"
+            y = _like_clean(_images(denoised_by_level[level], what)[:n], c, "plot_denoise_grid", what)
             rows.append((f"denoised {level}\n{_psnr(y, c):.1f} dB", y))
     fig = Figure(figsize=(1.5 + CELL * n, CELL * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), n, squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.02})
@@ -214,9 +234,7 @@ def plot_error_maps(clean: Tensor, outputs: Mapping[str, Tensor], path: str | Pa
     c = c[:n]
     errors = {}
     for name, out in outputs.items():
-        y = _images(out, f"output of {name}")[:n]
-        if y.shape != c.shape:
-            raise UsageError(f"plot_error_maps: output of {name} has shape {y.shape}, clean has {c.shape}")
+        y = _like_clean(_images(out, f"output of {name}")[:n], c, "plot_error_maps", f"output of {name}")
         errors[name] = (np.abs(y - c), [_psnr(y[i : i + 1], c[i : i + 1]) for i in range(n)])
     vmax = max(float(e.max()) for e, _ in errors.values()) or 1.0
     cols = 1 + len(errors)
@@ -520,6 +538,12 @@ def plot_psnr_vs_noise(
     Example:
         >>> plot_psnr_vs_noise(records, "figures/psnr_vs_noise.png", metric="ssim")
     """
+    records = list(records)
+    odd = next((r for r in records if not isinstance(r, Mapping)), None)
+    if odd is not None:
+        raise UsageError(
+            f"plot_psnr_vs_noise: records are evaluation rows (mappings), got a {type(odd).__name__}"
+        )
     records = [r for r in records if not math.isnan(_float(r.get(metric)))]
     if not records:
         raise DataError(f"no evaluation records with a {metric!r} value to plot")
