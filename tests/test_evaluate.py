@@ -112,6 +112,21 @@ def test_levels_default_to_the_sweep_for_a_family_and_a_full_spec_runs_as_is():
         evaluate(baselines=["identity"], images=images, noise="gaussian:0.3", levels=[0.5])
 
 
+@pytest.mark.parametrize("family", ["gaussian", "salt_pepper", "mask", "block", "poisson", "speckle"])
+def test_each_family_alone_sweeps_levels_in_its_own_units(family):
+    from dae.data.noise import NOISES, add_noise
+
+    specs = noise_specs(family, None)
+    assert [level for _, level in specs] == [float(v) for v in NOISES.get(family).sweep]
+    # The sweep goes from light to heavy: the lightest point keeps the image recognisable. Poisson's peaks are
+    # photon counts (fewer is noisier); at 0.1-1.0 every point was nearly pure noise.
+    x = torch.rand(4, 1, 28, 28) * 0.5 + 0.25
+    error = [float((add_noise(x, spec, seed=0) - x).abs().mean()) for spec, _ in specs]
+    lightest = min(error)
+    assert lightest < 0.1, (family, error)
+    assert max(error) > 2 * lightest
+
+
 def test_a_level_is_run_exactly_as_recorded():
     specs = noise_specs("gaussian", [0.123456789, 0.5, 1.0, 0.1 + 0.2])
     assert specs == [

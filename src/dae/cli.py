@@ -301,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="mnist, fashion-mnist or folder (default: what the checkpoints were trained on, else mnist)",
     )
     e.add_argument("--data-dir")
-    e.add_argument("--levels", help="comma-separated noise levels (default 0.1,...,1.0 for a noise family)")
+    e.add_argument(
+        "--levels",
+        help="comma-separated noise levels (default for a family: 0.1,0.2,...,1.0; poisson: peaks 1,2,5,...,100)",
+    )
     e.add_argument("--noise", help="noise family or full spec (default gaussian, clipped)")
     e.add_argument("--limit", type=int, help="first N test images")
     e.add_argument("--slow-limit", type=int, default=200, help="images for slow baselines (nlm, bm3d)")

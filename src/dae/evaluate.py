@@ -21,7 +21,7 @@ from dae import make_callable
 from dae.errors import UsageError
 from dae.fileio import output_folder
 
-DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # most families' sweep; see Noise.sweep
 RECORD_COLUMNS = [
     "method",
     "kind",
@@ -63,7 +63,7 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
 
     Options after a comma are kept (gaussian,clip=false -> gaussian:0.3,clip=false). A full spec ('gaussian:0.3',
     'block:third', 'none', a composition) with no levels is used as it is; a family alone with levels=None gets
-    DEFAULT_LEVELS.
+    the family's sweep (DEFAULT_LEVELS; peaks 1 to 100 for poisson).
 
     Example:
         >>> noise_specs("gaussian,clip=false", [0.1, 0.25])
@@ -76,8 +76,10 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         parse_noise(noise)  # the parser's "empty noise spec" message
     name, _, rest = noise.partition(",")
     full = ":" in name or "+" in noise or name == "none"
+    from dae.data.noise import NOISES
+
     if levels is None and not full:
-        levels = DEFAULT_LEVELS
+        levels = NOISES.get(name.strip().lower()).sweep  # an unknown family is named as given here
     if not levels:
         parse_noise(noise)  # fail early with the parser's message
         m = re.match(r"^[a-z_]+:([0-9.]+)(?:,|$)", noise)
@@ -92,8 +94,6 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         raise UsageError(
             f"noise {noise!r} already has a level; drop the levels or give the family only (e.g. gaussian)"
         )
-    from dae.data.noise import NOISES
-
     # An unknown family is named as given, not as the first spec built from it.
     NOISES.get(name.strip().lower())
     specs = []
@@ -197,7 +197,8 @@ def evaluate(
 ) -> EvalResult:
     """PSNR/SSIM/MSE of each method at each noise spec, plus the noisy input's own floor.
 
-    `noise` is a family swept over `levels` (default DEFAULT_LEVELS) or one full spec ('salt_pepper:0.1').
+    `noise` is a family swept over `levels` (default 0.1 to 1.0; photon peaks 1 to 100 for poisson) or one full
+    spec ('salt_pepper:0.1').
     The test images are a dataset's first `limit` images (dataset=None: the one the checkpoints were trained
     on, from the folder they recorded, else MNIST) or `images`, float (N, C, H, W) in [0, 1] of at least
     11x11 pixels (SSIM's window). Slow baselines (nlm, bm3d) run on the first `slow_limit` images; their records

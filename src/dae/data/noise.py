@@ -125,6 +125,9 @@ class Noise:
     """
 
     name: ClassVar[str] = ""
+    # The levels a sweep of the family alone (`dae eval --noise gaussian`) runs: std, fraction or strength,
+    # 0.1 (light) to 1.0 (the image is mostly noise).
+    sweep: ClassVar[tuple[float, ...]] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
@@ -487,6 +490,8 @@ class Poisson(Noise):
     peak: float
     clip: bool = True
     name: ClassVar[str] = "poisson"
+    # Peaks are photon counts, where fewer is noisier: at 0.1-1.0 every sweep point would be nearly pure noise.
+    sweep: ClassVar[tuple[float, ...]] = (1, 2, 5, 10, 20, 30, 50, 100)
 
     def __post_init__(self) -> None:
         peak = float(self.peak)
