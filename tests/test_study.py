@@ -220,6 +220,82 @@ def test_an_interrupt_stops_the_study_instead_of_failing_one_model(tmp_path, dat
     assert len(calls) == 1
 
 
+def test_a_rerun_resumes_the_model_an_interrupt_stopped(tmp_path, data_dir, monkeypatch):
+    import os
+    import signal
+
+    import dae.train
+    from dae.errors import Interrupted
+
+    real_train = dae.train.train
+    steps = []
+
+    def interrupt_at_step_3(cfg, **kwargs):
+        # A real SIGINT in the middle of the first model's training: the loop saves a checkpoint and stops.
+        def on_step(step, loss):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return real_train(cfg, on_step=on_step, **kwargs)
+
+    settings = StudySettings(train_seconds=2.0, limit=128, val_size=16, n_test=8, slow_limit=2, batch_size=16)
+    lines = []
+
+    def study(train):
+        lines.clear()
+        monkeypatch.setattr(dae.train, "train", train)
+        return run_experiments(
+            tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: lines.append(a[0])
+        )
+
+    with pytest.raises(Interrupted, match="stopped at step 3"):
+        study(interrupt_at_step_3)
+    [run] = (tmp_path / "s" / "models").iterdir()
+    assert (run / "study-pending.json").exists() and not (run / "study.json").exists()
+
+    def recording(cfg, **kwargs):
+        result = real_train(cfg, **kwargs)
+        steps.append((kwargs.get("resume"), [row["step"] for row in result.history]))
+        return result
+
+    study(recording)
+    assert any(line.startswith("[study] resume upsample @gaussian:0.5 bce") for line in lines)
+    assert steps[0][0] is True and steps[0][1][0] > 3  # it continued past the saved step 3
+    with open(run / "metrics.csv", newline="") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f)]
+    assert logged == sorted(set(logged)) and logged[0] == 3  # one log, no step twice
+    assert (run / "study.json").exists() and not (run / "study-pending.json").exists()
+    assert steps[1][0] is False  # the second model had never started: trained afresh
+
+
+def test_an_interrupted_model_with_a_damaged_checkpoint_is_trained_again(tmp_path, data_dir, monkeypatch):
+    import dae.train
+    from dae.errors import Interrupted
+
+    real_train = dae.train.train
+
+    def interrupted_after_a_checkpoint(cfg, **kwargs):
+        real_train({**cfg, "train": {**cfg["train"], "time_budget": None, "steps": 2}}, **kwargs)
+        raise Interrupted("SIGINT: stopped at step 2; checkpoint saved", 130)
+
+    settings = StudySettings(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
+    monkeypatch.setattr(dae.train, "train", interrupted_after_a_checkpoint)
+    with pytest.raises(Interrupted):
+        run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    [run] = (tmp_path / "s" / "models").iterdir()
+    for weights in (run / "checkpoints").glob("step-*.safetensors"):
+        weights.write_bytes(b"damaged")
+    resumes = []
+
+    def recording(cfg, **kwargs):
+        resumes.append(kwargs.get("resume"))
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(dae.train, "train", recording)
+    run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    assert resumes == [False, False] and (run / "study.json").exists()
+
+
 def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path, data_dir):
     from dae.errors import ResourceError, UsageError
 

@@ -1,7 +1,8 @@
 """`dae study`: the classic tutorials' experiments in one command, answered from the numbers it measures.
 
 Each distinct (model, kwargs, training noise, loss) is trained once and cached in OUT/models/<key>/, so the
-experiments share models and a rerun with the same settings reuses them. Every answer paragraph in the
+experiments share models and a rerun with the same settings reuses them (and resumes the one an interrupt
+stopped, from its last checkpoint). Every answer paragraph in the
 report is written by a function below from the measured records, never typed in by hand: if the numbers
 change, so does the text.
 """
@@ -432,6 +433,24 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
+def _records(marker: Path, wanted: Mapping[str, Any]) -> bool:
+    """Whether the marker file holds exactly these settings (a missing or unreadable one does not)."""
+    try:
+        return json.loads(marker.read_text()) == json.loads(json.dumps(wanted))
+    except (OSError, ValueError):
+        return False
+
+
+def _can_resume(ckpt_dir: Path) -> bool:
+    from dae.train import latest_good_generation
+
+    try:
+        latest_good_generation(ckpt_dir)
+    except DaeError:
+        return False
+    return True
+
+
 class Study:
     """Trains (or reuses) the models, evaluates them on one fixed-seed test set, runs the experiments."""
 
@@ -463,11 +482,7 @@ class Study:
                 "batch_size": self.s.batch_size,
             }
             best = run / "checkpoints" / "best.safetensors"
-            if (
-                best.exists()
-                and marker.exists()
-                and json.loads(marker.read_text()) == json.loads(json.dumps(wanted))
-            ):
+            if best.exists() and _records(marker, wanted):
                 self.checkpoints[sp] = best
                 try:
                     self.model(sp)  # the model code may have changed since: reuse only what still loads
@@ -476,9 +491,16 @@ class Study:
                 except DaeError as e:
                     del self.checkpoints[sp]
                     self.log(f"[study] cached {sp.label} does not load ({str(e)[:120]}); training again")
-            if run.exists():
+            # A model whose training was interrupted (Ctrl-C, SIGTERM) under these same settings continues from
+            # its last good checkpoint; the time budget counts the time it had already trained.
+            pending = run / "study-pending.json"
+            resume = _records(pending, wanted) and _can_resume(run / "checkpoints")
+            if run.exists() and not resume:
                 shutil.rmtree(run)  # our own cache, trained with other settings
-            self.log(f"[study] train {sp.label} for {self.s.train_seconds:g}s ({i}/{len(todo)})", flush=True)
+            run.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(pending, json.dumps(wanted, indent=2).encode())
+            what = "resume" if resume else "train"
+            self.log(f"[study] {what} {sp.label} for {self.s.train_seconds:g}s ({i}/{len(todo)})", flush=True)
             cfg = {
                 "out": str(run),
                 "seed": self.seed,
@@ -500,9 +522,9 @@ class Study:
             }
             t0 = time.perf_counter()
             try:
-                result = train(cfg, progress=False)
+                result = train(cfg, resume=resume, progress=False)
             except Interrupted:
-                raise  # Ctrl-C or SIGTERM stops the study; a rerun reuses finished models and retrains this one
+                raise  # Ctrl-C or SIGTERM stops the study; a rerun reuses finished models and resumes this one
             except (DaeError, TypeError, ValueError) as e:  # a bad model or kwargs: skip it, report it
                 self.failures[sp] = f"{type(e).__name__}: {e}"
                 self.log(f"[study]   FAILED {sp.label}: {str(e).splitlines()[0]}")
@@ -511,6 +533,7 @@ class Study:
                 self.failures[sp] = "training produced no checkpoint"
                 continue
             atomic_write_bytes(marker, json.dumps(wanted, indent=2).encode())
+            pending.unlink()
             self.checkpoints[sp] = result.best_checkpoint
             self.log(
                 f"[study]   {result.step} steps in {time.perf_counter() - t0:.1f}s, "
