@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             "train": {"time_budget": args.budget, "noise": TRAIN_NOISE},
             "out": str(out / name),
         }
-        result = dae.train(config, resume=(out / name / "checkpoints").is_dir(), progress=False)
+        # A run folder with a complete checkpoint generation (step-*.json is written last) can be resumed.
+        resumable = any((out / name / "checkpoints").glob("step-*.json"))
+        result = dae.train(config, resume=resumable, progress=False)
         print(f"{name}: trained {result.step} steps, best validation PSNR {result.best_val_psnr:.2f} dB")
         checkpoints.append(result.best_checkpoint)
 

@@ -307,3 +307,54 @@ def test_load_model_names_a_device_it_cannot_use(saved, device, error, message):
 def test_load_model_of_something_not_a_path_is_a_usage_error():
     with pytest.raises(UsageError, match="a checkpoint is a path"):
         load_model(None)  # was Path's TypeError
+
+
+def _rewritten(tmp_path, edit):
+    """A checkpoint whose tensors another program changed, with no hash left to catch it (as in a file written
+    before dae embedded one)."""
+    from safetensors.torch import save as st_save
+
+    torch.manual_seed(0)
+    path = save_checkpoint(create_model("fc"), tmp_path / "w.safetensors")
+    record = json.loads(paths_for(path)[2].read_text())
+    del record["tensors_sha256"], record["files"]
+    tensors = {k: edit(v.contiguous().clone()) for k, v in create_model("fc").state_dict().items()}
+    path.write_bytes(st_save(tensors, metadata={"dae": json.dumps(record)}))
+    paths_for(path)[2].unlink()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t * float("nan"), "holds NaN or infinite values"),  # loaded, then eval scored nan
+        (lambda t: t.fill_(float("inf")), "holds NaN or infinite values"),
+        (lambda t: (t * 100).to(torch.int32), "is torch.int32, the model holds torch.float32"),  # was cast
+    ],
+)
+def test_weights_no_denoiser_can_hold_are_refused(tmp_path, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_model(_rewritten(tmp_path, edit))
+
+
+def test_an_error_in_an_embedded_record_names_the_weights_file(tmp_path):
+    from safetensors.torch import save as st_save
+
+    path = tmp_path / "best.safetensors"
+    tensors = {k: v.contiguous() for k, v in create_model("fc").state_dict().items()}
+    path.write_bytes(st_save(tensors, metadata={"dae": json.dumps({"format": "other"})}))
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    assert str(e.value).startswith(
+        f"{path} is not a dae checkpoint record"
+    )  # was best.json, which is not there
+
+
+def test_a_json_that_belongs_to_no_checkpoint_is_named(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(
+        CheckpointError, match=r"results.json is not a dae checkpoint: there is no results.safe"
+    ):
+        load_model(tmp_path / "results.json")  # was "checkpoint .../results.safetensors does not exist"
+    with pytest.raises(ResourceError, match="does not exist"):
+        load_model(tmp_path / "missing.json")

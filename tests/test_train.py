@@ -433,3 +433,150 @@ def test_folder_validation_takes_whole_pictures_the_training_crops_never_see(tmp
     assert val_u8.shape[0] == 16  # 7 * 16 crops: a tenth is 11, rounded up to one whole picture
     train_values, val_values = set(train_u8.unique().tolist()), set(val_u8.unique().tolist())
     assert val_values == {80} and 80 not in train_values
+
+
+# ------------------------------------------------------------------------------ a run folder's trouble
+
+
+def _rewrite_state(ckpt_json, edit):
+    """Damage a generation's training state the way a hand edit or another program would: the manifest's hash
+    is updated too, so only the contents are wrong."""
+    import hashlib
+    import io
+    import json
+
+    from dae.checkpoint import paths_for
+
+    _, state_path, _ = paths_for(ckpt_json)
+    state = torch.load(state_path, weights_only=True)
+    buf = io.BytesIO()
+    torch.save(edit(state), buf)
+    state_path.write_bytes(buf.getvalue())
+    record = json.loads(ckpt_json.read_text())
+    record["files"]["state"].update(
+        sha256=hashlib.sha256(buf.getvalue()).hexdigest(), bytes=len(buf.getvalue())
+    )
+    ckpt_json.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda s: {k: v for k, v in s.items() if k != "torch_rng"},  # was KeyError
+        lambda s: {k: v for k, v in s.items() if k != "optimizer"},  # was "this config cannot continue it"
+        lambda s: {**s, "step": "abc"},  # was ValueError
+        lambda s: {**s, "step": -5},  # was "resuming from step -5", and the metrics log emptied
+        lambda s: {**s, "torch_rng": torch.zeros(3)},  # was TypeError from torch.set_rng_state
+        lambda s: list(s.values()),  # was TypeError
+    ],
+)
+def test_a_training_state_with_bad_fields_is_a_damaged_generation(tmp_path, data_dir, capsys, edit):
+    cfg = small_config(tmp_path, data_dir, epochs=2)
+    first = train(cfg, progress=False)
+    newest = sorted((first.run_dir / "checkpoints").glob("step-*.json"))[-1]
+    _rewrite_state(newest, edit)
+    cfg["train"]["epochs"] = 3
+    resumed = train(cfg, resume=True, progress=False)
+    assert "skipping bad checkpoint generation: training state" in capsys.readouterr().err
+    assert resumed.step == 12  # from step 4, the generation before
+    steps = [int(r.split(",")[1]) for r in (first.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [4, 8, 12]
+
+
+def test_a_resume_leaves_out_metrics_rows_without_a_step(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, epochs=1)
+    first = train(cfg, progress=False)
+    with open(first.run_dir / "metrics.csv", "a") as f:
+        f.write("x,abc,,,,,,,\n\n")  # was ValueError: invalid literal for int()
+    cfg["train"]["epochs"] = 2
+    train(cfg, resume=True, progress=False)
+    steps = [int(r.split(",")[1]) for r in (first.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [4, 8]
+
+
+def test_an_emptied_config_yaml_resumes_under_the_checkpoints_record(tmp_path, data_dir):
+    first = train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    (first.run_dir / "config.yaml").write_text("")
+    # Was: the default model (unet), refused as "this config's unet cannot continue it".
+    resumed = train({"out": str(first.run_dir), "train": {"steps": 3}}, resume=True, progress=False)
+    assert resumed.step == 3 and load_model(resumed.last_checkpoint).dae_name == "strided"
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_naming_the_last_good_one(
+    tmp_path, data_dir, monkeypatch
+):
+    import dae.checkpoint
+
+    real = dae.checkpoint.atomic_write_bytes
+    writes = []
+
+    def disk_fills_up(path, data):
+        writes.append(path)
+        if "step-00000004" in str(path):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", disk_fills_up)
+    with pytest.raises(ResourceError) as e:
+        train(small_config(tmp_path, data_dir, steps=6, val_every=2), progress=False)
+    message = str(e.value)
+    assert (
+        "cannot write checkpoint" in message and "No space left on device" in message and "\n" not in message
+    )
+    assert "stopped at step 4" in message and "step-00000002.safetensors" in message
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("step-*")) == [
+        "step-00000002.json",
+        "step-00000002.safetensors",
+        "step-00000002.state.pt",
+    ]
+    assert not list(ckpt.glob(".*.tmp"))
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
+    assert (
+        train(small_config(tmp_path, data_dir, steps=6, val_every=2), resume=True, progress=False).step == 6
+    )
+
+
+def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, data_dir):
+    import fcntl
+
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+") as holder:  # another training's lock, as its process holds it
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        with pytest.raises(ResourceError, match=r"is in use by another training \(process 4242\)"):
+            train(cfg, progress=False)
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # it wrote nothing
+    assert train(cfg, progress=False).step == 2  # free again once the other one ends
+
+
+def test_a_fresh_start_after_one_that_saved_nothing_logs_only_its_own_steps(tmp_path, data_dir):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    # A start killed before its first checkpoint: a metrics row and an unfinished generation's files.
+    (run / "metrics.csv").write_text("epoch,step,time_s\n0,5,1.0\n")
+    (run / "checkpoints" / "step-00000005.safetensors").write_bytes(b"half")
+    (run / "checkpoints" / "step-00000005.state.pt").write_bytes(b"half")
+    result = train(small_config(tmp_path, data_dir, steps=4, val_every=2, keep_last=1), progress=False)
+    steps = [int(r.split(",")[1]) for r in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [2, 4]  # was 5, 2, 4: the old row stayed
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == [
+        "step-00000004.json",
+        "step-00000004.safetensors",
+        "step-00000004.state.pt",
+    ]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_stops_at_once_with_its_own_exit_status(signum, code):
+    from dae.train import StopSignals
+
+    with pytest.raises(Interrupted, match="again: stopped at once") as e:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signum)
+            assert stop.signum == signum  # the first one only asks the loop to stop after its step
+            os.kill(os.getpid(), signum)
+    assert e.value.exit_code == code  # a second SIGTERM was KeyboardInterrupt, so exit 130

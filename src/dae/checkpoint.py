@@ -108,6 +108,22 @@ def save_checkpoint(
         "step": step,
         "epoch": epoch,
     }
+    try:
+        return _write_generation(tensors, record, train_state, weights_path, state_path, record_path)
+    except (
+        OSError
+    ) as e:  # a full disk or a read-only folder: the temp files are gone, the old generation stays
+        raise ResourceError(f"cannot write checkpoint {weights_path}: {e.strerror or e}") from None
+
+
+def _write_generation(
+    tensors: dict[str, torch.Tensor],
+    record: dict[str, Any],
+    train_state: dict[str, Any] | None,
+    weights_path: Path,
+    state_path: Path,
+    record_path: Path,
+) -> Path:
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
     if train_state is not None:
@@ -150,9 +166,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
             if candidate.exists():
                 return candidate
         raise ResourceError(f"no checkpoint in directory {p} (looked for checkpoints/best.safetensors)")
+    given = p
     if p.suffix == ".json" or p.name.endswith(STATE_SUFFIX):
         p = paths_for(p)[0]
     if not p.exists():
+        if given != p and given.is_file():  # e.g. results.json: say what it lacks, not a path never named
+            raise CheckpointError(f"{given} is not a dae checkpoint: there is no {p.name} beside it")
         raise ResourceError(f"checkpoint {p} does not exist")
     return p
 
@@ -186,9 +205,8 @@ def read_record(weights_path: Path) -> dict[str, Any]:
             record = json.loads(record_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
-    else:
-        record = _embedded_record(weights_path)
-    return _well_formed(record, record_path)
+        return _well_formed(record, record_path)
+    return _well_formed(_embedded_record(weights_path), weights_path)  # name the file the record came from
 
 
 def _well_formed(record: Any, where: Path) -> dict[str, Any]:
@@ -346,10 +364,20 @@ def _rebuild(path: Path, name: str, kwargs: dict[str, Any], tensors: dict[str, t
                 raise CheckpointError(f"{path}: cannot build model {name!r} from {kwargs} ({e})") from None
             continue  # an earlier release's layout that these kwargs cannot take
         try:
+            expected = model.state_dict()
             model.load_state_dict(tensors, strict=True)
-            return model
         except RuntimeError as e:
             misfit = misfit or str(e).splitlines()[0]
+            continue
+        for key, t in tensors.items():
+            # load_state_dict casts integers into float parameters and copies NaN without a word.
+            if t.is_floating_point() != expected[key].is_floating_point():
+                raise CheckpointError(
+                    f"{path}: tensor {key} is {t.dtype}, the model holds {expected[key].dtype}"
+                )
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values")
+        return model
     tried = f"; also tried {len(candidates) - 1} earlier default layout(s)" if len(candidates) > 1 else ""
     raise CheckpointError(f"{path}: weights do not fit model {name!r} ({misfit}{tried})")
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,8 +265,9 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C means "now"
-            raise KeyboardInterrupt
+        if self.signum is not None:  # a second signal means "now", and keeps its own exit status (130 or 143)
+            name = signal.Signals(signum).name
+            raise Interrupted(f"{name} again: stopped at once, without saving the step in progress", signum)
         self.signum = signum
 
     def __exit__(self, *exc):
@@ -292,6 +293,49 @@ def _compiled(model: torch.nn.Module, device: torch.device):
     return torch.compile(model, dynamic=False)
 
 
+def _rng_state(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _check_state(ck: Checkpoint) -> Checkpoint:
+    """The training state a resume relies on (save_generation's), field by field: its hash proves the bytes are
+    the ones written, not that whoever wrote them (an older dae, a hand edit) wrote what this one reads. A bad
+    field is a damaged generation, so a resume falls back to the one before instead of failing half-way."""
+    state, path, step = ck.state, paths_for(ck.path)[1], ck.record.get("step")
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"training state {path} is damaged: a {type(state).__name__}, not a mapping")
+    checks = {
+        "optimizer": lambda v: isinstance(v, dict) and "state" in v and "param_groups" in v,
+        "torch_rng": _rng_state,
+        "noise_rng": _rng_state,
+        "step": whole,
+        "epoch": whole,
+        "batch_index": whole,
+        "elapsed_s": lambda v: number(v) and v >= 0,
+        "best_val_psnr": number,
+    }
+    optional = {
+        "noise_rng_world": lambda v: isinstance(v, list) and v and all(_rng_state(x) for x in v),
+        "grad_scaler": lambda v: isinstance(v, dict),
+    }
+    for key, ok in [*checks.items(), *((k, f) for k, f in optional.items() if k in state)]:
+        if key not in state or not ok(state[key]):
+            what = "missing" if key not in state else f"not usable ({type(state[key]).__name__})"
+            raise CheckpointError(f"training state {path} is damaged: its {key} is {what}")
+    if isinstance(step, int) and step != state["step"]:
+        raise CheckpointError(
+            f"training state {path} is damaged: step {state['step']}, its record says {step}"
+        )
+    return ck
+
+
 def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
@@ -299,7 +343,7 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
         raise ResourceError(f"no checkpoint to resume from in {ckpt_dir}; start the run without --resume")
     for record in generations:
         try:
-            return load_checkpoint(paths_for(record)[0], with_state=True)
+            return _check_state(load_checkpoint(paths_for(record)[0], with_state=True))
         except (CheckpointError, ResourceError) as e:
             print(f"dae: skipping bad checkpoint generation: {e}", file=sys.stderr)
     raise CheckpointError(
@@ -310,27 +354,44 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
 
 def prune_generations(ckpt_dir: Path, keep: int) -> None:
     """Keep the newest `keep` step-* generations (best.* is separate); the JSON goes first so a half-deleted
-    generation is never mistaken for a complete one."""
-    for record in sorted(ckpt_dir.glob("step-*.json"), reverse=True)[keep:]:
+    generation is never mistaken for a complete one. Files of a generation whose write never finished (no
+    JSON: a crash or a full disk) go too: pruning runs after a complete write, under the run's lock."""
+    records = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
+    for record in records[keep:]:
         for p in (record, *paths_for(record)[:2]):
+            p.unlink(missing_ok=True)
+    kept = {p for record in records[:keep] for p in paths_for(record)}
+    for p in [*ckpt_dir.glob("step-*.safetensors"), *ckpt_dir.glob("step-*.state.pt")]:
+        if p not in kept:
             p.unlink(missing_ok=True)
 
 
 def _append_metrics(path: Path, row: dict[str, float]) -> None:
     new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+    try:
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in METRIC_COLUMNS})
+    except OSError as e:
+        raise ResourceError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _logged_step(row: dict[str, Any]) -> int | None:
+    try:
+        return int(row.get("step") or "")
+    except ValueError:
+        return None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    """On resume, drop rows logged after the checkpoint we resume from (they will be logged again), and rows
+    without a step (a hand edit, a torn line): the log keeps one row per validation, in order."""
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        rows = [r for r in csv.DictReader(f) if (n := _logged_step(r)) is not None and 0 <= n <= step]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
     writer.writeheader()
@@ -371,8 +432,11 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
 def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
     run_dir = Path(run_dir)
-    if (run_dir / "config.yaml").is_file():
-        return load_config_file(run_dir / "config.yaml")
+    saved = load_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    if (
+        saved
+    ):  # an emptied config.yaml says nothing: it must not make a strided run resume as the default unet
+        return saved
     for record in sorted((run_dir / "checkpoints").glob("step-*.json"), reverse=True):
         try:
             return dict(read_record(paths_for(record)[0]).get("config") or {})
@@ -406,7 +470,8 @@ def train(
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
     try:
-        return _train(cfg, world, resume, progress, on_step)
+        with ExitStack() as held:  # the run folder's lock, from its first write to the end
+            return _train(cfg, world, resume, progress, on_step, held)
     except RuntimeError as e:
         lost = world.lost_peer(e)  # a collective broken by a process that failed: its error says why
         if lost is None:
@@ -417,8 +482,49 @@ def train(
             release_freed_memory()
 
 
+def _refuse_a_fresh_start_over_checkpoints(run_dir: Path, resume: bool) -> None:
+    if not resume and any((run_dir / "checkpoints").glob("step-*.json")):
+        raise ResourceError(
+            f"run directory {run_dir} already holds checkpoints; resume it (--resume, or resume=True) or "
+            "train into another directory (--out, or the config's out)"
+        )
+
+
+@contextmanager
+def _run_lock(run_dir: Path):
+    """One training per run folder: two runs into one --out would interleave their metrics and checkpoints,
+    and both report success. An advisory lock the OS drops when the process ends, however it ends."""
+    import fcntl
+
+    make_folder(run_dir)
+    try:
+        handle = open(run_dir / ".lock", "a+")
+    except OSError as e:
+        raise ResourceError(f"cannot lock run directory {run_dir}: {e.strerror or e}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ResourceError(
+                f"run directory {run_dir} is in use by another training (process {holder}); wait for it to end "
+                "or train into another directory (--out)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
 def _train(
-    cfg: Config, world: World, resume: bool, progress: bool, on_step: Callable[[int, float], bool] | None
+    cfg: Config,
+    world: World,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[int, float], bool] | None,
+    held: ExitStack,
 ) -> TrainResult:
     from dae.data.noise import image_seed, make_noisy, parse_noise
 
@@ -434,11 +540,7 @@ def _train(
     )
     run_dir = output_folder(cfg.out or f"runs/{cfg.name}")
     ckpt_dir = run_dir / "checkpoints"
-    if not resume and any(ckpt_dir.glob("step-*.json")):
-        raise ResourceError(
-            f"run directory {run_dir} already holds checkpoints; resume it (--resume, or resume=True) or "
-            "train into another directory (--out, or the config's out)"
-        )
+    _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
     get_loss(t.loss)  # validate names before loading data
     noise = parse_noise(t.noise)
     device = world.device
@@ -460,6 +562,13 @@ def _train(
     if t.channels_last:
         val_noisy = val_noisy.contiguous(memory_format=torch.channels_last)
 
+    if world.main:  # before the run's first write; the others write nothing
+        held.enter_context(_run_lock(run_dir))
+        _refuse_a_fresh_start_over_checkpoints(
+            run_dir, resume
+        )  # again: another run may have finished meanwhile
+        if not resume:
+            (run_dir / "metrics.csv").unlink(missing_ok=True)  # left by a start that never saved a checkpoint
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", in_channels)
     ck = latest_good_generation(ckpt_dir) if resume else None
@@ -571,9 +680,15 @@ def _train(
             "best_val_psnr": best_psnr,
         }
         meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
-        save_checkpoint(model, path, train_state=state, **meta)
-        if is_best:
-            save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
+        try:
+            save_checkpoint(model, path, train_state=state, **meta)
+            if is_best:
+                save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
+        except ResourceError as e:
+            raise ResourceError(
+                f"{e}; training stopped at step {step}, the last complete checkpoint is "
+                f"{last_path or 'none'} (resume from it once the folder can take more)"
+            ) from None
         prune_generations(ckpt_dir, t.keep_last)
         return path
 
