@@ -215,3 +215,50 @@ def test_an_empty_noise_is_refused_not_replaced_by_the_default(tmp_path, command
     extra = ["--steps", "1", "--out", tmp_path / "r"] if command == "train" else ["--baselines", "median"]
     code, _, err = dae(command, "--noise", "", *extra)
     assert code == 2 and err.startswith("dae: empty noise spec") and not (tmp_path / "r").exists()
+
+
+def _tiny_checkpoint(tmp_path):
+    from dae.checkpoint import save_checkpoint
+    from dae.models import create_model
+
+    return save_checkpoint(create_model("strided"), tmp_path / "ck" / "m.safetensors")
+
+
+def test_sigterm_while_denoising_unwinds_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from PIL import Image
+
+    from dae.cli import main
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    img = tmp_path / "in.png"
+    Image.new("L", (40, 30), 9).save(img)
+    real_save = Image.Image.save
+
+    def killed_mid_write(self, fp, *args, **kwargs):
+        fp.write(b"\x89PNG half")  # part of the file is on disk when the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", killed_mid_write)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["denoise", str(img), "--checkpoint", str(ckpt), "-o", str(tmp_path / "out")]) == 143
+    assert capsys.readouterr().err.strip() == "dae: terminated (SIGTERM)"
+    assert list((tmp_path / "out").iterdir()) == []  # was a .in.png.*.tmp of the half-written file
+    assert signal.getsignal(signal.SIGTERM) is before  # main gives the handler back
+
+
+@pytest.mark.parametrize("which", ["input", "output", "checkpoint"])
+def test_an_empty_path_on_the_command_line_is_a_usage_error(tmp_path, which):
+    from PIL import Image
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    Image.new("L", (40, 30), 9).save(tmp_path / "in.png")
+    args = {"input": "in.png", "output": "out", "checkpoint": str(ckpt), which: ""}
+    code, _, err = dae(
+        "denoise", args["input"], "--checkpoint", args["checkpoint"], "-o", args["output"], cwd=tmp_path
+    )
+    assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "in.png"]

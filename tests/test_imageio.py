@@ -304,3 +304,43 @@ def test_write_clamps_and_accepts_a_batch_of_one(tmp_path: Path) -> None:
     x = torch.tensor([[[-0.5, 0.5, 1.5]]])
     write_image(tmp_path / "c.png", x[None])
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c.png")), [[0, 128, 255]])
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_a_file_of_several_frames_is_refused_not_cut_to_its_first(tmp_path: Path, ext: str) -> None:
+    frames = [Image.fromarray(rng_array((H, W), seed=s)) for s in range(3)]
+    src = tmp_path / f"anim{ext}"
+    frames[0].save(src, save_all=True, append_images=frames[1:])  # an APNG, a multi-page TIFF
+    with Image.open(src) as im:
+        assert im.n_frames == 3
+    with pytest.raises(DataError, match=rf"anim\{ext}: holds 3 frames"):
+        read_image(src)  # was frame 0 alone, written back as if it were the file
+
+
+def test_32bit_integers_beyond_16_bits_are_refused_not_clipped(tmp_path: Path) -> None:
+    src = tmp_path / "i32.tif"
+    Image.fromarray(np.arange(H * W, dtype=np.int32).reshape(H, W) * 1000).save(src)
+    with pytest.raises(DataError, match=r"i32\.tif: 32-bit integer samples from 0 to \d+ do not fit 16 bits"):
+        read_image(src)  # was clipped at 65535 without a word
+    Image.fromarray(np.full((H, W), -1, dtype=np.int32)).save(src)
+    with pytest.raises(DataError, match="from -1 to -1"):
+        read_image(src)
+
+
+def test_a_bomb_past_pillows_own_limit_gets_our_message(tmp_path: Path) -> None:
+    bomb = png_claiming_size(tmp_path / "bomb.png", 14000, 14000)  # 196 MP: Pillow refuses before we look
+    with pytest.raises(DataError) as e:
+        read_image(bomb)
+    message = str(e.value)
+    assert "196000000 pixels exceed the limit of 100000000" in message and "--max-pixels" in message
+    assert "DOS attack" not in message  # Pillow's wording, and its limit, were quoted
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".tif", ".bmp"])
+def test_resolution_is_written_back(tmp_path: Path, ext: str) -> None:
+    src = tmp_path / f"scan{ext}"
+    Image.fromarray(rng_array((H, W))).save(src, dpi=(300, 300))
+    x, info = read_image(src)
+    out = write_image(tmp_path / f"back{ext}", x, info)
+    with Image.open(out) as im:
+        assert tuple(round(float(v)) for v in im.info["dpi"]) == (300, 300)  # was dropped

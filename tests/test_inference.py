@@ -280,7 +280,7 @@ def test_existing_output_kept_without_force_and_replaced_with_it(tmp_path: Path)
     report = denoise_files([src], TinyConv(), out)
     assert (out / "a.png").read_bytes() == b"keep me"
     assert [p.name for p in report.written] == ["b.png"]
-    assert len(report.failed) == 1 and "exists" in report.failed[0][1] and "--force" in report.failed[0][1]
+    assert report.ok and report.kept == [out / "a.png"]
 
     report = denoise_files([src], TinyConv(), out, force=True)
     assert report.ok and len(report.written) == 2
@@ -552,3 +552,42 @@ def test_images_in_other_formats_and_dangling_links_in_a_folder_are_named(tmp_pa
     report = denoise_files([src], TinyConv(), tmp_path / "out")
     assert report.ok and report.written == [tmp_path / "out" / "a.png"]
     assert report.skipped == [src / "b.webp", src / "c.gif", src / "gone.png"]
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path: Path, monkeypatch, where) -> None:
+    save(tmp_path / "a.png", u8((10, 12)))
+    monkeypatch.chdir(tmp_path)
+    inputs, out = ([""], tmp_path / "out") if where == "input" else ([tmp_path / "a.png"], "")
+    with pytest.raises(UsageError, match="empty"):
+        denoise_files(inputs, TinyConv(), out)  # was: everything under the working folder, or written into it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_rerun_keeps_the_outputs_it_finds_and_does_the_rest(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(3):
+        save(src / f"{i}.png", u8((10, 12), seed=i))
+    out = tmp_path / "out"
+    first = denoise_files([src / "0.png", src / "1.png"], TinyConv(), out)
+    assert len(first.written) == 2
+    (out / "0.png").write_bytes(b"keep me")
+    # As after an interrupted run: outputs already there are kept, not failures (was exit 7, one line each).
+    again = denoise_files([src], TinyConv(), out)
+    assert again.ok and [p.name for p in again.written] == ["2.png"]
+    assert sorted(p.name for p in again.kept) == ["0.png", "1.png"] and again.total == 3
+    assert (out / "0.png").read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"tile": 100.5}, "tile must be a whole number"),
+        ({"overlap": 10.5}, "overlap must be a whole number"),
+        ({"tile": 0, "overlap": -7}, "overlap must be a whole number >= 0"),
+        ({"batch_size": 2.5}, "batch_size must be a whole number"),
+    ],
+)
+def test_tiling_settings_of_the_wrong_kind_are_usage_errors(kw, message) -> None:
+    with pytest.raises(UsageError, match=message):  # were TypeErrors, or accepted
+        denoise(TinyConv(), torch.rand(1, 1, 20, 20), **kw)

@@ -160,6 +160,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     weights path."""
     if not isinstance(path, str | os.PathLike):
         raise UsageError(f"a checkpoint is a path (file or run folder), got {type(path).__name__}")
+    if not os.fspath(path):  # Path("") is the current folder, whose checkpoints/ would load without a word
+        raise UsageError("the checkpoint path is empty; pass a checkpoint file or run folder")
     p = Path(path)
     if p.is_dir():
         for candidate in (p / "checkpoints" / "best.safetensors", p / "best.safetensors"):

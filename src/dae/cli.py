@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from dae.errors import DaeError, Interrupted, PartialFailure, ResourceError, UsageError
+from dae.errors import DaeError, Interrupted, PartialFailure, ResourceError, Terminated, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,9 +155,9 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     report = denoise_files(
-        [Path(p) for p in args.inputs],
+        args.inputs,  # as typed: Path("") would already be the current folder
         args.checkpoint,
-        Path(args.output),
+        args.output,
         add_noise=args.add_noise,
         seed=args.seed,
         force=args.force,
@@ -168,6 +170,7 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
         print(f"dae: {line}", file=sys.stderr)
     print(
         f"wrote {len(report.written)} file(s) to {args.output}"
+        + (f"; kept {len(report.kept)} existing output(s) (--force overwrites them)" if report.kept else "")
         + (f"; {len(report.failed)} failed" if report.failed else "")
     )
     if report.skipped:
@@ -317,8 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    d = sub.add_parser("denoise", help="denoise image files or folders")
-    d.add_argument("inputs", nargs="+", metavar="INPUT")
+    d = sub.add_parser(
+        "denoise",
+        help="denoise image files or folders",
+        description="Denoise image files, and folders searched recursively for .png, .jpg, .jpeg, .tif, .tiff "
+        "and .bmp files (other images are listed as skipped). Outputs keep each file's name, relative folder, "
+        "format and bit depth. Outputs already there are kept (--force overwrites them), so a rerun finishes "
+        "an interrupted folder; for one file given alone, an existing output is an error.",
+    )
+    d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     d.add_argument(
         "--checkpoint",
         required=True,
@@ -334,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="overwrite existing outputs")
     d.add_argument("--device", help="cpu, cuda or mps (default: the model's)")
     d.add_argument("--tile", type=int, help="tile size (default: automatic above 512x512; 0 never tiles)")
-    d.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    d.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
     d.add_argument(
         "--max-pixels",
         type=int,
@@ -433,7 +443,21 @@ def _report(e: DaeError) -> None:
         print(f"dae (process {rank}): {e}", file=sys.stderr)
 
 
+def _terminated(signum, frame):
+    raise Terminated  # see dae.errors.Terminated; training installs its own handler, which saves a checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     _log_to_stderr()
     parser = build_parser()
     try:
@@ -456,5 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dae: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("dae: terminated (SIGTERM)", file=sys.stderr)
+        return Terminated.exit_code
     except BrokenPipeError:
         return 0

@@ -57,3 +57,14 @@ class Interrupted(DaeError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+
+
+class Terminated(BaseException):
+    """SIGTERM that stops at once: the `dae` command's handler outside training, or a second SIGTERM during it.
+
+    It unwinds as Ctrl-C's KeyboardInterrupt does (temp files removed, nothing half-written) and, like it, is
+    a BaseException, so that no `except DaeError` or `except Exception` on the way (a file that failed, a figure
+    left out) takes it for a failure of its own. The CLI reports it in one line with exit code 143.
+    """
+
+    exit_code = 143

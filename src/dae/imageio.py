@@ -3,8 +3,10 @@
 Rules (what a file becomes, and what is written back):
   - Grayscale (1, L, I;16*, I, F) -> 1 channel; everything else -> 3 channels (RGB). Palette images become
     L when every palette entry is gray, RGB otherwise; CMYK, YCbCr, LAB and HSV are converted to RGB.
-  - 8-bit samples are scaled by 1/255, 16-bit (I;16, I;16B, 16-bit PNG/TIFF, mode I) by 1/65535. Mode F is
-    taken as [0, 1] when its maximum is <= 1, otherwise as [0, 255]; values are clipped to [0, 1].
+  - 8-bit samples are scaled by 1/255, 16-bit (I;16, I;16B, 16-bit PNG/TIFF, mode I) by 1/65535; a mode I
+    (32-bit integer) file with samples outside 0..65535 is refused rather than clipped. Mode F is taken as
+    [0, 1] when its maximum is <= 1, otherwise as [0, 255]; values are clipped to [0, 1].
+  - One image per file: an animation or a multi-page TIFF is refused, not cut to its first frame.
   - Alpha is KEPT but never denoised: it is split off into `ImageInfo.alpha` (the original bytes) and
     re-attached unchanged by `write_image` when the output format holds alpha (PNG, TIFF); JPEG and BMP
     drop it.
@@ -13,7 +15,7 @@ Rules (what a file becomes, and what is written back):
     PNG/TIFF as 8 bits per channel, so colour output is always 8-bit. JPEG is written with quality 95.
   - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
     displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
-    its colour space (CMYK, LAB, YCbCr and HSV are read as RGB).
+    its colour space (CMYK, LAB, YCbCr and HSV are read as RGB), and so is the resolution (dpi).
   - Hostile files are refused before memory is spent on them: the pixel count in the header is checked
     against `max_pixels` before decoding (which overrides Pillow's own limit), truncated files are errors (never
     silently padded), and anything Pillow cannot identify or decode is a DataError naming the file and the
@@ -23,6 +25,7 @@ Rules (what a file becomes, and what is written back):
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -61,6 +64,7 @@ class ImageInfo:
     scale: float = 1.0  # a float file's full scale: [0, 1] is 1.0, [0, 255] is 255.0
     alpha: np.ndarray | None = None  # (H, W) uint8, the original alpha channel, re-attached on write
     icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None  # the file's resolution, written back where the format keeps one
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Tensor, ImageInfo]:
@@ -102,20 +106,36 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
                         "(possible decompression bomb); if the file is trusted, raise the limit "
                         "(dae denoise --max-pixels, or max_pixels=)"
                     )
+                frames = getattr(im, "n_frames", 1)
+                # Frame 0 alone would come back as the whole file, the rest lost without a word. A camera's
+                # JPEG (MPO) carries previews or a depth map after its one picture: that is read as before.
+                if frames > 1 and im.format != "MPO":
+                    raise DataError(
+                        f"{path}: holds {frames} frames (an animation or a multi-page file); dae denoises "
+                        "single images: save the frame you want as a file of its own"
+                    )
                 fmt = im.format
                 src_mode = im.mode
+                dpi = _dpi(im.info.get("dpi"))
                 # The profile describes the file's colour space; pixels converted out of it (CMYK, LAB,
                 # YCbCr, HSV to RGB) would be mis-rendered under it.
                 icc = im.info.get("icc_profile") if src_mode not in _CONVERTED_MODES else None
                 im.load()  # decode now so truncation surfaces here, as OSError
                 im = ImageOps.exif_transpose(im)
-                x, bit_depth, alpha, scale = _to_array(im)
+                x, bit_depth, alpha, scale = _to_array(im, path)
     except DataError:
         raise
     except (PermissionError, IsADirectoryError) as e:
         raise ResourceError(f"{path}: cannot read ({e.strerror or e})") from None
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: refused as a possible decompression bomb ({e})") from None
+        # Pillow's hard limit (twice its own, lifted only when max_pixels asks for more) fires before our check
+        # can; either way the image is over max_pixels, so say it as our check does.
+        size = re.search(r"\((\d+) pixels\)", str(e))
+        raise DataError(
+            f"{path}: {size[1] if size else 'its'} pixels exceed the limit of {max_pixels} (possible "
+            "decompression bomb); if the file is trusted, raise the limit (dae denoise --max-pixels, or "
+            "max_pixels=)"
+        ) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can identify (other format or damaged)") from None
     except MemoryError:
@@ -134,11 +154,21 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
         scale=scale,
         alpha=alpha,
         icc_profile=icc or None,
+        dpi=dpi,
     )
     return torch.from_numpy(x), info
 
 
-def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None, float]:
+def _dpi(value: object) -> tuple[float, float] | None:
+    """Pillow's dpi entry as two positive numbers, or None (absent, zero or malformed)."""
+    try:
+        x, y = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if x > 0 and y > 0 else None
+
+
+def _to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, np.ndarray | None, float]:
     """Decoded Pillow image -> ((C, H, W) float32 in [0, 1], bit depth, (H, W) uint8 alpha or None, scale)."""
     mode = im.mode
     if mode == "P":
@@ -159,8 +189,13 @@ def _to_array(im: Image.Image) -> tuple[np.ndarray, int, np.ndarray | None, floa
         im, mode = im.convert("RGB"), "RGB"
 
     if mode in _GRAY_16:
-        a = np.asarray(im).astype(np.float32)
-        return (np.clip(a, 0, 65535) / 65535.0)[None], 16, None, 1.0
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):  # mode I is 32-bit: clipping would flatten the rest
+            raise DataError(
+                f"{path}: 32-bit integer samples from {a.min()} to {a.max()} do not fit 16 bits; dae reads "
+                "integer images of up to 16 bits: convert it to 16-bit or floating point"
+            )
+        return (a.astype(np.float32) / 65535.0)[None], 16, None, 1.0
     if mode == "F":
         a = np.asarray(im).astype(np.float32)
         a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
@@ -205,6 +240,8 @@ def write_image(
         params["quality"] = quality
     if info.icc_profile and fmt in ("PNG", "JPEG", "TIFF"):
         params["icc_profile"] = info.icc_profile
+    if info.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+        params["dpi"] = info.dpi  # a scan's 300 dpi would otherwise print at the viewer's default size
     if not overwrite and path.exists():
         raise ResourceError(f"{path}: output exists; pass --force to overwrite")
 

@@ -9,6 +9,7 @@ Channel rule, when the image and the model disagree:
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import zlib
@@ -89,8 +90,10 @@ def denoise(
         raise UsageError(f"denoise expects a (N, C, H, W) or (C, H, W) tensor, got {shape}")
     if not images.is_floating_point():
         raise UsageError(f"denoise expects float images in [0, 1], got {images.dtype}; divide by 255 first")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    _check_whole(batch_size, "batch_size", 1)
+    if tile is not None:  # the overlap's bound is checked when an image is tiled; its type now
+        _check_whole(tile, "tile", 0, " (0 = never tile)")
+    _check_whole(overlap, "overlap", 0)
     # Not a [0, 1] check: unclipped noise (gaussian:0.3,clip=false) leaves noisy images outside it, rightly.
     if images.numel() and not torch.isfinite(images).all():
         raise UsageError("denoise: images hold NaN or infinite values")
@@ -171,12 +174,18 @@ def denoise_tiled(
     return denoise(model, image, tile=tile, overlap=overlap, device=device)
 
 
+def _check_whole(value: Any, name: str, least: int, note: str = "") -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+        raise UsageError(f"{name} must be a whole number >= {least}{note}, got {value!r}")
+
+
 def _check_tiling(tile: int | None, overlap: int) -> None:
     """Refuse a tile size (None: automatic) or overlap that no image could use."""
-    if tile is not None and tile < 0:
-        raise UsageError(f"tile must be >= 0 (0 = never tile), got {tile}")
+    if tile is not None:
+        _check_whole(tile, "tile", 0, " (0 = never tile)")
+    _check_whole(overlap, "overlap", 0)
     size = DEFAULT_TILE if tile is None else tile
-    if size and (overlap < 0 or 2 * overlap > size):
+    if size and 2 * overlap > size:
         raise UsageError(f"overlap must be >= 0 and at most half the tile ({size}), got {overlap}")
 
 
@@ -270,6 +279,9 @@ class DenoiseReport:
     noisy: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # images in folders in formats dae does not write
+    kept: list[Path] = field(
+        default_factory=list
+    )  # outputs already there (a rerun), left alone without force
 
     @property
     def ok(self) -> bool:
@@ -277,7 +289,7 @@ class DenoiseReport:
 
     @property
     def total(self) -> int:
-        return len(self.written) + len(self.failed)
+        return len(self.written) + len(self.failed) + len(self.kept)
 
     def error_lines(self) -> list[str]:
         """One line per failed file, each naming the file."""
@@ -320,15 +332,17 @@ def denoise_files(
 
     Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files and
     anything already under out_dir are skipped; images in other formats such as .webp and links to nothing
-    are listed in `report.skipped`) and keep their relative layout under out_dir. Each output
-    is `<stem><suffix><ext>`, written atomically; an existing output is kept unless force=True, and an
-    output that would be an input is a UsageError before anything runs. With add_noise (a noise spec such
-    as "gaussian:0.1") each image is first corrupted with a generator seeded from `seed` and its relative
-    name, and with save_noisy the noisy image is saved beside the output as `<stem><suffix>.noisy<ext>`
-    (`<stem><suffix>.noisy.jpg.png` for a JPEG, whose compression would remove part of the noise).
-    `max_pixels` (None: no limit) refuses larger images before decoding them. A run on one explicit file
-    raises its error; otherwise bad files are listed in `report.failed`, one line each, and the rest are
-    written: call `report.raise_if_failed()` to turn that into PartialFailure.
+    are listed in `report.skipped`) and keep their relative layout under out_dir. Each output is
+    `<stem><suffix><ext>`, written atomically. An existing output is kept unless force=True: listed in
+    `report.kept` when the run has several inputs (so a rerun after an interrupt does the rest), an error for
+    one explicit file. An output that would be an input is a UsageError before anything runs.
+
+    With add_noise (a noise spec such as "gaussian:0.1") each image is first corrupted with a generator seeded
+    from `seed` and its relative name, and with save_noisy the noisy image is saved beside the output as
+    `<stem><suffix>.noisy<ext>` (`<stem><suffix>.noisy.jpg.png` for a JPEG, whose compression would remove
+    part of the noise). `max_pixels` (None: no limit) refuses larger images before decoding them. A run on one
+    explicit file raises its error; otherwise bad files are listed in `report.failed`, one line each, and the
+    rest are written: call `report.raise_if_failed()` to turn that into PartialFailure.
 
     Example:
         >>> report = denoise_files(["photos/"], "runs/unet/best.safetensors", "clean/")
@@ -338,6 +352,11 @@ def denoise_files(
         inputs = [inputs]
     if not inputs:
         raise UsageError("no inputs given; pass image files or folders")
+    # Path("") is the current folder: an unset shell variable would denoise everything under it.
+    if any(not os.fspath(p) for p in inputs):
+        raise UsageError("an input path is empty; pass image files or folders")
+    if not os.fspath(out_dir):
+        raise UsageError("the output folder is empty; pass a folder to write to")
     out_root = output_folder(out_dir)
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
@@ -363,6 +382,9 @@ def denoise_files(
 
         iterator = tqdm(jobs, unit="img", file=sys.stderr)
     for job in iterator:
+        if not force and not single and job.out.exists():
+            report.kept.append(job.out)
+            continue
         try:
             _run_job(job, model, noise, seed, force, device, tile, overlap, max_pixels, report)
         except (DaeError, OSError) as e:
@@ -470,9 +492,7 @@ def _plan(
                 continue
             resolved = target.resolve()
             if resolved in sources or (target.exists() and _file_id(target) in source_ids):
-                raise UsageError(
-                    f"{target}: output would overwrite an input; choose another output folder or a suffix"
-                )
+                raise UsageError(f"{target}: output would overwrite an input; choose another output folder")
             if resolved in claimed:
                 raise UsageError(f"{claimed[resolved]} and {src} would both be written to {target}")
             claimed[resolved] = src

@@ -25,7 +25,7 @@ from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.config import Config, build_config, load_config_file, merge, save_config
 from dae.distributed import ALONE, World, join
-from dae.errors import CheckpointError, Interrupted, ResourceError, TrainingError, UsageError
+from dae.errors import CheckpointError, Interrupted, ResourceError, Terminated, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
@@ -266,8 +266,7 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:  # a second signal means "now", and keeps its own exit status (130 or 143)
-            name = signal.Signals(signum).name
-            raise Interrupted(f"{name} again: stopped at once, without saving the step in progress", signum)
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
         self.signum = signum
 
     def __exit__(self, *exc):
