@@ -582,3 +582,28 @@ def test_a_second_signal_stops_at_once_as_that_signal(signum, stops):
             assert stop.signum == signum  # the first one only asks the loop to stop after its step
             os.kill(os.getpid(), signum)
     # A second SIGTERM was a KeyboardInterrupt, so `dae train` said "interrupted" and exited 130, not 143.
+
+
+def test_a_refused_resume_creates_no_run_folder(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, "typo", steps=2)
+    with pytest.raises(ResourceError, match="no checkpoint to resume from"):
+        train(cfg, resume=True, progress=False)
+    assert not (tmp_path / "typo").exists()  # was a folder holding .lock
+
+
+def test_a_first_checkpoint_that_cannot_be_written_leaves_nothing_behind(tmp_path, data_dir, monkeypatch):
+    import dae.checkpoint
+
+    real = dae.checkpoint.atomic_write_bytes
+
+    def weights_do_not_fit(path, data):
+        if str(path).endswith(".safetensors"):
+            raise OSError(28, "No space left on device")
+        real(path, data)  # the state file, written first, fits
+
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", weights_do_not_fit)
+    with pytest.raises(ResourceError, match=r"no checkpoint was completed \(start the run again"):
+        train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False)
+    assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # was an orphan step-2.state.pt
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
+    assert train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False).step == 4

@@ -110,9 +110,11 @@ def save_checkpoint(
     }
     try:
         return _write_generation(tensors, record, train_state, weights_path, state_path, record_path)
-    except (
-        OSError
-    ) as e:  # a full disk or a read-only folder: the temp files are gone, the old generation stays
+    except OSError as e:
+        # A full disk or a read-only folder: the temp files are gone and the old generation stays. A state file
+        # written first is of no use without the rest, and only takes up room.
+        if train_state is not None and not record_path.exists():
+            state_path.unlink(missing_ok=True)
         raise ResourceError(f"cannot write checkpoint {weights_path}: {e.strerror or e}") from None
 
 

@@ -279,9 +279,7 @@ class DenoiseReport:
     noisy: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # images in folders in formats dae does not write
-    kept: list[Path] = field(
-        default_factory=list
-    )  # outputs already there (a rerun), left alone without force
+    kept: list[Path] = field(default_factory=list)  # outputs already there, left alone without force
 
     @property
     def ok(self) -> bool:
@@ -345,7 +343,7 @@ def denoise_files(
     rest are written: call `report.raise_if_failed()` to turn that into PartialFailure.
 
     Example:
-        >>> report = denoise_files(["photos/"], "runs/unet/best.safetensors", "clean/")
+        >>> report = denoise_files(["photos/"], "runs/unet", "clean/")  # a run folder or a .safetensors file
         >>> report.raise_if_failed()
     """
     if isinstance(inputs, (str, os.PathLike)):

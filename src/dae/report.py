@@ -347,7 +347,8 @@ def write_report(
     `images` replaces the run's test images (default: the first `n_images` of its dataset's test split).
 
     Example:
-        >>> dae.report.write_report("runs/demo")
+        >>> from dae.report import write_report
+        >>> write_report("runs/demo")
         PosixPath('runs/demo/report.html')
     """
     from dae import __version__, plots

@@ -561,13 +561,6 @@ def _train(
     if t.channels_last:
         val_noisy = val_noisy.contiguous(memory_format=torch.channels_last)
 
-    if world.main:  # before the run's first write; the others write nothing
-        held.enter_context(_run_lock(run_dir))
-        _refuse_a_fresh_start_over_checkpoints(
-            run_dir, resume
-        )  # again: another run may have finished meanwhile
-        if not resume:
-            (run_dir / "metrics.csv").unlink(missing_ok=True)  # left by a start that never saved a checkpoint
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", in_channels)
     ck = latest_good_generation(ckpt_dir) if resume else None
@@ -609,6 +602,15 @@ def _train(
         t.steps if t.steps is not None else math.inf,
         t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
     )
+    # The run folder's first write comes next: whatever could refuse the run has done so, and created nothing.
+    # The other processes write nothing.
+    if world.main:
+        held.enter_context(_run_lock(run_dir))
+        # Again, under the lock: another run may have finished meanwhile.
+        _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
+        if not resume:
+            # A metrics log left by a start that never saved a checkpoint.
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
     step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
     if ck is not None:
         try:
@@ -684,9 +686,13 @@ def _train(
             if is_best:
                 save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
         except ResourceError as e:
+            then = (
+                f"the last complete checkpoint is {last_path} (resume from it"
+                if last_path
+                else "no checkpoint was completed (start the run again"
+            )
             raise ResourceError(
-                f"{e}; training stopped at step {step}, the last complete checkpoint is "
-                f"{last_path or 'none'} (resume from it once the folder can take more)"
+                f"{e}; stopped at step {step}; {then} once the folder can take more)"
             ) from None
         prune_generations(ckpt_dir, t.keep_last)
         return path
