@@ -358,3 +358,29 @@ def test_a_json_that_belongs_to_no_checkpoint_is_named(tmp_path):
         load_model(tmp_path / "results.json")  # was "checkpoint .../results.safetensors does not exist"
     with pytest.raises(ResourceError, match="does not exist"):
         load_model(tmp_path / "missing.json")
+
+
+def test_a_record_asking_for_a_huge_model_is_refused_before_memory_is_spent(tmp_path, monkeypatch):
+    import dae.models
+
+    torch.manual_seed(0)
+    model = create_model("strided")
+    model.dae_kwargs = {**model.dae_kwargs, "channels": [30000, 30000]}  # an edited record: ~90 GB of weights
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    real = dae.models.create_model
+    built = []
+
+    def spy(name, **kwargs):
+        m = real(name, **kwargs)
+        built.append(next(m.parameters()).device.type)
+        return m
+
+    monkeypatch.setattr(dae.models, "create_model", spy)
+    with pytest.raises(
+        CheckpointError, match=r"weights do not fit model 'strided' \(tensor .* is \[16, 1, 5, 5\]"
+    ):
+        load_model(path)
+    assert built == ["meta"]  # the layout was compared on the meta device; nothing was allocated for it
+    monkeypatch.setattr(dae.models, "create_model", real)
+    model.dae_kwargs = {**model.dae_kwargs, "channels": [16, 32]}
+    assert load_model(save_checkpoint(model, tmp_path / "ok.safetensors")).dae_kwargs["channels"] == [16, 32]

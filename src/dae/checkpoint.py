@@ -359,20 +359,26 @@ def _rebuild(path: Path, name: str, kwargs: dict[str, Any], tensors: dict[str, t
     candidates = [kwargs]
     if not set(resolved_kwargs(builder, {})) <= set(kwargs):
         candidates += [{**old, **kwargs} for old in getattr(builder, "previous_defaults", ())]
+    saved = {key: tuple(t.shape) for key, t in tensors.items()}
     misfit = None
     for i, candidate in enumerate(candidates):
         try:
-            model = create_model(name, **candidate)
+            # Shapes first, on the meta device: no memory is spent on a layout the weights do not fit, however
+            # large an edited record's kwargs make it (channels of 30000 would ask for tens of gigabytes).
+            with torch.device("meta"):
+                layout = {
+                    key: tuple(t.shape) for key, t in create_model(name, **candidate).state_dict().items()
+                }
         except Exception as e:  # a foreign or edited record: the kwargs do not build
             if i == 0:
                 raise CheckpointError(f"{path}: cannot build model {name!r} from {kwargs} ({e})") from None
             continue  # an earlier release's layout that these kwargs cannot take
-        try:
-            expected = model.state_dict()
-            model.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            misfit = misfit or str(e).splitlines()[0]
+        if layout != saved:
+            misfit = misfit or _layout_difference(layout, saved)
             continue
+        model = create_model(name, **candidate)
+        expected = model.state_dict()
+        model.load_state_dict(tensors, strict=True)
         for key, t in tensors.items():
             # load_state_dict casts integers into float parameters and copies NaN without a word.
             if t.is_floating_point() != expected[key].is_floating_point():
@@ -384,6 +390,17 @@ def _rebuild(path: Path, name: str, kwargs: dict[str, Any], tensors: dict[str, t
         return model
     tried = f"; also tried {len(candidates) - 1} earlier default layout(s)" if len(candidates) > 1 else ""
     raise CheckpointError(f"{path}: weights do not fit model {name!r} ({misfit}{tried})")
+
+
+def _layout_difference(model: dict[str, tuple[int, ...]], saved: dict[str, tuple[int, ...]]) -> str:
+    """The first way the saved tensors differ from the model's, in words."""
+    missing, extra = sorted(set(model) - set(saved)), sorted(set(saved) - set(model))
+    if missing:
+        return f"no tensor {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    if extra:
+        return f"unexpected tensor {extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+    key = next(k for k in model if model[k] != saved[k])
+    return f"tensor {key} is {list(saved[key])}, the model's is {list(model[key])}"
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
