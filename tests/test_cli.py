@@ -262,3 +262,18 @@ def test_an_empty_path_on_the_command_line_is_a_usage_error(tmp_path, which):
     )
     assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "in.png"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["denoise", "a.png", "--checkpoint", "ck", "-o", "-x"], "is written --output=VALUE"),  # -o/--output
+        (["train", "--out"], None),  # a missing value: nothing starts with '-'
+    ],
+)
+def test_the_dash_hint_names_the_long_option_and_only_when_it_applies(argv, hint, capsys):
+    from dae.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (hint in err) if hint else "starts with '-'" not in err

@@ -355,3 +355,25 @@ def test_the_main_process_names_an_unnamed_run_for_all(tmp_path, data_dir):
     results = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert results[0] == results[1] and results[0]["run"] == "runs/fc-second-0"
     assert (tmp_path / results[1]["best"]).exists()
+
+
+def test_a_run_folder_in_use_refuses_every_process(tmp_path, data_dir):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as holder:  # another training holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        done = torchrun(
+            "-m", "dae", "train", "--data-dir", str(data_dir), "--model", "strided", "--steps", "2",
+            "--data.limit", "256", "--data.val_size", "32", "--quiet", "--out", str(out),
+        )  # fmt: skip
+    assert done.returncode != 0
+    # Only the first process takes the lock; the other was left to wait in the first step's all-reduce and
+    # stopped as "another process failed". Now each says so in its own line.
+    assert "dae: run directory" in done.stderr and "in use by another training (process 4242)" in done.stderr
+    assert "dae (process 1): the first process could not take run directory" in done.stderr
+    assert not re.search(r'File ".*/dae/', done.stderr)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

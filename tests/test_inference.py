@@ -591,3 +591,15 @@ def test_a_rerun_keeps_the_outputs_it_finds_and_does_the_rest(tmp_path: Path) ->
 def test_tiling_settings_of_the_wrong_kind_are_usage_errors(kw, message) -> None:
     with pytest.raises(UsageError, match=message):  # were TypeErrors, or accepted
         denoise(TinyConv(), torch.rand(1, 1, 20, 20), **kw)
+
+
+def test_a_rerun_finishes_a_file_whose_noisy_copy_was_written_before_the_stop(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(2):
+        save(src / f"{i}.png", u8((10, 12), seed=i))
+    out = tmp_path / "out"
+    denoise_files([src], TinyConv(), out, add_noise="gaussian:0.2")
+    (out / "1.png").unlink()  # stopped between the noisy copy and the output
+    again = denoise_files([src], TinyConv(), out, add_noise="gaussian:0.2")
+    assert again.ok and [p.name for p in again.written] == ["1.png"]  # was "1.noisy.png exists", exit 7
+    assert [p.name for p in again.kept] == ["0.png"]

@@ -288,7 +288,14 @@ def test_denoise_grid_refuses_images_unlike_the_clean_ones(tmp_path, noisy, deno
 
 
 @pytest.mark.parametrize(
-    ("name", "magic"), [("f.jpg", b"\xff\xd8\xff"), ("f.SVG", b"<?xml"), ("f.pdf", b"%PDF")]
+    ("name", "magic"),
+    [
+        ("f.jpg", b"\xff\xd8\xff"),
+        ("f.SVG", b"<?xml"),
+        ("f.pdf", b"%PDF"),
+        ("psnr_0.5", b"\x89PNG"),
+        ("f", b"\x89PNG"),
+    ],
 )
 def test_figures_are_written_in_the_format_their_name_says(tmp_path, name, magic):
     x = digits(2)
@@ -521,3 +528,11 @@ def test_error_map_titles_wrap_to_their_column(tmp_path, monkeypatch):
     titles = [ax.get_title() for ax in figures[0].axes if ax.get_title() not in ("", "clean")]
     assert [t.replace("\n", " ") for t in titles] == names  # the whole label, in lines that fit a column
     assert max(len(line) for t in titles for line in t.splitlines()) <= 16
+
+
+def test_a_poisson_runs_report_shows_photon_peaks_not_near_pure_noise():
+    from dae.report import _noise_specs
+
+    assert [level for _, level in _noise_specs("poisson:30", None)] == [5, 20, 50]
+    assert [level for _, level in _noise_specs("gaussian:0.5", None)] == [0.3, 0.5, 0.7, 0.9]
+    assert [spec for spec, _ in _noise_specs("block:third", None)][0] == "gaussian:0.3"  # no level of its own

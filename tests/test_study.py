@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from dae.errors import PartialFailure
 from dae.study import (
     WHITE,
     StudySettings,
@@ -308,3 +309,28 @@ def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path,
             tmp_path / "b", settings, ["loss"], str(tmp_path / "nowhere"), log=lambda *a, **k: None
         )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_model_whose_training_failed_is_trained_afresh_not_resumed(tmp_path, data_dir, monkeypatch):
+    import dae.train
+    from dae.errors import TrainingError
+
+    real_train = dae.train.train
+
+    def diverged_after_a_checkpoint(cfg, **kwargs):
+        real_train({**cfg, "train": {**cfg["train"], "time_budget": None, "steps": 2}}, **kwargs)
+        raise TrainingError("loss became nan at step 3")
+
+    settings = StudySettings(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
+    monkeypatch.setattr(dae.train, "train", diverged_after_a_checkpoint)
+    with pytest.raises(PartialFailure, match="2 model"):
+        run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    resumes = []
+
+    def recording(cfg, **kwargs):
+        resumes.append(kwargs.get("resume"))
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(dae.train, "train", recording)
+    run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
+    assert resumes == [False, False]  # the diverged run's checkpoint was not continued

@@ -607,3 +607,52 @@ def test_a_first_checkpoint_that_cannot_be_written_leaves_nothing_behind(tmp_pat
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # was an orphan step-2.state.pt
     monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
     assert train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False).step == 4
+
+
+def test_a_resume_past_a_damaged_generation_keeps_the_good_ones(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=4, val_every=2, keep_last=2)
+    first = train(cfg, progress=False)
+    newest = first.run_dir / "checkpoints" / "step-00000004.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-50])
+    # Resumed from step 2; the damaged step 4 counted among the newest kept, and pruned the good step 3 away.
+    cfg["train"].update(steps=3, val_every=3, keep_last=1)
+    resumed = train(cfg, resume=True, progress=False)
+    assert resumed.last_checkpoint.exists()
+    names = sorted(p.name for p in (first.run_dir / "checkpoints").glob("step-*.json"))
+    assert names == ["step-00000003.json"]
+    cfg["train"]["steps"] = 5
+    assert train(cfg, resume=True, progress=False).step == 5
+
+
+def test_a_resume_reads_no_checkpoint_while_another_training_holds_the_folder(
+    tmp_path, data_dir, monkeypatch
+):
+    import fcntl
+
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    train(cfg, progress=False)
+    reads = []
+    real = train_module.latest_good_generation
+    monkeypatch.setattr(train_module, "latest_good_generation", lambda d: reads.append(d) or real(d))
+    with open(tmp_path / "run" / ".lock", "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        cfg["train"]["steps"] = 4
+        with pytest.raises(ResourceError, match="in use by another training"):
+            train(cfg, resume=True, progress=False)
+    # It could be writing or pruning them: a read then could report generations damaged that are not.
+    assert reads == []
+
+
+def test_a_best_checkpoint_that_cannot_be_written_names_the_complete_step(tmp_path, data_dir, monkeypatch):
+    import dae.checkpoint
+
+    real = dae.checkpoint.atomic_write_bytes
+
+    def best_does_not_fit(path, data):
+        if path.name.startswith("best"):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", best_does_not_fit)
+    with pytest.raises(ResourceError, match=r"stopped at step 2; .*step-00000002\.safetensors is complete"):
+        train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False)

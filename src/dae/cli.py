@@ -19,11 +19,19 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 2, one line) instead of printing usage and exiting."""
 
     def error(self, message: str):
-        option = re.fullmatch(r"argument (-[-\w]+): expected one argument", message)
-        if option:
+        option = re.fullmatch(r"argument ([-\w/]+): expected one argument", message)
+        if option and _value_like_an_option(option[1].split("/")):
             # argparse reads `--budget -5s` as two options, so the real complaint (a negative value) never shows
-            message += f"; a value that starts with '-' is written {option[1]}=VALUE"
+            message += f"; a value that starts with '-' is written {option[1].split('/')[-1]}=VALUE"
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+_ARGV: list[str] = []  # the arguments main() is parsing, for _Parser.error's hint
+
+
+def _value_like_an_option(names: list[str]) -> bool:
+    """Whether one of the option `names` is followed on the command line by a token that starts with '-'."""
+    return any(a in names and b.startswith("-") for a, b in zip(_ARGV, _ARGV[1:], strict=False))
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -109,7 +117,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.checkpoint import resolve_checkpoint
     from dae.evaluate import evaluate, format_table, parse_levels
 
-    levels = parse_levels(args.levels)  # None: DEFAULT_LEVELS for a noise family, a full spec as it is
+    levels = parse_levels(args.levels)  # None: the family's own sweep, a full spec as it is
     baselines = [b for b in (args.baselines or "").split(",") if b]
     keep_freed_memory()  # batch after batch of the same size: reuse the memory instead of faulting it in
     # Beside the (first) run: RUN/eval whether RUN, RUN/checkpoints or a .safetensors file was named.
@@ -325,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise image files or folders",
         description="Denoise image files, and folders searched recursively for .png, .jpg, .jpeg, .tif, .tiff "
         "and .bmp files (other images are listed as skipped). Outputs keep each file's name, relative folder, "
-        "format and bit depth. Outputs already there are kept (--force overwrites them), so a rerun finishes "
-        "an interrupted folder; for one file given alone, an existing output is an error.",
+        "format and bit depth. Outputs already there are kept, so a rerun finishes an interrupted folder; "
+        "after changing the checkpoint or --add-noise, pass --force to replace them. For one file given alone, "
+        "an existing output is an error.",
     )
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     d.add_argument(
@@ -459,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     _log_to_stderr()
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)

@@ -150,9 +150,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError, yaml.YAMLError):
+    except (TypeError, ValueError, yaml.YAMLError) as e:
+        why = f" ({_parse_problem(e)})" if isinstance(e, yaml.YAMLError) else ""  # e.g. a repeated key
         raise UsageError(
-            f"config field {where}: cannot use {value!r} as {getattr(annotation, '__name__', annotation)}"
+            f"config field {where}: cannot use {value!r} as {getattr(annotation, '__name__', annotation)}{why}"
         ) from None
     return value
 

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from dae import make_callable
+from dae.data.noise import Noise
 from dae.errors import UsageError
 from dae.fileio import output_folder
 
-DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # most families' sweep; see Noise.sweep
+DEFAULT_LEVELS = Noise.sweep  # most families' sweep; poisson has its own
 RECORD_COLUMNS = [
     "method",
     "kind",

@@ -101,11 +101,7 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
             with Image.open(path) as im:
                 width, height = im.size
                 if max_pixels is not None and width * height > max_pixels:
-                    raise DataError(
-                        f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
-                        "(possible decompression bomb); if the file is trusted, raise the limit "
-                        "(dae denoise --max-pixels, or max_pixels=)"
-                    )
+                    raise _too_large(path, f"{width}x{height} = {width * height}", max_pixels)
                 frames = getattr(im, "n_frames", 1)
                 # Frame 0 alone would come back as the whole file, the rest lost without a word. A camera's
                 # JPEG (MPO) carries previews or a depth map after its one picture: that is read as before.
@@ -129,13 +125,12 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
         raise ResourceError(f"{path}: cannot read ({e.strerror or e})") from None
     except Image.DecompressionBombError as e:
         # Pillow's hard limit (twice its own, lifted only when max_pixels asks for more) fires before our check
-        # can; either way the image is over max_pixels, so say it as our check does.
+        # can, so say it as our check does, with the limit that fired.
         size = re.search(r"\((\d+) pixels\)", str(e))
-        raise DataError(
-            f"{path}: {size[1] if size else 'its'} pixels exceed the limit of {max_pixels} (possible "
-            "decompression bomb); if the file is trusted, raise the limit (dae denoise --max-pixels, or "
-            "max_pixels=)"
-        ) from None
+        limit = (
+            min(max_pixels, 2 * pillow_limit) if max_pixels and pillow_limit else max_pixels or pillow_limit
+        )
+        raise _too_large(path, size[1] if size else "its", limit) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can identify (other format or damaged)") from None
     except MemoryError:
@@ -157,6 +152,13 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
         dpi=dpi,
     )
     return torch.from_numpy(x), info
+
+
+def _too_large(path: Path, pixels: str, limit: int | None) -> DataError:
+    return DataError(
+        f"{path}: {pixels} pixels exceeds the limit of {limit} (possible decompression bomb); if the file is "
+        "trusted, raise the limit (dae denoise --max-pixels, or max_pixels=)"
+    )
 
 
 def _dpi(value: object) -> tuple[float, float] | None:

@@ -91,9 +91,7 @@ def denoise(
     if not images.is_floating_point():
         raise UsageError(f"denoise expects float images in [0, 1], got {images.dtype}; divide by 255 first")
     _check_whole(batch_size, "batch_size", 1)
-    if tile is not None:  # the overlap's bound is checked when an image is tiled; its type now
-        _check_whole(tile, "tile", 0, " (0 = never tile)")
-    _check_whole(overlap, "overlap", 0)
+    _check_tile_kinds(tile, overlap)  # the overlap's bound is checked when an image is tiled
     # Not a [0, 1] check: unclipped noise (gaussian:0.3,clip=false) leaves noisy images outside it, rightly.
     if images.numel() and not torch.isfinite(images).all():
         raise UsageError("denoise: images hold NaN or infinite values")
@@ -169,8 +167,7 @@ def denoise_tiled(
     """
     if not isinstance(image, Tensor) or image.dim() not in (3, 4):
         raise UsageError("denoise_tiled expects a (1, C, H, W) or (C, H, W) tensor")
-    if tile < 1:
-        raise UsageError(f"tile must be >= 1, got {tile}")
+    _check_whole(tile, "tile", 1)
     return denoise(model, image, tile=tile, overlap=overlap, device=device)
 
 
@@ -179,14 +176,18 @@ def _check_whole(value: Any, name: str, least: int, note: str = "") -> None:
         raise UsageError(f"{name} must be a whole number >= {least}{note}, got {value!r}")
 
 
-def _check_tiling(tile: int | None, overlap: int) -> None:
-    """Refuse a tile size (None: automatic) or overlap that no image could use."""
+def _check_tile_kinds(tile: int | None, overlap: int) -> None:
     if tile is not None:
         _check_whole(tile, "tile", 0, " (0 = never tile)")
     _check_whole(overlap, "overlap", 0)
+
+
+def _check_tiling(tile: int | None, overlap: int) -> None:
+    """Refuse a tile size (None: automatic) or overlap that no image could use."""
+    _check_tile_kinds(tile, overlap)
     size = DEFAULT_TILE if tile is None else tile
     if size and 2 * overlap > size:
-        raise UsageError(f"overlap must be >= 0 and at most half the tile ({size}), got {overlap}")
+        raise UsageError(f"overlap must be at most half the tile ({size}), got {overlap}")
 
 
 def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) -> int:
@@ -272,7 +273,8 @@ def _denoise_tiled_one(model: Any, x: Tensor, tile: int, overlap: int, device: t
 
 @dataclass
 class DenoiseReport:
-    """Outcome of `denoise_files`: what was written and, one line each, what failed."""
+    """Outcome of `denoise_files`: what was written, what was already there and kept (a rerun; possibly made
+    with other settings, so force=True to replace it), what was skipped, and, one line each, what failed."""
 
     out_dir: Path
     written: list[Path] = field(default_factory=list)
@@ -416,9 +418,10 @@ def _run_job(
 ) -> None:
     if job.src.suffix.lower() not in FORMATS:
         raise DataError(f"{job.src}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
-    for target in (job.out, job.noisy):
-        if target is not None and target.exists() and not force:
-            raise ResourceError(f"{job.src}: output {target} exists; pass --force to overwrite")
+    # The noisy copy is written first and is reproducible (seeded by the file's name): one left by a run that
+    # stopped before the output is replaced, so that a rerun finishes the file.
+    if job.out.exists() and not force:
+        raise ResourceError(f"{job.src}: output {job.out} exists; pass --force to overwrite")
     x, info = read_image(job.src, max_pixels=max_pixels)  # (C, H, W)
     if noise is not None:
         # Seeded per file by name, so a file's noise does not depend on which other files are in the run.
@@ -428,7 +431,7 @@ def _run_job(
     y = denoise(model, x, device=device, tile=tile, overlap=overlap)
     make_folder(job.out.parent)
     if job.noisy is not None:
-        write_image(job.noisy, x, info, overwrite=force)
+        write_image(job.noisy, x, info)
         report.noisy.append(job.noisy)
     write_image(job.out, y, info, overwrite=force)
     report.written.append(job.out)

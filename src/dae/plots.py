@@ -44,7 +44,8 @@ VECTOR_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear,)
 # helpers
 
 
-# The file's extension picks the format: a .jpg path used to get PNG bytes, which some viewers refuse.
+# The file's extension picks the format: a .jpg path used to get PNG bytes, which some viewers refuse. A name
+# with no extension, or a dot that starts none ("psnr_0.5"), gets PNG.
 FORMATS = {"": "png", ".png": "png", ".svg": "svg", ".pdf": "pdf", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
@@ -52,7 +53,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     """Render `fig` at `path` atomically (temp file + os.replace) in the format its extension names (PNG
     without one) and return the path."""
     path = Path(path)
-    fmt = FORMATS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    fmt = FORMATS.get(suffix if suffix[1:].isalpha() else "")
     if fmt is None:
         fig.clear()
         raise UsageError(f"figure {path}: cannot write {path.suffix!r} files; use .png, .svg, .pdf or .jpg")
@@ -595,7 +597,12 @@ def plot_psnr_vs_noise(
             label = "noisy input" if kinds[method] == "noisy" else method
             label = " " + label if label.startswith("_") else label  # matplotlib hides "_..." from legends
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, ms=4, **style)
-        ax.set_xlabel(f"{family} noise level" if family else "noise level")
+        if family == "poisson":  # peaks are photon counts: more is cleaner, and they span decades
+            ax.set_xlabel("poisson peak (photons; more is less noise)")
+            if numeric:
+                ax.set_xscale("log")
+        else:
+            ax.set_xlabel(f"{family} noise level" if family else "noise level")
         if not numeric:
             ax.set_xticks(list(position.values()), _short_levels([str(v) for v in xs])[0], fontsize=8)
         ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, metric))

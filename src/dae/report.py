@@ -304,15 +304,22 @@ def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
 # the run report
 
 
-def _noise_specs(train_noise: str | None, levels: Sequence[float]) -> list[tuple[str, float]]:
-    """Specs of the training noise's family at `levels` (gaussian if the family takes no single level)."""
+def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> list[tuple[str, float]]:
+    """Specs of the training noise's family at `levels` (gaussian if the family takes no single level).
+
+    levels=None takes every other point of the family's sweep from its third: 0.3, 0.5, 0.7, 0.9 for most
+    families, photon peaks 5, 20, 50 for poisson (whose 0.3 would be near-pure noise)."""
+    from dae.data.noise import NOISES
     from dae.evaluate import noise_specs
 
     family = re.sub(r":[-+0-9.eE]+", "", str(train_noise or "gaussian"))
-    try:
-        return [(s, float(lv)) for s, lv in noise_specs(family, levels)]
-    except UsageError:  # composed or level-free training noise: show the canonical gaussian sweep instead
-        return [(s, float(lv)) for s, lv in noise_specs("gaussian", levels)]
+    for name in (family, "gaussian"):  # composed or level-free training noise: the canonical gaussian sweep
+        try:
+            shown = levels if levels is not None else NOISES.get(name.partition(",")[0]).sweep[2::2]
+            return [(s, float(lv)) for s, lv in noise_specs(name, shown)]
+        except UsageError:
+            continue
+    raise AssertionError("gaussian always has a sweep")
 
 
 def _code_of(model: Any, x: Tensor) -> Tensor:
@@ -337,14 +344,16 @@ def write_report(
     run_dir: str | Path,
     *,
     data_dir: str | Path | None = None,
-    levels: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+    levels: Sequence[float] | None = None,
     n_images: int = 8,
     seed: int = 1234,
     images: Tensor | None = None,
 ) -> Path:
     """Write RUN_DIR/report.html (figures also saved under RUN_DIR/figures/) and return its path.
 
-    `images` replaces the run's test images (default: the first `n_images` of its dataset's test split).
+    `images` replaces the run's test images (default: the first `n_images` of its dataset's test split);
+    `levels` are the noise levels of the denoising grid (default: 0.3, 0.5, 0.7, 0.9 of the run's noise
+    family; photon peaks 5, 20, 50 for poisson).
 
     Example:
         >>> from dae.report import write_report

@@ -526,14 +526,16 @@ class Study:
             except Interrupted:
                 raise  # Ctrl-C or SIGTERM stops the study; a rerun reuses finished models and resumes this one
             except (DaeError, TypeError, ValueError) as e:  # a bad model or kwargs: skip it, report it
+                pending.unlink(missing_ok=True)  # a failed model is trained afresh next time, not resumed
                 self.failures[sp] = f"{type(e).__name__}: {e}"
                 self.log(f"[study]   FAILED {sp.label}: {str(e).splitlines()[0]}")
                 continue
             if result.best_checkpoint is None:
+                pending.unlink(missing_ok=True)
                 self.failures[sp] = "training produced no checkpoint"
                 continue
             atomic_write_bytes(marker, json.dumps(wanted, indent=2).encode())
-            pending.unlink()
+            pending.unlink(missing_ok=True)
             self.checkpoints[sp] = result.best_checkpoint
             self.log(
                 f"[study]   {result.step} steps in {time.perf_counter() - t0:.1f}s, "

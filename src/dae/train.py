@@ -351,11 +351,21 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     )
 
 
-def prune_generations(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` step-* generations (best.* is separate); the JSON goes first so a half-deleted
-    generation is never mistaken for a complete one. Files of a generation whose write never finished (no
-    JSON: a crash or a full disk) go too: pruning runs after a complete write, under the run's lock."""
+def prune_generations(ckpt_dir: Path, keep: int, step: int | None = None) -> None:
+    """Keep the newest `keep` step-* generations up to `step` (best.* is separate); the JSON goes first so a
+    half-deleted generation is never mistaken for a complete one.
+
+    Generations after `step` go first: a resume that fell back past damaged ones trains a new timeline, and
+    the damaged generations must not count among those kept (they would crowd out the good ones). Files of a
+    generation whose write never finished (no JSON: a crash or a full disk) go too: pruning runs after a
+    complete write, under the run's lock."""
     records = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
+    if step is not None:
+        newer = [r for r in records if r.name > f"step-{step:08d}.json"]
+        records = [r for r in records if r not in newer]
+        for record in newer:
+            for p in (record, *paths_for(record)[:2]):
+                p.unlink(missing_ok=True)
     for record in records[keep:]:
         for p in (record, *paths_for(record)[:2]):
             p.unlink(missing_ok=True)
@@ -432,9 +442,8 @@ def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
     run_dir = Path(run_dir)
     saved = load_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    if (
-        saved
-    ):  # an emptied config.yaml says nothing: it must not make a strided run resume as the default unet
+    # An emptied config.yaml says nothing: it must not make a strided run resume as the default unet.
+    if saved:
         return saved
     for record in sorted((run_dir / "checkpoints").glob("step-*.json"), reverse=True):
         try:
@@ -517,6 +526,26 @@ def _run_lock(run_dir: Path):
         yield
 
 
+def _claim_run(run_dir: Path, resume: bool, world: World, held: ExitStack) -> None:
+    """The first process locks the run folder (the others write nothing); every process stops if it could not."""
+    refused: ResourceError | None = None
+    if world.main:
+        try:
+            held.enter_context(_run_lock(run_dir))
+            # Again, under the lock: another run may have finished meanwhile.
+            _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
+            if not resume:
+                # A metrics log left by a start that never saved a checkpoint.
+                (run_dir / "metrics.csv").unlink(missing_ok=True)
+        except ResourceError as e:
+            refused = e
+    # Decided together: a process going on alone into the first step's collectives would wait for ever.
+    if world.sum(refused is not None)[0]:
+        raise refused or ResourceError(
+            f"the first process could not take run directory {run_dir} (it says why)"
+        )
+
+
 def _train(
     cfg: Config,
     world: World,
@@ -563,6 +592,12 @@ def _train(
 
     kwargs = dict(cfg.model.kwargs)
     kwargs.setdefault("in_channels", in_channels)
+    # One training per run folder (see _run_lock). A resume takes the lock before it reads the checkpoints,
+    # which a training still running there could be writing or pruning; a fresh run takes it just before its
+    # first write, so that a run refused before then (a bad setting) creates no folder.
+    claim_early = resume and ckpt_dir.is_dir()
+    if claim_early:
+        _claim_run(run_dir, resume, world, held)
     ck = latest_good_generation(ckpt_dir) if resume else None
     if ck is not None and ck.model.dae_name == cfg.model.name:
         saved, given = ck.model.dae_kwargs, json.loads(json.dumps(kwargs))  # tuples compared as JSON lists
@@ -602,15 +637,8 @@ def _train(
         t.steps if t.steps is not None else math.inf,
         t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
     )
-    # The run folder's first write comes next: whatever could refuse the run has done so, and created nothing.
-    # The other processes write nothing.
-    if world.main:
-        held.enter_context(_run_lock(run_dir))
-        # Again, under the lock: another run may have finished meanwhile.
-        _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
-        if not resume:
-            # A metrics log left by a start that never saved a checkpoint.
-            (run_dir / "metrics.csv").unlink(missing_ok=True)
+    if not claim_early:  # the run folder's first write comes next
+        _claim_run(run_dir, resume, world, held)
     step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
     if ck is not None:
         try:
@@ -683,18 +711,23 @@ def _train(
         meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
         try:
             save_checkpoint(model, path, train_state=state, **meta)
-            if is_best:
-                save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
         except ResourceError as e:
-            then = (
+            complete = (
                 f"the last complete checkpoint is {last_path} (resume from it"
                 if last_path
                 else "no checkpoint was completed (start the run again"
             )
             raise ResourceError(
-                f"{e}; stopped at step {step}; {then} once the folder can take more)"
+                f"{e}; stopped at step {step}; {complete} once the folder can take more)"
             ) from None
-        prune_generations(ckpt_dir, t.keep_last)
+        if is_best:
+            try:
+                save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
+            except ResourceError as e:  # the step's generation is complete: a resume continues from it
+                raise ResourceError(
+                    f"{e}; stopped at step {step}; {path} is complete (resume from it)"
+                ) from None
+        prune_generations(ckpt_dir, t.keep_last, step)
         return path
 
     start = time.perf_counter()
