@@ -293,3 +293,23 @@ def test_every_model_has_a_default_recipe_and_recipes_are_frozen():
     assert {f"tf-unpool-{m}-{a}" for m in ("zeros", "nearest", "argmax") for a in ("relu", "sigmoid")} <= set(
         list_recipes()
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        (
+            "unpool",
+            {"channels": [16, "x"]},
+            "channels must be one or more positive integers",
+        ),  # was ValueError
+        ("strided", {"channels": [16.9, 32]}, "channels must be one or more positive integers"),  # built 16
+        ("unet", {"width": True}, "width must be an integer"),  # built a 212-parameter model
+        ("unet", {"residual": "maybe"}, "residual must be true or false"),  # built a residual model
+        ("unet", {"residual": "False"}, "residual must be true or false"),  # bool("False") is True
+        ("fc", {"hidden": "64"}, r"got '64'"),  # was "got '6'"
+    ],
+)
+def test_model_options_of_the_wrong_kind_are_refused(name, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        create_model(name, **kwargs)

@@ -656,3 +656,52 @@ def test_a_best_checkpoint_that_cannot_be_written_names_the_complete_step(tmp_pa
     monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", best_does_not_fit)
     with pytest.raises(ResourceError, match=r"stopped at step 2; .*step-00000002\.safetensors is complete"):
         train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False)
+
+
+# ------------------------------------------------------------------------------ training on a folder
+
+
+def _photos(root, n=8, size=(40, 48)):
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(root / f"p{i}.png")
+    return root
+
+
+def test_a_folder_patch_too_small_to_validate_is_refused_before_anything_is_written(tmp_path):
+    root = _photos(tmp_path / "photos")
+    cfg = {
+        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 10},
+        "out": str(tmp_path / "run"),
+    }
+    # Was: an epoch of training, then SSIM's "at least 11x11" at the first validation, with no checkpoint.
+    with pytest.raises(UsageError, match=r"data.patch_size must be >= 11"):
+        train({**cfg, "train": {"steps": 2}}, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fc_on_a_folder_is_refused_before_the_run_folder_and_trains_at_its_own_size(tmp_path, data_dir):
+    from dae.evaluate import evaluate
+
+    root = _photos(tmp_path / "photos", n=12)
+    data = {"dataset": "folder", "data_dir": str(root), "val_size": 16}
+    cfg = {"model": {"name": "fc"}, "train": {"steps": 2, "batch_size": 16}, "out": str(tmp_path / "run")}
+    with pytest.raises(UsageError, match=r"takes only 28x28 images .* give --data.patch_size=28"):
+        train({**cfg, "data": data}, progress=False)  # was refused at the first step, after writing the run
+    assert not (tmp_path / "run").exists()
+    result = train({**cfg, "data": {**data, "patch_size": 28}}, progress=False)
+    # Scored on crops of the size it was trained on (was 64x64 crops, which fc cannot take).
+    res = evaluate([result.best_checkpoint], levels=[0.5], verbose=False)
+    assert {r["method"] for r in res.records} >= {"noisy input"} and len(res.records) == 2
+
+
+def test_a_file_given_as_the_image_folder_is_named_as_a_file(tmp_path):
+    from dae.data.datasets import load_images
+
+    (tmp_path / "one.png").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"one.png is a file; the folder dataset takes the folder"):
+        load_images("folder", "test", root=tmp_path / "one.png")  # was "image folder ... does not exist"

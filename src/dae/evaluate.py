@@ -243,7 +243,7 @@ def evaluate(
         if dataset is None:
             dataset, trained_dir = _training_data(methods)
             data_dir = data_dir or trained_dir
-        images = load_images(dataset, split, root=data_dir, limit=limit)
+        images = load_images(dataset, split, root=data_dir, limit=limit, **_crop_size(methods, dataset))
         source = f"dataset {dataset}/{split}"
     else:
         _check_images(images)
@@ -323,6 +323,16 @@ def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
             f"the checkpoints were trained on different data: {where}; choose one with --dataset"
         )
     return trained.pop()
+
+
+def _crop_size(methods: Sequence[Method], dataset: str) -> dict[str, Any]:
+    """A folder is scored on crops of the size its checkpoints were trained on (fc takes no other), when they
+    agree on one; otherwise on the folder dataset's default."""
+    if dataset != "folder":
+        return {}
+    trained = [m.trained_on for m in methods if m.trained_on and m.trained_on.get("dataset") == "folder"]
+    sizes = {data.get("patch_size") for data in trained} - {None}
+    return {"patch_size": sizes.pop()} if len(sizes) == 1 else {}
 
 
 def _check_images(images: Any) -> None:

@@ -155,6 +155,13 @@ def check_settings(cfg: Config) -> None:
     need(t.schedule in SCHEDULES, "train.schedule", " or ".join(SCHEDULES), repr(t.schedule))
     need(t.optimizer in OPTIMIZERS, "train.optimizer", " or ".join(OPTIMIZERS), repr(t.optimizer))
     need(d.val_size >= 1, "data.val_size", ">= 1 (validation picks the best checkpoint)", d.val_size)
+    if d.dataset == "folder":  # validation scores SSIM, whose window is 11x11: found only after an epoch
+        need(
+            d.patch_size >= 11,
+            "data.patch_size",
+            ">= 11 (SSIM's 11x11 window scores validation)",
+            d.patch_size,
+        )
     for name in ("seed", "eval_seed"):  # torch takes seeds in [-2**63, 2**64 - 1]; the noise uses seed + 1
         value = getattr(cfg, name)
         ok = isinstance(value, int) and -(2**63) <= value <= 2**64 - 2
@@ -605,6 +612,14 @@ def _train(
             # Continue the network that was saved, even if one of its defaults has changed since.
             kwargs = dict(saved)
     model = create_model(cfg.model.name, **kwargs).to(device)
+    fixed = getattr(model, "fixed_size", None)  # (C, H, W) of fc; found at the first step, after writing
+    if fixed is not None and tuple(train_u8.shape[-2:]) != tuple(fixed[1:]):
+        _, h, w = fixed
+        raise UsageError(
+            f"model {cfg.model.name} takes only {h}x{w} images and the training images are "
+            f"{train_u8.shape[-2]}x{train_u8.shape[-1]}; for a folder give --data.patch_size={h}, or build the "
+            "model for that size (--model.kwargs.height=... --model.kwargs.width=...)"
+        )
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = get_loss(t.loss)

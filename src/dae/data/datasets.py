@@ -741,6 +741,10 @@ def _folder_root(root: str | os.PathLike | None) -> Path:
     if root is None:
         raise UsageError("the folder dataset needs root=DIR (CLI: --data-dir DIR), the folder of images")
     folder = Path(root).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(
+            f"{folder} is a file; the folder dataset takes the folder of images (--data-dir DIR)"
+        )
     if not folder.is_dir():
         raise ResourceError(f"image folder {folder} does not exist")
     return folder

@@ -29,8 +29,8 @@ class FullyConnected(ZooDenoiser):
         where = "model fc"
         for name, value in (("in_channels", in_channels), ("height", height), ("width", width)):
             check_positive(value, name, where)
-        if isinstance(hidden, int):  # hidden=64 means one layer of 64, as hidden=[64] does
-            hidden = (hidden,)
+        if isinstance(hidden, int | str):  # hidden=64 means one layer of 64, as hidden=[64] does
+            hidden = (hidden,)  # and "64" is then refused as a whole, not read as "6" and "4"
         hidden = tuple(check_positive(h, "hidden size", where) for h in hidden)
         if not hidden:
             raise UsageError(f"{where}: hidden must list at least one layer size, e.g. hidden=[64]")

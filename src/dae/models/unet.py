@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dae.models import MODELS
-from dae.models._common import SideInfoDenoiser, check_positive, make_activation, make_norm
+from dae.models._common import SideInfoDenoiser, check_flag, check_positive, make_activation, make_norm
 
 
 def _block(cin: int, cout: int, convs: int, norm: str, activation: str, where: str) -> nn.Sequential:
@@ -58,7 +58,7 @@ class UNet(SideInfoDenoiser):
         check_positive(shuffle, "shuffle", where)
         self.shuffle = shuffle
         self.size_multiple = shuffle * 2**levels
-        self.residual = bool(residual)
+        self.residual = check_flag(residual, "residual", where)
         self.output_kind = "image" if self.residual else "logits"
         widths = [width * 2**i for i in range(levels + 1)]  # 32, 64 by default
         self.down = nn.ModuleList(
