@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import numbers
 import os
 import re
 import sys
@@ -18,7 +17,8 @@ import torch
 from torch import Tensor
 
 from dae import make_callable
-from dae.data.noise import Noise
+from dae.checks import is_whole
+from dae.data.noise import NOISES, Noise, check_unit_range, make_noisy, parse_noise
 from dae.errors import UsageError
 from dae.fileio import output_folder
 
@@ -70,17 +70,15 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         >>> noise_specs("gaussian,clip=false", [0.1, 0.25])
         [('gaussian:0.1,clip=false', 0.1), ('gaussian:0.25,clip=false', 0.25)]
     """
-    from dae.data.noise import parse_noise
-
     noise = "gaussian" if noise is None else noise
     if not noise.strip():
         parse_noise(noise)  # the parser's "empty noise spec" message
     name, _, rest = noise.partition(",")
     full = ":" in name or "+" in noise or name == "none"
-    from dae.data.noise import NOISES
-
-    if levels is None and not full:
-        levels = NOISES.get(name.strip().lower()).sweep  # an unknown family is named as given here
+    # A family alone is looked up once: an unknown one is named as given, not as the first spec built from it.
+    family = None if full else NOISES.get(name.strip().lower())
+    if levels is None and family is not None:
+        levels = family.sweep
     if not levels:
         parse_noise(noise)  # fail early with the parser's message
         m = re.match(r"^[a-z_]+:([0-9.]+)(?:,|$)", noise)
@@ -95,8 +93,6 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         raise UsageError(
             f"noise {noise!r} already has a level; drop the levels or give the family only (e.g. gaussian)"
         )
-    # An unknown family is named as given, not as the first spec built from it.
-    NOISES.get(name.strip().lower())
     specs = []
     for level in levels:
         text = f"{float(level):.12g}"  # the level that runs is the level recorded (0.1 + 0.2 -> 0.3)
@@ -210,7 +206,6 @@ def evaluate(
         >>> res = dae.evaluate(["runs/demo/checkpoints/best.safetensors"], ["median", "tv"], levels=[0.3, 0.5])
     """
     from dae.data.datasets import check_limit, load_images
-    from dae.data.noise import make_noisy, parse_noise
     from dae.metrics import mse as mse_fn
     from dae.metrics import psnr, ssim
 
@@ -227,7 +222,7 @@ def evaluate(
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:
         raise UsageError(f"--slow-limit must be >= 1 (images for the slow baselines), got {slow_limit}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if levels is not None and len(levels) == 0:
         raise UsageError("levels is empty: give at least one noise level, or None for the default sweep")
@@ -342,8 +337,6 @@ def _check_images(images: Any) -> None:
         raise UsageError(f"images must be a float (N, C, H, W) tensor in [0, 1], got {got}")
     if images.shape[0] == 0:
         raise UsageError("images is empty: nothing to evaluate")
-    from dae.data.noise import check_unit_range
-
     check_unit_range(images, "images")
 
 

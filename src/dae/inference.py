@@ -9,7 +9,6 @@ Channel rule, when the image and the model disagree:
 
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 import zlib
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dae.checks import is_whole
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
 from dae.fileio import make_folder, output_folder
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
@@ -172,7 +172,7 @@ def denoise_tiled(
 
 
 def _check_whole(value: Any, name: str, least: int, note: str = "") -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+    if not is_whole(value) or value < least:
         raise UsageError(f"{name} must be a whole number >= {least}{note}, got {value!r}")
 
 

@@ -55,17 +55,17 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     fmt = FORMATS.get(suffix if suffix[1:].isalpha() else "")
-    if fmt is None:
-        fig.clear()
-        raise UsageError(f"figure {path}: cannot write {path.suffix!r} files; use .png, .svg, .pdf or .jpg")
-    if path.is_dir():
-        fig.clear()
-        raise UsageError(f"figure {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if fmt is None:
+            raise UsageError(
+                f"figure {path}: cannot write {path.suffix!r} files; use .png, .svg, .pdf or .jpg"
+            )
+        if path.is_dir():
+            raise UsageError(f"figure {path} is a folder; give a file name, e.g. {path / 'figure.png'}")
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, facecolor="white"))
     finally:
-        fig.clear()  # drop the artists now rather than at garbage collection
+        fig.clear()  # drop the artists now rather than at garbage collection, written or not
     return path
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from dae import make_callable
 from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
+from dae.checks import is_whole
 from dae.config import Config, build_config, load_config_file, merge, save_config
 from dae.distributed import ALONE, World, join
 from dae.errors import CheckpointError, Interrupted, ResourceError, Terminated, TrainingError, UsageError
@@ -310,7 +311,7 @@ def _check_state(ck: Checkpoint) -> Checkpoint:
     state, path, step = ck.state, paths_for(ck.path)[1], ck.record.get("step")
 
     def whole(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        return is_whole(v) and v >= 0
 
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)
@@ -367,18 +368,15 @@ def prune_generations(ckpt_dir: Path, keep: int, step: int | None = None) -> Non
     generation whose write never finished (no JSON: a crash or a full disk) go too: pruning runs after a
     complete write, under the run's lock."""
     records = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
-    if step is not None:
-        newer = [r for r in records if r.name > f"step-{step:08d}.json"]
-        records = [r for r in records if r not in newer]
-        for record in newer:
+    last = f"step-{step:08d}.json" if step is not None else None
+    kept = [r for r in records if last is None or r.name <= last][:keep]
+    for record in records:
+        if record not in kept:
             for p in (record, *paths_for(record)[:2]):
                 p.unlink(missing_ok=True)
-    for record in records[keep:]:
-        for p in (record, *paths_for(record)[:2]):
-            p.unlink(missing_ok=True)
-    kept = {p for record in records[:keep] for p in paths_for(record)}
+    kept_files = {p for record in kept for p in paths_for(record)}
     for p in [*ckpt_dir.glob("step-*.safetensors"), *ckpt_dir.glob("step-*.state.pt")]:
-        if p not in kept:
+        if p not in kept_files:
             p.unlink(missing_ok=True)
 
 

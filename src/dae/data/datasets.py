@@ -11,7 +11,6 @@ import gzip
 import hashlib
 import logging
 import math
-import numbers
 import os
 import pickle
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from dae.checks import is_whole
 from dae.data.idx import idx_bytes, read_idx_with_digest, write_atomic
 from dae.errors import DataError, ResourceError, UsageError
 from dae.registry import Registry
@@ -170,9 +170,7 @@ def load_images(
 
 def check_limit(limit: Any) -> None:
     """Refuse an image count that is not None or a whole number >= 1 (2.5, 0, -3, True)."""
-    if limit is not None and (
-        not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1
-    ):
+    if limit is not None and (not is_whole(limit) or limit < 1):
         raise UsageError(f"limit must be a positive whole number of images, got {limit!r}")
 
 
@@ -836,7 +834,7 @@ def folder(
         ("patches_per_image", patches_per_image),
         ("val_every", val_every),
     ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_whole(value):
             raise UsageError(f"folder: {name} must be an integer, got {value!r}")
     if patch_size < 1 or patches_per_image < 1 or val_every < 2:
         raise UsageError("folder needs patch_size >= 1, patches_per_image >= 1 and val_every >= 2")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from dae.checks import is_whole
 from dae.errors import UsageError
 from dae.registry import Registry
 
@@ -660,7 +660,7 @@ def list_noises() -> list[str]:
 def _generator(seed: int | torch.Generator) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # numpy integers are seeds too
+    if not is_whole(seed):  # numpy integers are seeds too
         raise UsageError(f"noise seed must be an int or a torch.Generator, got {type(seed).__name__}")
     if not -(2**63) <= int(seed) < 2**64:  # what a torch generator's 64-bit seed can hold
         raise UsageError(f"noise seed {int(seed)} is out of range; use an int in [-2**63, 2**64)")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
+from dae.checks import is_whole
 from dae.errors import UsageError
 from dae.models.base import Denoiser
 
@@ -49,21 +49,16 @@ def parse_channels(spec: str | Sequence[int], where: str, presets: dict[str, tup
             valid = f"; presets: {', '.join(presets)}" if presets else ""
             raise UsageError(f"{where}: channels {spec!r} is not like '16-8-8'{valid}") from None
     else:
-        # Whole numbers only: int(16.9) would build 16 channels and record 16.9; int("x") was a ValueError.
-        if not isinstance(spec, Sequence) or not all(_whole(c) for c in spec):
-            raise UsageError(f"{where}: channels must be one or more positive integers, got {spec!r}")
-        widths = tuple(int(c) for c in spec)
+        # Whole numbers only (refused just below): int(16.9) would build 16 channels and record 16.9.
+        whole = isinstance(spec, Sequence) and all(is_whole(c) for c in spec)
+        widths = tuple(int(c) for c in spec) if whole else ()
     if not widths or any(c < 1 for c in widths):
         raise UsageError(f"{where}: channels must be one or more positive integers, got {spec!r}")
     return widths
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_positive(value: int, name: str, where: str, minimum: int = 1) -> int:
-    if not _whole(value) or value < minimum:  # True is an int to Python, not a width to a user
+    if not is_whole(value) or value < minimum:  # True is an int to Python, not a width to a user
         raise UsageError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
