@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dae.errors import PartialFailure
+from dae.errors import Interrupted, PartialFailure
 from dae.study import (
     WHITE,
     StudySettings,
@@ -269,32 +269,54 @@ def test_a_rerun_resumes_the_model_an_interrupt_stopped(tmp_path, data_dir, monk
     assert steps[1][0] is False  # the second model had never started: trained afresh
 
 
-def test_an_interrupted_model_with_a_damaged_checkpoint_is_trained_again(tmp_path, data_dir, monkeypatch):
+TINY = dict(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
+
+
+def _loss_study(tmp_path, data_dir):
+    return run_experiments(
+        tmp_path / "s", StudySettings(**TINY), ["loss"], str(data_dir), log=lambda *a, **k: None
+    )
+
+
+def _training_fails_after_a_checkpoint(monkeypatch, error):
+    """Each model of the study saves a checkpoint at step 2, then `error` stops its training; returns the undo."""
     import dae.train
-    from dae.errors import Interrupted
 
     real_train = dae.train.train
 
-    def interrupted_after_a_checkpoint(cfg, **kwargs):
+    def fails_after_a_checkpoint(cfg, **kwargs):
         real_train({**cfg, "train": {**cfg["train"], "time_budget": None, "steps": 2}}, **kwargs)
-        raise Interrupted("SIGINT: stopped at step 2; checkpoint saved", 130)
+        raise error
 
-    settings = StudySettings(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
-    monkeypatch.setattr(dae.train, "train", interrupted_after_a_checkpoint)
-    with pytest.raises(Interrupted):
-        run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
-    [run] = (tmp_path / "s" / "models").iterdir()
-    for weights in (run / "checkpoints").glob("step-*.safetensors"):
-        weights.write_bytes(b"damaged")
-    resumes = []
+    monkeypatch.setattr(dae.train, "train", fails_after_a_checkpoint)
+    return lambda: monkeypatch.setattr(dae.train, "train", real_train)
+
+
+def _resumes_on_rerun(tmp_path, data_dir, monkeypatch) -> list:
+    """Run the loss experiment again; how each model's training was started (resume=True or False)."""
+    import dae.train
+
+    real_train, resumes = dae.train.train, []
 
     def recording(cfg, **kwargs):
         resumes.append(kwargs.get("resume"))
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr(dae.train, "train", recording)
-    run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
-    assert resumes == [False, False] and (run / "study.json").exists()
+    _loss_study(tmp_path, data_dir)
+    return resumes
+
+
+def test_an_interrupted_model_with_a_damaged_checkpoint_is_trained_again(tmp_path, data_dir, monkeypatch):
+    undo = _training_fails_after_a_checkpoint(monkeypatch, Interrupted("SIGINT: stopped at step 2", 130))
+    with pytest.raises(Interrupted):
+        _loss_study(tmp_path, data_dir)
+    undo()
+    [run] = (tmp_path / "s" / "models").iterdir()
+    for weights in (run / "checkpoints").glob("step-*.safetensors"):
+        weights.write_bytes(b"damaged")
+    assert _resumes_on_rerun(tmp_path, data_dir, monkeypatch) == [False, False]
+    assert (run / "study.json").exists()
 
 
 def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path, data_dir):
@@ -312,25 +334,11 @@ def test_bad_budget_or_missing_data_refused_before_anything_is_written(tmp_path,
 
 
 def test_a_model_whose_training_failed_is_trained_afresh_not_resumed(tmp_path, data_dir, monkeypatch):
-    import dae.train
     from dae.errors import TrainingError
 
-    real_train = dae.train.train
-
-    def diverged_after_a_checkpoint(cfg, **kwargs):
-        real_train({**cfg, "train": {**cfg["train"], "time_budget": None, "steps": 2}}, **kwargs)
-        raise TrainingError("loss became nan at step 3")
-
-    settings = StudySettings(train_seconds=1.0, limit=64, val_size=16, n_test=8, slow_limit=2)
-    monkeypatch.setattr(dae.train, "train", diverged_after_a_checkpoint)
+    undo = _training_fails_after_a_checkpoint(monkeypatch, TrainingError("loss became nan at step 3"))
     with pytest.raises(PartialFailure, match="2 model"):
-        run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
-    resumes = []
-
-    def recording(cfg, **kwargs):
-        resumes.append(kwargs.get("resume"))
-        return real_train(cfg, **kwargs)
-
-    monkeypatch.setattr(dae.train, "train", recording)
-    run_experiments(tmp_path / "s", settings, ["loss"], str(data_dir), log=lambda *a, **k: None)
-    assert resumes == [False, False]  # the diverged run's checkpoint was not continued
+        _loss_study(tmp_path, data_dir)
+    undo()
+    # The diverged run's checkpoint was not continued.
+    assert _resumes_on_rerun(tmp_path, data_dir, monkeypatch) == [False, False]

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import re
 import signal
@@ -438,6 +439,38 @@ def test_folder_validation_takes_whole_pictures_the_training_crops_never_see(tmp
 # ------------------------------------------------------------------------------ a run folder's trouble
 
 
+def logged_steps(run_dir):
+    """The step of each row of a run's metrics.csv, in order."""
+    return [int(row.split(",")[1]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def full_disk_for(monkeypatch, refused):
+    """Make checkpoint file writes whose path `refused` picks fail as on a full disk; returns the undo."""
+    import dae.checkpoint
+
+    real = dae.checkpoint.atomic_write_bytes
+
+    def write(path, data):
+        if refused(path):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", write)
+    return lambda: monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
+
+
+@contextlib.contextmanager
+def another_training_holds(run_dir):
+    """The run folder's lock, held as another training's process would hold it (its pid is 4242)."""
+    import fcntl
+
+    with open(run_dir / ".lock", "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4242\n")
+        holder.flush()
+        yield
+
+
 def _rewrite_state(ckpt_json, edit):
     """Damage a generation's training state the way a hand edit or another program would: the manifest's hash
     is updated too, so only the contents are wrong."""
@@ -479,8 +512,7 @@ def test_a_training_state_with_bad_fields_is_a_damaged_generation(tmp_path, data
     resumed = train(cfg, resume=True, progress=False)
     assert "skipping bad checkpoint generation: training state" in capsys.readouterr().err
     assert resumed.step == 12  # from step 4, the generation before
-    steps = [int(r.split(",")[1]) for r in (first.run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [4, 8, 12]
+    assert logged_steps(first.run_dir) == [4, 8, 12]
 
 
 def test_a_resume_leaves_out_metrics_rows_without_a_step(tmp_path, data_dir):
@@ -490,8 +522,7 @@ def test_a_resume_leaves_out_metrics_rows_without_a_step(tmp_path, data_dir):
         f.write("x,abc,,,,,,,\n\n")  # was ValueError: invalid literal for int()
     cfg["train"]["epochs"] = 2
     train(cfg, resume=True, progress=False)
-    steps = [int(r.split(",")[1]) for r in (first.run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [4, 8]
+    assert logged_steps(first.run_dir) == [4, 8]
 
 
 def test_an_emptied_config_yaml_resumes_under_the_checkpoints_record(tmp_path, data_dir):
@@ -505,18 +536,7 @@ def test_an_emptied_config_yaml_resumes_under_the_checkpoints_record(tmp_path, d
 def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_naming_the_last_good_one(
     tmp_path, data_dir, monkeypatch
 ):
-    import dae.checkpoint
-
-    real = dae.checkpoint.atomic_write_bytes
-    writes = []
-
-    def disk_fills_up(path, data):
-        writes.append(path)
-        if "step-00000004" in str(path):
-            raise OSError(28, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", disk_fills_up)
+    undo = full_disk_for(monkeypatch, lambda path: path.name.startswith("step-00000004"))
     with pytest.raises(ResourceError) as e:
         train(small_config(tmp_path, data_dir, steps=6, val_every=2), progress=False)
     message = str(e.value)
@@ -531,22 +551,18 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_naming_the_last
         "step-00000002.state.pt",
     ]
     assert not list(ckpt.glob(".*.tmp"))
-    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
+    undo()
     assert (
         train(small_config(tmp_path, data_dir, steps=6, val_every=2), resume=True, progress=False).step == 6
     )
 
 
 def test_a_second_training_into_a_run_folder_in_use_is_refused(tmp_path, data_dir):
-    import fcntl
 
     cfg = small_config(tmp_path, data_dir, steps=2)
     run = tmp_path / "run"
     run.mkdir()
-    with open(run / ".lock", "a+") as holder:  # another training's lock, as its process holds it
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        holder.write("4242\n")
-        holder.flush()
+    with another_training_holds(run):
         with pytest.raises(ResourceError, match=r"is in use by another training \(process 4242\)"):
             train(cfg, progress=False)
         assert sorted(p.name for p in run.iterdir()) == [".lock"]  # it wrote nothing
@@ -561,8 +577,7 @@ def test_a_fresh_start_after_one_that_saved_nothing_logs_only_its_own_steps(tmp_
     (run / "checkpoints" / "step-00000005.safetensors").write_bytes(b"half")
     (run / "checkpoints" / "step-00000005.state.pt").write_bytes(b"half")
     result = train(small_config(tmp_path, data_dir, steps=4, val_every=2, keep_last=1), progress=False)
-    steps = [int(r.split(",")[1]) for r in (result.run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [2, 4]  # was 5, 2, 4: the old row stayed
+    assert logged_steps(result.run_dir) == [2, 4]  # was 5, 2, 4: the old row stayed
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == [
         "step-00000004.json",
         "step-00000004.safetensors",
@@ -592,20 +607,11 @@ def test_a_refused_resume_creates_no_run_folder(tmp_path, data_dir):
 
 
 def test_a_first_checkpoint_that_cannot_be_written_leaves_nothing_behind(tmp_path, data_dir, monkeypatch):
-    import dae.checkpoint
-
-    real = dae.checkpoint.atomic_write_bytes
-
-    def weights_do_not_fit(path, data):
-        if str(path).endswith(".safetensors"):
-            raise OSError(28, "No space left on device")
-        real(path, data)  # the state file, written first, fits
-
-    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", weights_do_not_fit)
+    undo = full_disk_for(monkeypatch, lambda path: path.suffix == ".safetensors")  # the state file fits
     with pytest.raises(ResourceError, match=r"no checkpoint was completed \(start the run again"):
         train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False)
     assert list((tmp_path / "run" / "checkpoints").iterdir()) == []  # was an orphan step-2.state.pt
-    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", real)
+    undo()
     assert train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False).step == 4
 
 
@@ -627,15 +633,13 @@ def test_a_resume_past_a_damaged_generation_keeps_the_good_ones(tmp_path, data_d
 def test_a_resume_reads_no_checkpoint_while_another_training_holds_the_folder(
     tmp_path, data_dir, monkeypatch
 ):
-    import fcntl
 
     cfg = small_config(tmp_path, data_dir, steps=2)
     train(cfg, progress=False)
     reads = []
     real = train_module.latest_good_generation
     monkeypatch.setattr(train_module, "latest_good_generation", lambda d: reads.append(d) or real(d))
-    with open(tmp_path / "run" / ".lock", "a+") as holder:
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with another_training_holds(tmp_path / "run"):
         cfg["train"]["steps"] = 4
         with pytest.raises(ResourceError, match="in use by another training"):
             train(cfg, resume=True, progress=False)
@@ -644,16 +648,7 @@ def test_a_resume_reads_no_checkpoint_while_another_training_holds_the_folder(
 
 
 def test_a_best_checkpoint_that_cannot_be_written_names_the_complete_step(tmp_path, data_dir, monkeypatch):
-    import dae.checkpoint
-
-    real = dae.checkpoint.atomic_write_bytes
-
-    def best_does_not_fit(path, data):
-        if path.name.startswith("best"):
-            raise OSError(28, "No space left on device")
-        real(path, data)
-
-    monkeypatch.setattr(dae.checkpoint, "atomic_write_bytes", best_does_not_fit)
+    full_disk_for(monkeypatch, lambda path: path.name.startswith("best"))
     with pytest.raises(ResourceError, match=r"stopped at step 2; .*step-00000002\.safetensors is complete"):
         train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False)
 
