@@ -418,29 +418,62 @@ def test_folder_crops_rgb_and_determinism(tmp_path):
     assert torch.equal(gray_crops[:, 0], gray_crops[:, 1]) and torch.equal(gray_crops[:, 1], gray_crops[:, 2])
 
 
-def test_folder_holds_one_decoded_picture_at_a_time(tmp_path, monkeypatch):
-    # Whole pictures were once all kept (for resample): a folder of a dozen 20-megapixel photos took about
-    # 600 MiB for 2 MiB of crops. Now each picture is let go before the next is decoded.
+def _track_picture_loads(monkeypatch):
+    """Record, at each decode, how many earlier decoded pictures are still alive; returns those counts."""
     import gc
     import weakref
 
-    root = make_folder(tmp_path / "imgs")
     loaded, alive_at_each_load = [], []
 
     def tracked(path, channels, patch_size):
         gc.collect()
         alive_at_each_load.append(sum(ref() is not None for ref in loaded))
-        picture = load(path, channels, patch_size)
+        picture, padded = load(path, channels, patch_size)
         loaded.append(weakref.ref(picture))
-        return picture
+        return picture, padded
 
     load = D._load_picture
     monkeypatch.setattr(D, "_load_picture", tracked)
+    return alive_at_each_load
+
+
+def test_folder_too_large_to_hold_keeps_one_decoded_picture_at_a_time(tmp_path, monkeypatch):
+    # Whole pictures were once all kept (for resample): a folder of a dozen 20-megapixel photos took about
+    # 600 MiB for 2 MiB of crops. Past the holding limit each picture is let go before the next is decoded.
+    import gc
+
+    root = make_folder(tmp_path / "imgs")
+    monkeypatch.setattr(D, "MAX_HELD_BYTES", 3 * 41 * 45)  # less than the 5 pictures take together
+    alive_at_each_load = _track_picture_loads(monkeypatch)
     ds = D.create_dataset("folder", "all", root=root, patch_size=8, patches_per_image=4, seed=1)
     ds.resample(2)
     assert alive_at_each_load == [0] * 10  # 5 files, read twice
     gc.collect()
-    assert all(ref() is None for ref in loaded)
+    assert ds._held is None
+
+
+def test_folder_that_fits_is_decoded_once_for_every_draw(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "imgs")
+    alive_at_each_load = _track_picture_loads(monkeypatch)
+    ds = D.create_dataset("folder", "all", root=root, patch_size=8, patches_per_image=4, seed=1)
+    first = ds.images.clone()
+    again = ds.crops(2)
+    assert alive_at_each_load == [0, 1, 2, 3, 4]  # each file once, all kept
+    assert again.shape == first.shape and not torch.equal(again, first)
+    assert torch.equal(ds.crops(1), first)  # the same seed draws the same crops from the held pictures
+    # A subset, in the order given: picture 3's crops, then picture 0's; the seed alone decides them.
+    some = ds.crops(7, pictures=[3, 0])
+    assert some.shape == (8, 3, 8, 8)
+    another = D.create_dataset("folder", "all", root=root, patch_size=8, patches_per_image=4, seed=9)
+    assert torch.equal(another.crops(7, [3, 0]), some)
+
+
+def test_folder_names_padded_pictures(tmp_path):
+    root = make_folder(tmp_path / "imgs")
+    ds = D.create_dataset("folder", "all", root=root, patch_size=16, patches_per_image=1)
+    sizes = {p.name: Image.open(p).size for p in ds.files}
+    assert sorted(p.name for p in ds.padded) == sorted(n for n, (w, h) in sizes.items() if min(w, h) < 16)
+    assert ds.padded  # the fixture's tiny bmp at least
 
 
 @pytest.mark.parametrize("kwargs", [{"patch_size": 2.5}, {"patches_per_image": "4"}, {"val_every": True}])

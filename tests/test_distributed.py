@@ -289,7 +289,7 @@ def test_batchnorm_processes_validate_the_model_that_is_saved(tmp_path, data_dir
     assert done.returncode == 0, done.stderr[-3000:]
     assert "no SyncBatchNorm on CPUs" in done.stderr
     resolved = resolve_config(cfg)
-    _, val_u8 = load_train_val(resolved)
+    val_u8 = load_train_val(resolved).val
     clean = val_u8.float() / 255
     noisy = make_noisy(clean, resolved.train.noise, resolved.eval_seed)
     model = load_model(tmp_path / "bn" / "checkpoints" / "step-00000006.safetensors")

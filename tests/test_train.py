@@ -402,6 +402,14 @@ def test_seeds_torch_cannot_take_are_refused(tmp_path, data_dir, key, value, mat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("seed", [2**64 - 2, -(2**63), 2**45])
+def test_every_seed_the_check_lets_through_trains(tmp_path, data_dir, seed):
+    # The epoch order was seeded with seed * 1_000_003 + epoch: any seed past about 1.8e13 overflowed
+    # torch's 64-bit seed at the first step ("Overflow when unpacking long long").
+    result = train({**small_config(tmp_path, data_dir, steps=2), "seed": seed}, progress=False)
+    assert result.step == 2
+
+
 @pytest.mark.parametrize("name", ["meta", "xpu", "bogus"])
 def test_devices_dae_cannot_run_on_are_refused(name):
     with pytest.raises(UsageError, match=f"unknown device '{name}'; use auto, cpu, cuda or mps"):
@@ -430,10 +438,88 @@ def test_folder_validation_takes_whole_pictures_the_training_crops_never_see(tmp
     for i in range(8):  # file 0 is the test split's (every 10th file): 7 training pictures
         Image.fromarray(np.full((20, 24), 10 * (i + 1), np.uint8)).save(root / f"p{i}.png")
     cfg = train_module.resolve_config({"data": {"dataset": "folder", "data_dir": str(root), "patch_size": 8}})
-    train_u8, val_u8 = train_module.load_train_val(cfg)
-    assert val_u8.shape[0] == 16  # 7 * 16 crops: a tenth is 11, rounded up to one whole picture
-    train_values, val_values = set(train_u8.unique().tolist()), set(val_u8.unique().tolist())
-    assert val_values == {80} and 80 not in train_values
+    data = train_module.load_train_val(cfg)
+    assert data.val.shape[0] == 16  # 7 * 16 crops: a tenth is 11, rounded up to one whole picture
+    val_values = set(data.val.unique().tolist())
+    assert len(val_values) == 1 and data.train.shape[0] == 6 * 16
+    for epoch in range(3):  # no epoch's crops come from the held-out picture
+        assert not val_values & set(data.redraw(epoch).unique().tolist())
+
+
+def test_folder_validation_pictures_are_spread_over_the_folder(tmp_path):
+    # The last files by name were held out: often one day's photos, or a folder's smallest.
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(41):  # files 0, 10, ..., 40 are the test split's: 36 training pictures
+        Image.fromarray(np.full((12, 12), i, np.uint8)).save(root / f"p{i:02d}.png")
+    data = {
+        "dataset": "folder",
+        "data_dir": str(root),
+        "patch_size": 11,
+        "patches_per_image": 2,
+        "val_size": 6,
+    }
+    picked = train_module.load_train_val(train_module.resolve_config({"data": data}))
+    assert sorted(set(picked.val.unique().tolist())) == [1, 21, 39]  # the first, middle and last of the 36
+    assert picked.train.shape[0] == 33 * 2
+
+
+def test_a_folders_training_crops_are_drawn_afresh_each_epoch(tmp_path):
+    root = _photos(tmp_path / "photos", n=4, size=(40, 48))
+    data = {"dataset": "folder", "data_dir": str(root), "patch_size": 16, "patches_per_image": 5}
+    loaded = train_module.load_train_val(train_module.resolve_config({"data": data, "seed": 3}))
+    assert loaded.train.shape == (2 * 5, 1, 16, 16)  # 3 training pictures, one of them held out
+    assert torch.equal(loaded.redraw(0), loaded.train)
+    second = loaded.redraw(1)
+    assert not torch.equal(second, loaded.train)  # were the same 16 crops of each picture for the whole run
+    assert torch.equal(loaded.redraw(1), second)  # from (seed, epoch) alone: a resume draws the same
+    other_seed = train_module.load_train_val(train_module.resolve_config({"data": data, "seed": 4}))
+    assert torch.equal(other_seed.val, loaded.val)  # validation is fixed by eval_seed, not the seed
+    assert not torch.equal(other_seed.train, loaded.train)
+    limited = train_module.load_train_val(
+        train_module.resolve_config({"data": {**data, "limit": 7}, "seed": 3})
+    )
+    assert torch.equal(limited.redraw(1), second[:7])
+
+
+def test_training_names_the_pictures_padded_up_to_a_crop(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = _photos(tmp_path / "photos", n=6, size=(30, 34))
+    Image.fromarray(np.zeros((9, 40), np.uint8)).save(root / "strip.png")  # sorted last: a training picture
+    cfg = {
+        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12},
+        "model": {"name": "strided"},
+        "train": {"steps": 1},
+        "out": str(tmp_path / "run"),
+    }
+    train(cfg, progress=False)
+    err = capsys.readouterr().err
+    assert "1 picture(s) smaller than the 12x12 crops are padded by reflection" in err and "strip.png" in err
+
+
+def test_a_folder_run_resumed_after_its_first_epoch_matches_an_uninterrupted_one(tmp_path):
+    root = _photos(tmp_path / "photos", n=6, size=(30, 34))
+
+    def run(name, epochs, resume=False):
+        cfg = {
+            "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12, "patches_per_image": 4},
+            "model": {"name": "strided"},
+            "train": {"epochs": epochs, "batch_size": 8, "schedule": "constant"},
+            "out": str(tmp_path / name),
+        }
+        return train(cfg, resume=resume, progress=False)
+
+    straight = run("a", 2)
+    run("b", 1)
+    resumed = run("b", 2, resume=True)
+    assert resumed.step == straight.step == 2 * 2  # 16 training crops, batches of 8
+    a, b = weights(straight.last_checkpoint), weights(resumed.last_checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ------------------------------------------------------------------------------ a run folder's trouble

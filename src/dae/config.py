@@ -22,6 +22,7 @@ class DataConfig:
     val_size: int = 1000  # held out from the end of the training split for validation (a tenth at most;
     # for a folder, whole pictures' crops: at least one picture, so with few pictures a larger share)
     patch_size: int = 64  # folder datasets: training crop size
+    patches_per_image: int = 16  # folder datasets: crops of each training picture, drawn afresh each epoch
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Config:
     out: str | None = None  # run directory; default runs/<name>
     recipe: str | None = None
     seed: int = 0
-    eval_seed: int = 1234  # fixes the noisy validation set
+    eval_seed: int = 1234  # fixes the noisy validation set (and a folder's validation crops)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

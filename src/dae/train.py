@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,8 @@ from dae.allocator import keep_freed_memory, release_freed_memory
 from dae.checkpoint import Checkpoint, load_checkpoint, paths_for, read_record, save_checkpoint
 from dae.checks import is_whole
 from dae.config import Config, build_config, load_config_file, merge, save_config
+from dae.data.datasets import FolderDataset, create_dataset
+from dae.data.noise import derive_seed, image_seed, make_noisy, parse_noise
 from dae.distributed import ALONE, World, join
 from dae.errors import CheckpointError, Interrupted, ResourceError, Terminated, TrainingError, UsageError
 from dae.fileio import atomic_write_text, make_folder, output_folder
@@ -181,24 +183,53 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     raise UsageError(f"unknown optimizer {t.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
 
 
-def load_train_val(cfg: Config) -> tuple[Tensor, Tensor]:
-    """uint8 (N, C, H, W) training images and held-out validation images from the end of the training split."""
-    from dae.data.datasets import create_dataset
+class TrainingData(NamedTuple):
+    train: Tensor  # uint8 (N, C, H, W)
+    val: Tensor  # uint8 (V, C, H, W), held out of the training split
+    # A folder's: the training crops of an epoch (N of them, like `train`); None: `train` serves every epoch.
+    redraw: Callable[[int], Tensor] | None = None
+    padded: tuple[Path, ...] = ()  # a folder's pictures smaller than a crop
 
-    kwargs = {"patch_size": cfg.data.patch_size} if cfg.data.dataset == "folder" else {}
-    dataset = create_dataset(cfg.data.dataset, "train", root=cfg.data.data_dir, **kwargs)
-    images = dataset.images
-    n = images.shape[0]
-    n_val = min(cfg.data.val_size, max(1, n // 10))
-    per_picture = getattr(dataset, "patches_per_image", 1)  # a folder's crops come in runs of one picture's
-    if n // per_picture >= 2:
-        # Whole pictures only: a crop overlapping a training crop of the same picture would score training data.
-        pictures = min(max(1, n_val // per_picture), n // per_picture - 1)
-        n_val = pictures * per_picture
-    train, val = images[: n - n_val], images[n - n_val :]
-    if cfg.data.limit is not None:  # >= 1: check_settings
-        train = train[: cfg.data.limit]
-    return train, val
+
+def load_train_val(cfg: Config) -> TrainingData:
+    """The training images and the validation images held out of the training split.
+
+    MNIST-like sets hold out their last images. A folder holds out whole pictures, spread over its sorted
+    list (the last files alone may be one day's photos, or its smallest); its validation crops are drawn
+    once with eval_seed, and its training crops afresh for every epoch from (seed, epoch).
+    """
+    d = cfg.data
+    if d.dataset != "folder":
+        images = create_dataset(d.dataset, "train", root=d.data_dir).images
+        n_val = min(d.val_size, max(1, images.shape[0] // 10))
+        train, val = images[: images.shape[0] - n_val], images[images.shape[0] - n_val :]
+        return TrainingData(train if d.limit is None else train[: d.limit], val)
+
+    folder = create_dataset(
+        "folder",
+        "train",
+        root=d.data_dir,
+        patch_size=d.patch_size,
+        patches_per_image=d.patches_per_image,
+        seed=cfg.eval_seed,
+    )
+    assert isinstance(folder, FolderDataset)
+    n, k = len(folder.files), d.patches_per_image
+    # Whole pictures: a crop overlapping a training crop of the same picture would score training data. At
+    # least one picture, and with a single picture it serves both.
+    held_out = min(max(1, min(d.val_size, n * k // 10) // k), max(1, n - 1))
+    val_pictures = sorted({round(j * (n - 1) / max(1, held_out - 1)) for j in range(held_out)})
+    train_pictures = [i for i in range(n) if i not in val_pictures] or val_pictures
+    val = torch.cat([folder.images[i * k : (i + 1) * k] for i in val_pictures])  # a copy
+    folder.images = (
+        val  # the first draw's training crops are not used (each epoch draws its own): let them go
+    )
+
+    def redraw(epoch: int) -> Tensor:
+        crops = folder.crops(derive_seed("crops", cfg.seed, epoch), train_pictures)
+        return crops if d.limit is None else crops[: d.limit]
+
+    return TrainingData(redraw(0), val, redraw, tuple(folder.padded))
 
 
 def _continue_stream(generator: torch.Generator, state: Tensor | None, fresh_seed: int) -> bool:
@@ -220,7 +251,7 @@ def _continue_stream(generator: torch.Generator, state: Tensor | None, fresh_see
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> Tensor:
     # Derived from (seed, epoch) alone, so a resumed run draws the same order without saved state.
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("order", seed, epoch)))
 
 
 def to_float(batch: Tensor, channels_last: bool) -> Tensor:
@@ -252,8 +283,6 @@ def validate(
 
 def noise_seed(seed: int, rank: int) -> int:
     """The training noise stream's seed for process `rank`; the first keeps the single-process seed."""
-    from dae.data.noise import image_seed
-
     return seed + 1 if rank == 0 else image_seed(seed + 1, rank)
 
 
@@ -559,8 +588,6 @@ def _train(
     on_step: Callable[[int, float], bool] | None,
     held: ExitStack,
 ) -> TrainResult:
-    from dae.data.noise import image_seed, make_noisy, parse_noise
-
     t = cfg.train
     if sum(x is not None for x in (t.epochs, t.steps, t.time_budget)) == 0:
         t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
@@ -583,7 +610,14 @@ def _train(
     torch.manual_seed(cfg.seed)  # model initialisation
 
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
-    train_u8, val_u8 = load_train_val(cfg)
+    data = load_train_val(cfg)
+    train_u8, val_u8, drawn_epoch = data.train, data.val, 0
+    if data.padded and world.main:
+        print(
+            f"dae: {len(data.padded)} picture(s) smaller than the {cfg.data.patch_size}x{cfg.data.patch_size} crops "
+            f"are padded by reflection, e.g. {data.padded[0]}; a smaller --data.patch_size pads fewer",
+            file=sys.stderr,
+        )
     n_train = train_u8.shape[0]
     in_channels = train_u8.shape[1]
     train_u8 = train_u8.to(device)
@@ -761,6 +795,8 @@ def _train(
         if done and world.main:
             print(f"dae: {run_dir} already reached its stop condition at step {step}; nothing to do")
         while not done:
+            if data.redraw is not None and epoch != drawn_epoch:  # a folder's crops are new each epoch
+                train_u8, drawn_epoch = data.redraw(epoch).to(device), epoch
             order = epoch_permutation(n_train, cfg.seed, epoch).to(device)
             while batch_index < batches_per_epoch:
                 # One step: index a batch, corrupt it in one vectorised call, fit the clean target.

@@ -748,15 +748,29 @@ def _folder_root(root: str | os.PathLike | None) -> Path:
     return folder
 
 
-class FolderDataset(ImageDataset):
-    """Random square crops from a folder of image files; `resample(seed)` draws new crops.
+# A folder's decoded pictures are kept for drawing new crops when they take at most a quarter of the machine's
+# memory (beside the crops' half); larger folders are decoded again for each draw.
+MAX_HELD_BYTES = MAX_CROP_BYTES // 2
 
-    Only the crops are kept: each file is decoded, cropped and let go in turn (a folder of large photos
-    would otherwise be held whole in memory), so `resample` reads the files again.
+
+def _picture_bytes(path: Path, channels: int, patch_size: int) -> int:
+    """The uint8 size of a file's decoded picture after padding, from its header."""
+    with _open_image(path) as im:
+        w, h = im.size
+    return channels * max(h, patch_size) * max(w, patch_size)
+
+
+class FolderDataset(ImageDataset):
+    """Random square crops from a folder of image files; `crops(seed)` draws new ones.
+
+    The decoded pictures are kept for later draws when they fit in MAX_HELD_BYTES. A folder of many large
+    photos is decoded again for each draw instead, one file at a time, so that only the crops stay in memory.
+    Each process of a torchrun training keeps its own.
 
     Example:
         >>> ds = create_dataset("folder", "train", root="photos/", patch_size=64, patches_per_image=16)
         >>> ds.images.shape  # (16 * n_images, C, 64, 64) uint8
+        >>> fresh = ds.crops(seed=1)  # 16 new crops of each picture
     """
 
     def __init__(
@@ -773,39 +787,60 @@ class FolderDataset(ImageDataset):
         self.channels = channels
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
-        super().__init__(self._crops(seed), None, "folder", split, source=str(root))
+        fits = sum(_picture_bytes(f, channels, patch_size) for f in files) <= MAX_HELD_BYTES
+        self._held: dict[int, torch.Tensor] | None = {} if fits else None
+        # Files smaller than a crop: their crops are largely reflections (found by the first draw).
+        self.padded: list[Path] = []
+        super().__init__(self.crops(seed), None, "folder", split, source=str(root))
         self.seed = seed
 
     def resample(self, seed: int) -> None:
         """Redraw all crops from a generator seeded with `seed`."""
-        self.images = self._crops(seed)
+        self.images = self.crops(seed)
         self.seed = seed
 
-    def _crops(self, seed: int) -> torch.Tensor:
+    def crops(self, seed: int, pictures: Sequence[int] | None = None) -> torch.Tensor:
+        """patches_per_image crops of each picture (of `pictures`, indices into files: all by default), in
+        the order given: (len(pictures) * k, C, p, p) uint8, picture i's crops in rows i*k .. i*k + k - 1."""
         g = torch.Generator().manual_seed(seed)
         p, k = self.patch_size, self.patches_per_image
-        out = torch.empty((len(self.files) * k, self.channels, p, p), dtype=torch.uint8)
-        for i, path in enumerate(self.files):
-            picture = _load_picture(path, self.channels, p)
+        chosen = range(len(self.files)) if pictures is None else pictures
+        out = torch.empty((len(chosen) * k, self.channels, p, p), dtype=torch.uint8)
+        for row, i in enumerate(chosen):
+            picture = self._picture(i)
             _, h, w = picture.shape
             ys = torch.randint(0, h - p + 1, (k,), generator=g).tolist()
             xs = torch.randint(0, w - p + 1, (k,), generator=g).tolist()
             for j, (y, x) in enumerate(zip(ys, xs, strict=True)):
-                out[i * k + j] = picture[:, y : y + p, x : x + p]
-            del picture  # let it go before the next file is decoded, not after
-        return out  # (n_pictures * k, C, p, p); crops of picture i are rows i*k .. i*k + k - 1
+                out[row * k + j] = picture[:, y : y + p, x : x + p]
+            del picture  # a picture not held is let go before the next file is decoded, not after
+        return out
+
+    def _picture(self, i: int) -> torch.Tensor:
+        if self._held is not None and i in self._held:
+            return self._held[i]
+        picture, padded = _load_picture(self.files[i], self.channels, self.patch_size)
+        if padded and self.files[i] not in self.padded:
+            self.padded.append(self.files[i])
+        if self._held is not None:
+            self._held[i] = picture
+        return picture
 
 
-def _load_picture(path: Path, channels: int, patch_size: int) -> torch.Tensor:
-    """One file as (channels, H, W) uint8, padded to at least patch_size on each side."""
+def _load_picture(path: Path, channels: int, patch_size: int) -> tuple[torch.Tensor, bool]:
+    """One file as (channels, H, W) uint8, padded to at least patch_size on each side; and whether it was."""
     pixels, gray = read_image(path)
+    padded = min(pixels.shape[:2]) < patch_size
     if channels == 1 and not gray:
         # ITU-R 601 luma, the same weights Pillow's convert("L") uses.
         luma = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         pixels = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
     elif channels == 3 and gray:
         pixels = np.repeat(pixels, 3, axis=2)
-    return torch.from_numpy(np.array(_pad_to(pixels, patch_size).transpose(2, 0, 1), order="C"))  # writable
+    picture = torch.from_numpy(
+        np.array(_pad_to(pixels, patch_size).transpose(2, 0, 1), order="C")
+    )  # writable
+    return picture, padded
 
 
 @DATASETS.register("folder")
