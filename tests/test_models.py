@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 from dae.models import MODELS, create_model, list_models
 from dae.recipes import LOSS_NAMES, OPTIMIZER_NAMES, Recipe, get_recipe, list_recipes, recipe_for
 
@@ -225,6 +225,27 @@ def test_save_load_round_trip_gives_identical_outputs(name, kw, code_shape, tmp_
 def test_unknown_argument_is_a_usage_error_naming_the_valid_ones(name):
     with pytest.raises(UsageError, match=rf"model {name}: .*'widht'; its arguments are in_channels, "):
         create_model(name, widht=3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(name, monkeypatch):
+    import dae.models
+
+    model = create_model(name)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    monkeypatch.setattr(dae.models, "MAX_MODEL_BYTES", size - 1)
+    with pytest.raises(ResourceError, match=rf"model {name} {{}} has [\d,]+ parameters .* a quarter of this"):
+        create_model(name)
+    with torch.device("meta"):  # a layout check on the meta device costs nothing and is not refused
+        assert create_model(name).dae_name == name
+    monkeypatch.setattr(dae.models, "MAX_MODEL_BYTES", size)
+    assert create_model(name).dae_name == name
+
+
+def test_a_model_too_large_to_count_is_refused():
+    # Was built (torch's 64-bit sizes overflow only for some tensors) and then killed by the kernel: exit 137.
+    with pytest.raises(ResourceError, match=r"model unet \{'levels': 30\} is too large to build"):
+        create_model("unet", levels=30)
 
 
 def test_duplicate_registration_raises_and_unknown_name_lists_models():

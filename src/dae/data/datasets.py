@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from dae.checks import is_whole
+from dae.checks import is_whole, machine_memory
 from dae.data.idx import idx_bytes, read_idx_with_digest, write_atomic
 from dae.errors import DataError, ResourceError, UsageError
 from dae.registry import Registry
@@ -711,15 +711,8 @@ def _to_uint8(im) -> tuple[np.ndarray, bool]:
     return np.asarray(im.convert("RGB")), False  # CMYK, YCbCr, ...
 
 
-def _half_the_memory() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): a size any machine training has
-        return 4 * 2**30
-
-
 # A folder dataset's crops are held in memory as uint8; more than half the machine's memory cannot train.
-MAX_CROP_BYTES = _half_the_memory()
+MAX_CROP_BYTES = machine_memory() // 2
 
 
 def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
+
+from dae.checks import machine_memory
+from dae.errors import ResourceError
 from dae.models.base import Denoiser
 from dae.registry import Registry
 
@@ -18,10 +22,41 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
         >>> model = create_model("unet", width=16)
     """
     builder = MODELS.builder(name, kwargs)
+    if torch.get_default_device().type != "meta":  # a build on the meta device costs no memory to check
+        _check_fits_in_memory(name, builder, kwargs)
     model = builder(**kwargs)
     model.dae_name = name
     model.dae_kwargs = resolved_kwargs(builder, kwargs)
     return model
+
+
+# Training holds a model's weights four times over (weights, gradients and Adam's two moments) beside its
+# activations: a model larger than a quarter of the machine's memory cannot train here.
+MAX_MODEL_BYTES = machine_memory() // 4
+
+
+def _check_fits_in_memory(name: str, builder: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse a model too large for this machine, sized on the meta device before a byte is allocated.
+
+    Linux promises memory it does not have: `unet levels=30` was built, then killed by the kernel, which may
+    take other programs with it.
+    """
+    try:
+        with torch.device("meta"):
+            shell = builder(**kwargs)
+    except RuntimeError as e:  # "Storage size calculation overflowed": more elements than 64 bits can count
+        raise ResourceError(
+            f"model {name} {kwargs} is too large to build ({str(e).splitlines()[0]})"
+        ) from None
+    tensors = [*shell.parameters(), *shell.buffers()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if size > MAX_MODEL_BYTES:
+        count = sum(p.numel() for p in shell.parameters())
+        raise ResourceError(
+            f"model {name} {kwargs} has {count:,} parameters ({size / 2**30:.1f} GiB): more than a quarter of this "
+            f"machine's {machine_memory() / 2**30:.0f} GiB memory, which training needs four times over; "
+            "give it fewer levels or channels"
+        )
 
 
 def resolved_kwargs(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def dncnn(
     norm: str = "none",
     activation: str = "relu",
 ) -> DnCNN:
-    """Residual DnCNN-style denoiser (depth, width, norm none|batch|group, activation relu|silu).
+    """Residual DnCNN-style denoiser (depth, width, norm none|batch|group, activation relu|sigmoid|silu).
 
     Example:
         >>> model = dncnn(depth=8, width=32)
