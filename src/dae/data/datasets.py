@@ -830,9 +830,8 @@ def _load_picture(path: Path, channels: int, patch_size: int) -> tuple[torch.Ten
         pixels = np.clip(np.round(luma), 0, 255).astype(np.uint8)[..., None]
     elif channels == 3 and gray:
         pixels = np.repeat(pixels, 3, axis=2)
-    picture = torch.from_numpy(
-        np.array(_pad_to(pixels, patch_size).transpose(2, 0, 1), order="C")
-    )  # writable
+    # np.array copies: torch.from_numpy wants a writable array.
+    picture = torch.from_numpy(np.array(_pad_to(pixels, patch_size).transpose(2, 0, 1), order="C"))
     return picture, padded
 
 
