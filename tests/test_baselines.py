@@ -133,6 +133,23 @@ def test_gaussian_blur_width_follows_sigma_unless_fixed():
     assert torch.allclose(fixed.denoise(x), tied.denoise(x, sigma=0.6), atol=1e-6)  # width 0.4 + 0.6
 
 
+def test_gaussian_blur_width_is_capped_at_the_image():
+    # Level 1e9 asked scipy for a 60 GiB kernel (numpy's _ArrayMemoryError, a traceback): a blur wider than the
+    # image is its mean already.
+    x = torch.rand(2, 1, 28, 28)
+    out = create_baseline("gaussian_blur").denoise(x, sigma=1e9)
+    assert torch.isfinite(out).all() and out.std(dim=(2, 3)).max() < 0.05
+
+
+def test_an_image_with_no_detail_left_has_no_noise_to_see(tmp_path):
+    # skimage's estimate is NaN for a flat image (a digit a block erased whole): tv and wavelet returned NaN,
+    # and one NaN image made the whole set's average NaN.
+    flat = torch.zeros(2, 1, 28, 28)
+    assert estimate_sigma(flat) == [0.0, 0.0]
+    for name in ("tv", "wavelet"):
+        assert torch.equal(create_baseline(name).denoise(flat), flat)
+
+
 def test_median_removes_salt_and_pepper():
     clean = smooth(2, 1, 28, 28)
     noisy = add_noise(clean, "salt_pepper:0.05", seed=0)

@@ -1,8 +1,10 @@
 import json
+import math
 
 import pytest
 import torch
 
+from dae.data.noise import make_noisy
 from dae.errors import ResourceError, UsageError
 from dae.evaluate import DEFAULT_LEVELS, evaluate, noise_specs, train_test_matrix
 from dae.models import create_model
@@ -18,6 +20,40 @@ def test_noise_specs_expand_levels_and_keep_options():
         noise_specs("gaussian:0.3", [0.1])
     with pytest.raises(UsageError):
         noise_specs("gausian", [0.1])
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("Gaussian:0.3", [("gaussian:0.3", 0.3)]),  # was recorded as typed, with no level: no plot
+        ("gaussian: 0.3", [("gaussian:0.3", 0.3)]),
+        ("gaussian:1e-1", [("gaussian:0.1", 0.1)]),
+        ("gaussian:1e-5", [("gaussian:1e-05", 1e-05)]),
+        ("block:third", [("block:third", None)]),
+        ("gaussian:0.1-0.5", [("gaussian:0.1-0.5", None)]),
+    ],
+)
+def test_a_full_spec_is_recorded_as_the_parser_writes_it_with_its_level(given, expected):
+    assert noise_specs(given, None) == expected
+
+
+def test_levels_given_twice_are_evaluated_once_and_any_sequence_will_do():
+    import numpy as np
+
+    assert noise_specs("Gaussian", [0.5, 0.1, 0.5]) == [("gaussian:0.5", 0.5), ("gaussian:0.1", 0.1)]
+    res = evaluate(
+        baselines=["median"], images=torch.rand(2, 1, 16, 16), levels=np.array([0.1, 0.3]), verbose=False
+    )
+    assert [r["level"] for r in res.records if r["method"] == "median"] == [
+        0.1,
+        0.3,
+    ]  # was numpy's "ambiguous"
+
+
+@pytest.mark.parametrize("levels", ["", ",", []])
+def test_empty_levels_are_refused_not_read_as_the_default_sweep(levels):
+    with pytest.raises(UsageError, match="levels is empty: .* or leave it out for the family's sweep"):
+        evaluate(baselines=["median"], images=torch.rand(2, 1, 16, 16), levels=levels, verbose=False)
 
 
 def test_every_method_sees_the_same_noisy_images(mnist_test, tmp_path):
@@ -39,12 +75,59 @@ def test_every_method_sees_the_same_noisy_images(mnist_test, tmp_path):
         assert by[("identity", level)]["psnr"] == pytest.approx(by[("noisy input", level)]["psnr"])
         assert by[("median", level)]["psnr"] > by[("noisy input", level)]["psnr"]
         assert by[("nlm", level)]["n_images"] == 25 and by[("median", level)]["n_images"] == 60
+        # nlm's 25 images have a floor of their own beside the 60 images' (nlm was read against the latter).
+        subset_floor = by[("noisy input, first 25", level)]
+        assert subset_floor["n_images"] == 25 and subset_floor["kind"] == "noisy"
+        assert subset_floor["psnr"] != by[("noisy input", level)]["psnr"]
     assert by[("noisy input", "gaussian:0.3")]["psnr"] > by[("noisy input", "gaussian:0.6")]["psnr"]
     assert any("nlm is slow" in note for note in res.notes)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved["records"]) == len(res.records) == 2 * 5
+    assert len(saved["records"]) == len(res.records) == 2 * 6
     assert (tmp_path / "results.csv").read_text().startswith("method,kind,noise,level,psnr")
     assert (tmp_path / "psnr_vs_noise.png").stat().st_size > 1000
+
+
+class SigmaSpy:
+    """A denoiser of one's own that keeps the noise level evaluation hands it."""
+
+    name, needs_sigma, slow = "spy", True, False
+
+    def __init__(self):
+        self.given = []
+
+    def denoise(self, x, sigma=None):
+        self.given.append(sigma)
+        return x.clone()
+
+
+def test_given_sigma_is_the_noise_measured_in_each_image(mnist_test):
+    # The nominal s was handed over, though clipping leaves less noise than that (about 0.31 at 0.5):
+    # non-local means then flattened the digits, 2-3 dB below its own estimate.
+    images = mnist_test[:30].clone()
+    spy = SigmaSpy()
+    res = evaluate(models=[spy], images=images, levels=[0.5], batch_size=16, verbose=False)
+    given = [s for batch in spy.given for s in batch]
+    assert [len(batch) for batch in spy.given] == [16, 14] and len(set(given)) == 30  # one per image
+    assert all(0.2 < s < 0.4 for s in given)
+    noisy = make_noisy(images, "gaussian:0.5", 1234)
+    assert given[3] == pytest.approx((noisy[3] - images[3]).std().item())
+    spied = next(r for r in res.records if r["method"] == "spy")
+    assert spied["sigma"] == "given" and any("measured against the clean image" in n for n in res.notes)
+
+    spy = SigmaSpy()
+    res = evaluate(models=[spy], images=images, noise="salt_pepper:0.1", verbose=False)
+    assert spy.given == [None] and res.records[-1]["sigma"] == "estimated"  # not Gaussian: estimated
+    spy = SigmaSpy()
+    res = evaluate(models=[spy], images=images, levels=[0.5], sigma="estimate", verbose=False)
+    assert spy.given == [None] and res.records[-1]["sigma"] == "estimated"
+    assert {r["sigma"] for r in res.records if r["method"] == "noisy input"} == {None}
+
+
+def test_results_json_is_strict_json_after_an_occlusion_that_erases_everything(mnist_test, tmp_path):
+    images = mnist_test[:8].clone()
+    res = evaluate(baselines=["tv", "wavelet"], images=images, noise="mask:1", out=tmp_path, verbose=False)
+    assert all(math.isfinite(r["psnr"]) for r in res.records)
+    json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)  # NaN was written bare
 
 
 def test_same_seed_same_numbers_batch_size_irrelevant(mnist_test):

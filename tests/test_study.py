@@ -104,6 +104,17 @@ def test_occlusion_and_beyond_answers():
         rec("blk", "block:third", 15.0),
     ]
     assert "blk restored best (15.00 dB, +5.00 dB" in answer_occlusion(occ)
+    # Every method below the occluded input (a quick study's models, and a slow baseline's subset floor):
+    # was "g restored best (9.00 dB, -1.00 dB over the occluded input ...)".
+    occ = [
+        rec("noisy input", "block:third", 10.0, kind="noisy"),
+        rec("noisy input, first 200", "block:third", 11.0, kind="noisy"),
+        rec("g", "block:third", 9.0),
+        rec("blk", "block:third", 8.5),
+    ]
+    text = answer_occlusion(occ)
+    assert "no method restored the image: the occluded input itself scores 10.00 dB" in text
+    assert "the best, g, 9.00 dB (-1.00 dB; worst 8.50 dB)" in text and "restored best" not in text
     beyond = [
         rec("unet", "salt_pepper:0.1", 25.0),
         rec("median", "salt_pepper:0.1", 22.0, kind="baseline"),

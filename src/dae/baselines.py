@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,7 +82,12 @@ def estimate_sigma(x: Tensor) -> list[float]:
     out = []
     for a in arr:
         img, axis = _image_view(a)
-        out.append(float(_est(img, channel_axis=axis, average_sigmas=True)))
+        # skimage gives NaN for an image with no fine detail at all (a digit a block erased), with numpy's
+        # "Mean of empty slice" warnings on the way: there is no noise to see.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            s = float(_est(img, channel_axis=axis, average_sigmas=True))
+        out.append(s if math.isfinite(s) else 0.0)
     return out
 
 
@@ -180,7 +186,8 @@ class GaussianBlur(ClassicalDenoiser):
     def _denoise_one(self, img: np.ndarray, sigma: float | None, channel_axis: int | None) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
-        w = 0.4 + float(sigma)
+        # A blur wider than the image is its mean already; an uncapped one (at level 1e9) asked for 60 GiB.
+        w = min(0.4 + float(sigma), max(img.shape[:2]))
         spatial = (w, w) if channel_axis is None else (w, w, 0)
         return gaussian_filter(img, sigma=spatial, mode="reflect")
 

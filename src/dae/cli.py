@@ -321,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--slow-limit", type=int, default=200, help="images for slow baselines (nlm, bm3d)")
     e.add_argument("--seed", type=int, default=1234, help="evaluation noise seed")
     e.add_argument(
-        "--sigma", choices=["given", "estimate"], default="given", help="noise level for baselines"
+        "--sigma",
+        choices=["given", "estimate"],
+        default="given",
+        help="noise level handed to baselines: given (the std of the noise in each image, measured against the "
+        "clean image: an oracle; Gaussian noise only, other noise is estimated) or estimate (from the noisy "
+        "image) (default: %(default)s)",
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--out", help="output directory (default RUN/eval for the first checkpoint)")

@@ -594,7 +594,9 @@ def plot_psnr_vs_noise(
                 continue
             style = dict(_STYLE.get(kinds[method], _STYLE["baseline"]))
             style.setdefault("color", colours.get(method))
-            label = "noisy input" if kinds[method] == "noisy" else method
+            if kinds[method] == "noisy" and method != "noisy input":  # the floor of the slow methods' subset
+                style["linestyle"] = "-."
+            label = method
             label = " " + label if label.startswith("_") else label  # matplotlib hides "_..." from legends
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, ms=4, **style)
         if family == "poisson":  # peaks are photon counts: more is cleaner, and they span decades

@@ -171,7 +171,7 @@ def not_denoising(records: Sequence[Mapping[str, Any]]) -> list[str]:
     counts: doing worse than the input on noise a model never saw (a gaussian model on occlusion) can be the
     very finding.
     """
-    noisy = {str(r["noise"]): _num(r["psnr"]) for r in records if r.get("kind") == "noisy"}
+    noisy = {str(r["noise"]): _num(r["psnr"]) for r in records if r.get("method") == "noisy input"}
     scores: dict[str, dict[str, float]] = {}
     trained_on: dict[str, str] = {}
     for r in records:
@@ -324,20 +324,28 @@ def answer_artefacts(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def answer_occlusion(records: Sequence[Mapping[str, Any]]) -> str:
-    """Best restorer per occlusion and how much it gains over the occluded input."""
+    """Best restorer per occlusion and how much it gains over the occluded input, or that none gained."""
     table = pivot(records)
+    floors = {str(r["method"]) for r in records if r.get("kind") == "noisy"}
     specs = list(dict.fromkeys(str(r["noise"]) for r in records))
     parts = []
     for s in specs:
-        learned = {m: v[s] for m, v in table.items() if s in v and m != "noisy input"}
-        if not learned:
+        scores = {m: v[s] for m, v in table.items() if s in v and m not in floors}
+        if not scores:
             continue
-        best = max(learned, key=lambda m: learned[m])
+        best = max(scores, key=lambda m: scores[m])
         floor = table.get("noisy input", {}).get(s, math.nan)
-        parts.append(
-            f"On {s}, {best} restored best ({learned[best]:.2f} dB, {learned[best] - floor:+.2f} dB over the "
-            f"occluded input; worst model {min(learned.values()):.2f} dB)."
-        )
+        worst = f"worst {min(scores.values()):.2f} dB"
+        if scores[best] > floor:
+            parts.append(
+                f"On {s}, {best} restored best ({scores[best]:.2f} dB, {scores[best] - floor:+.2f} dB over the "
+                f"occluded input; {worst})."
+            )
+        else:  # "restored best" would read as a restoration
+            parts.append(
+                f"On {s}, no method restored the image: the occluded input itself scores {floor:.2f} dB, and the "
+                f"best, {best}, {scores[best]:.2f} dB ({scores[best] - floor:+.2f} dB; {worst})."
+            )
     return " ".join(parts) or "No occlusion results."
 
 
