@@ -197,3 +197,41 @@ def test_an_unwritable_out_folder_is_a_missing_resource(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as e:
         run.main(["--only", "flops", "--out", str(tmp_path / "out")])
     assert e.value.code == 5 and "is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "folder"), [([], "bench/results"), (["--quick"], "bench/results-quick")])
+def test_a_quick_run_writes_beside_the_full_results_not_over_them(tmp_path, monkeypatch, args, folder):
+    # --quick wrote into bench/results too, replacing an hour's full results with 15 minutes' quick ones.
+    monkeypatch.chdir(tmp_path)
+    chosen = []
+    monkeypatch.setattr(run, "run", lambda only, quick, models, out: chosen.append((quick, out)) or 0)
+    assert run.main(["--only", "flops", *args]) == 0
+    assert chosen == [(bool(args), Path(folder))]
+
+
+def test_a_share_of_the_peak_over_100_percent_gets_no_verdict(tmp_path):
+    # A peak measured while the CPU was busy came out low, and the training share 121.6% was marked "pass".
+    flops = {
+        "mode": "quick",
+        "fp32_peak": {"gflops": 90.0},
+        "rows": [{"model": "unet", "default": True, "train_percent_of_fp32_peak": 121.6}],
+        "inference": {"percent_of_fp32_peak": 75.0},
+    }
+    common.write_result(tmp_path, "flops", flops)
+    verdicts = {target: verdict for target, _, verdict in run.targets(tmp_path)}
+    assert verdicts["training >= 60% of fp32 peak (default model)"].startswith("no verdict: over 100%")
+    assert verdicts["inference >= 60% of fp32 peak (default model)"] == "pass"
+
+
+def test_an_interrupted_benchmark_does_not_name_its_removed_temporary_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    from dae.errors import Interrupted
+
+    def interrupted(*a):
+        raise Interrupted("SIGINT: stopped at step 9; checkpoint saved to /tmp/tmpxyz/run/ck.safetensors", 2)
+
+    monkeypatch.setattr(run, "run", interrupted)
+    assert run.main(["--only", "flops", "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "bench: interrupted; the results written before it are kept in" in err and "/tmp/tmpxyz" not in err

@@ -203,7 +203,9 @@ def test_a_two_process_run_resumes_in_one_process(tmp_path, data_dir, capsys):
     run_worker(tmp_path, config(tmp_path, data_dir, "b", epochs=2), stop_at=3)
     result = dae.train(config(tmp_path, data_dir, "b", epochs=2), resume=True, progress=False)
     assert result.step == 8
-    assert "trained by 2 process(es), this resume has 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained by 2 process(es), this resume has 1: it continues the first process's noise stream" in err
+    assert "the others" not in err  # there are none
 
 
 def test_a_one_process_run_resumes_in_two_processes(tmp_path, data_dir):
@@ -377,3 +379,34 @@ def test_a_run_folder_in_use_refuses_every_process(tmp_path, data_dir):
     assert "dae (process 1): the first process could not take run directory" in done.stderr
     assert not re.search(r'File ".*/dae/', done.stderr)
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_under_a_time_budget_every_process_sets_the_same_learning_rate(tmp_path, data_dir):
+    # The learning rate follows the time trained; each process read its own clock, so the rates differed by a
+    # few microseconds' worth at nearly every step and the replicas' weights drifted apart.
+    cfg = config(tmp_path, data_dir, "budget", time_budget=3, batch_size=16)
+    script = tmp_path / "lrs.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, os
+            import dae, dae.train
+
+            rates, lr_at = [], dae.train.lr_at
+
+            def recorded(cfg, step, progress):
+                rates.append(lr_at(cfg, step, progress))
+                return rates[-1]
+
+            dae.train.lr_at = recorded
+            dae.train(json.loads({json.dumps(json.dumps(cfg))}), progress=False)
+            with open(f"rates-{{os.environ['RANK']}}.json", "w") as f:
+                json.dump(rates, f)
+            """
+        )
+    )
+    done = torchrun(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = (json.loads((tmp_path / f"rates-{rank}.json").read_text()) for rank in (0, 1))
+    assert len(first) > 10 and len(set(first)) > 10  # the schedule moved with the time
+    assert first == second
