@@ -1137,10 +1137,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: no MNIST found; set DAE_DATA_DIR to the folder holding mnist/", file=sys.stderr)
     try:
         return run(only, args.quick, models, Path(args.out))
-    except Interrupted as e:
+    except (Interrupted, KeyboardInterrupt) as e:
         # Training's message names a checkpoint in the benchmark's temporary folder, already removed.
         print(f"bench: interrupted; the results written before it are kept in {args.out}", file=sys.stderr)
-        return e.exit_code
+        return e.exit_code if isinstance(e, Interrupted) else 130
     except DaeError as e:
         print(f"bench: {e}", file=sys.stderr)
         return e.exit_code

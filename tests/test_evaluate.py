@@ -31,6 +31,7 @@ def test_noise_specs_expand_levels_and_keep_options():
         ("gaussian:1e-5", [("gaussian:1e-05", 1e-05)]),
         ("block:third", [("block:third", None)]),
         ("gaussian:0.1-0.5", [("gaussian:0.1-0.5", None)]),
+        ("none+gaussian:0.3", [("none+gaussian:0.3", None)]),  # a composition has no one level
     ],
 )
 def test_a_full_spec_is_recorded_as_the_parser_writes_it_with_its_level(given, expected):

@@ -115,6 +115,7 @@ def test_occlusion_and_beyond_answers():
     text = answer_occlusion(occ)
     assert "no method restored the image: the occluded input itself scores 10.00 dB" in text
     assert "the best, g, 9.00 dB (-1.00 dB; worst 8.50 dB)" in text and "restored best" not in text
+    assert "g restored best (9.00 dB; worst 8.50 dB)." in answer_occlusion(occ[2:])  # no floor: no "nan dB"
     beyond = [
         rec("unet", "salt_pepper:0.1", 25.0),
         rec("median", "salt_pepper:0.1", 22.0, kind="baseline"),

@@ -483,6 +483,41 @@ def test_a_folders_training_crops_are_drawn_afresh_each_epoch(tmp_path):
         train_module.resolve_config({"data": {**data, "limit": 7}, "seed": 3})
     )
     assert torch.equal(limited.redraw(1), second[:7])
+    assert limited.redraw(1).untyped_storage().nbytes() == 7 * 16 * 16  # not a view keeping every crop
+
+
+def test_a_folder_changed_during_training_stops_it_with_where_to_resume(tmp_path, monkeypatch):
+    import dae.data.datasets as D
+    from dae.errors import DataError
+
+    root = _photos(tmp_path / "photos", n=6, size=(30, 34))
+    monkeypatch.setattr(D, "MAX_HELD_BYTES", 0)  # decoded again each epoch, as a large folder is
+    cfg = {
+        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12, "patches_per_image": 4},
+        "model": {"name": "strided"},
+        "train": {"epochs": 2, "batch_size": 8},
+        "out": str(tmp_path / "run"),
+    }
+
+    def remove_a_picture(step, loss):
+        if step == 2:  # the end of the first epoch
+            (root / "p2.png").unlink()
+        return False
+
+    with pytest.raises(
+        DataError, match=r"p2.png: .*the image folder changed during training: stopped at step 2 "
+    ):
+        train(cfg, progress=False, on_step=remove_a_picture)
+
+
+def test_a_torchrun_machines_processes_share_the_budget_for_held_pictures(tmp_path, monkeypatch):
+    import dae.data.datasets as D
+
+    root = _photos(tmp_path / "photos", n=4, size=(30, 34))
+    monkeypatch.setattr(D, "MAX_HELD_BYTES", 4 * 30 * 34)
+    assert D.create_dataset("folder", "all", root=root, patch_size=12)._held is not None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert D.create_dataset("folder", "all", root=root, patch_size=12)._held is None
 
 
 def test_training_names_the_pictures_padded_up_to_a_crop(tmp_path, capsys):

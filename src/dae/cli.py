@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["given", "estimate"],
         default="given",
         help="noise level handed to baselines: given (the std of the noise in each image, measured against the "
-        "clean image: an oracle; Gaussian noise only, other noise is estimated) or estimate (from the noisy "
+        "clean image: an oracle; Gaussian noise of one level, other noise is estimated) or estimate (from the noisy "
         "image) (default: %(default)s)",
     )
     e.add_argument("--device", default="auto")

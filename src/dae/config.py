@@ -19,8 +19,8 @@ class DataConfig:
     dataset: str = "mnist"
     data_dir: str | None = None  # None: DAE_DATA_DIR, the cache, /usr/share/datasets, then download
     limit: int | None = None  # train on the first N training images only (quick runs)
-    val_size: int = 1000  # held out from the end of the training split for validation (a tenth at most;
-    # for a folder, whole pictures' crops: at least one picture, so with few pictures a larger share)
+    val_size: int = 1000  # held out of the training split for validation, from its end (a tenth at most;
+    # for a folder, whole pictures spread over it: at least one picture, so with few pictures a larger share)
     patch_size: int = 64  # folder datasets: training crop size
     patches_per_image: int = 16  # folder datasets: crops of each training picture, drawn afresh each epoch
 

@@ -84,8 +84,9 @@ def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple
         # has the same name, and its level is found in any notation (1e-1).
         spec = parse_noise(noise).spec
         try:
-            level: float | None = float(spec.split(",")[0].partition(":")[2])
-        except ValueError:  # block:third, a blind range, none, a composition
+            # A composition has no one level: none+gaussian:0.3 is not gaussian:0.3 on a level axis.
+            level: float | None = None if "+" in spec else float(spec.split(",")[0].partition(":")[2])
+        except ValueError:  # block:third, a blind range, none
             level = None
         return [(spec, level)]
     if "+" in noise:
@@ -269,13 +270,13 @@ def evaluate(
         "baselines' noise level: "
         + (
             "given, as the std of the noise in each image measured against the clean image (an oracle; "
-            "clipping leaves less than the nominal level), or estimated where the noise is not Gaussian"
+            "clipping leaves less than the nominal level), or estimated where the noise is not Gaussian of one level"
             if sigma == "given"
             else "estimated from each noisy image (skimage's wavelet estimate)"
         )
     )
     slow = [m for m in methods if m.slow]
-    subset = min(slow_limit, n) if slow and slow_limit < n else None
+    subset = slow_limit if slow and slow_limit < n else None
     if subset is not None:
         notes += [f"{m.name} is slow: evaluated on the first {subset} of the {n} images" for m in slow]
 

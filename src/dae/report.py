@@ -626,7 +626,10 @@ def _eval_section(run: Path, figures: Path) -> Html:
             except DaeError as e:
                 parts.append(note_html(f"{label} plot skipped: {e}"))
                 continue
-            caption = f"{label} against noise level: learned solid, baselines dashed, noisy input dotted."
+            caption = (
+                f"{label} against noise level: learned solid, baselines dashed, noisy input dotted (dash-dotted: "
+                "its floor on the slow baselines' subset)."
+            )
             curves.append(figure_html(path, caption))
     if curves:
         parts.append('<div class="row">' + "".join(curves) + "</div>")

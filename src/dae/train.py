@@ -28,7 +28,15 @@ from dae.config import Config, build_config, load_config_file, merge, save_confi
 from dae.data.datasets import FolderDataset, create_dataset
 from dae.data.noise import derive_seed, image_seed, make_noisy, parse_noise
 from dae.distributed import ALONE, World, join
-from dae.errors import CheckpointError, Interrupted, ResourceError, Terminated, TrainingError, UsageError
+from dae.errors import (
+    CheckpointError,
+    DataError,
+    Interrupted,
+    ResourceError,
+    Terminated,
+    TrainingError,
+    UsageError,
+)
 from dae.fileio import atomic_write_text, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
@@ -226,7 +234,7 @@ def load_train_val(cfg: Config) -> TrainingData:
 
     def redraw(epoch: int) -> Tensor:
         crops = folder.crops(derive_seed("crops", cfg.seed, epoch), train_pictures)
-        return crops if d.limit is None else crops[: d.limit]
+        return crops if d.limit is None else crops[: d.limit].clone()  # a view would keep every crop
 
     return TrainingData(redraw(0), val, redraw, tuple(folder.padded))
 
@@ -611,6 +619,8 @@ def _train(
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
     data = load_train_val(cfg)
     train_u8, val_u8, drawn_epoch = data.train, data.val, 0
+    # Held by train_u8 and val_u8 alone from here, so that an epoch's crops can be let go for the next.
+    data = data._replace(train=None, val=None)
     if data.padded and world.main:
         print(
             f"dae: {len(data.padded)} picture(s) smaller than the {cfg.data.patch_size}x{cfg.data.patch_size} crops "
@@ -804,7 +814,14 @@ def _train(
             print(f"dae: {run_dir} already reached its stop condition at step {step}; nothing to do")
         while not done:
             if data.redraw is not None and epoch != drawn_epoch:  # a folder's crops are new each epoch
-                train_u8, drawn_epoch = data.redraw(epoch).to(device), epoch
+                train_u8 = None  # let the last epoch's crops go before drawing the next
+                try:
+                    train_u8, drawn_epoch = data.redraw(epoch).to(device), epoch
+                except DataError as e:  # a picture not held in memory, changed or removed since the start
+                    raise DataError(
+                        f"{e}; the image folder changed during training: stopped at step {step} (epoch {epoch}); "
+                        f"restore it and --resume from {last_path or 'the run'}"
+                    ) from None
             order = epoch_permutation(n_train, cfg.seed, epoch).to(device)
             while batch_index < batches_per_epoch:
                 # One step: index a batch, corrupt it in one vectorised call, fit the clean target.

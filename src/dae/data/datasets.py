@@ -746,6 +746,14 @@ def _folder_root(root: str | os.PathLike | None) -> Path:
 MAX_HELD_BYTES = MAX_CROP_BYTES // 2
 
 
+def _local_processes() -> int:
+    """The processes torchrun started on this machine (LOCAL_WORLD_SIZE); 1 outside torchrun."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:  # not torchrun's: dae.distributed names a bad world where it matters
+        return 1
+
+
 def _picture_bytes(path: Path, channels: int, patch_size: int) -> int:
     """The uint8 size of a file's decoded picture after padding, from its header."""
     with _open_image(path) as im:
@@ -780,7 +788,11 @@ class FolderDataset(ImageDataset):
         self.channels = channels
         self.patch_size = patch_size
         self.patches_per_image = patches_per_image
-        fits = sum(_picture_bytes(f, channels, patch_size) for f in files) <= MAX_HELD_BYTES
+        # The processes of a torchrun training on this machine each hold their own, within one budget.
+        fits = (
+            sum(_picture_bytes(f, channels, patch_size) for f in files)
+            <= MAX_HELD_BYTES // _local_processes()
+        )
         self._held: dict[int, torch.Tensor] | None = {} if fits else None
         # Files smaller than a crop: their crops are largely reflections (found by the first draw).
         self.padded: list[Path] = []
@@ -813,7 +825,7 @@ class FolderDataset(ImageDataset):
         if self._held is not None and i in self._held:
             return self._held[i]
         picture, padded = _load_picture(self.files[i], self.channels, self.patch_size)
-        if padded and self.files[i] not in self.padded:
+        if padded and self.files[i] not in self.padded:  # a short list: padded pictures are few
             self.padded.append(self.files[i])
         if self._held is not None:
             self._held[i] = picture
@@ -887,7 +899,8 @@ def folder(
             f"{folder_root}: {patches_per_image} crops of {patch_size}x{patch_size} from each of {len(chosen)} "
             f"{split} image(s) would take {crop_bytes / 2**30:.1f} GiB (at most {MAX_CROP_BYTES / 2**30:.1f} GiB, "
             "half this machine's memory); "
-            "use a smaller patch_size (--data.patch_size), fewer patches_per_image or fewer images"
+            "use a smaller patch_size (--data.patch_size), fewer patches_per_image (--data.patches_per_image) or fewer "
+            "images"
         )
     return FolderDataset(chosen, split, folder_root, channels, patch_size, patches_per_image, seed)
 

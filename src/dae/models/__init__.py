@@ -22,7 +22,8 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
         >>> model = create_model("unet", width=16)
     """
     builder = MODELS.builder(name, kwargs)
-    if torch.get_default_device().type != "meta":  # a build on the meta device costs no memory to check
+    # Inside `with torch.device("meta")` (a checkpoint's layout check) the build costs no memory to check.
+    if torch.empty(0).device.type != "meta":
         _check_fits_in_memory(name, builder, kwargs)
     model = builder(**kwargs)
     model.dae_name = name
@@ -54,7 +55,7 @@ def _check_fits_in_memory(name: str, builder: Any, kwargs: dict[str, Any]) -> No
         count = sum(p.numel() for p in shell.parameters())
         raise ResourceError(
             f"model {name} {kwargs} has {count:,} parameters ({size / 2**30:.1f} GiB): more than a quarter of this "
-            f"machine's {machine_memory() / 2**30:.0f} GiB memory, which training needs four times over; "
+            f"machine's {machine_memory() / 2**30:.0f} GiB memory (training holds it four times over); "
             "give it fewer levels or channels"
         )
 
