@@ -577,28 +577,22 @@ class Study:
         levels: Sequence[float] | None,
         baselines: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        from dae.baselines import BASELINES
         from dae.evaluate import evaluate
 
-        # Slow baselines (nlm) run on their own on the first slow_limit images, so they never see the rest.
-        slow = [b for b in baselines if getattr(BASELINES.get(b), "slow", False)]
-        fast = [b for b in baselines if b not in slow]
-        common = {"noise": noise, "levels": levels, "seed": self.eval_seed, "verbose": False}
-        records = []
-        if specs or fast:  # evaluate() refuses an empty method list
-            models = [self.model(sp) for sp in specs]
-            records = evaluate(baselines=fast, models=models, images=self.test, **common).records
-        if slow:
-            part = evaluate(baselines=slow, images=self.test[: self.s.slow_limit], **common).records
-            subset = min(self.s.slow_limit, len(self.test))
-            for r in part:
-                if r["kind"] == "noisy":
-                    if subset == len(self.test):  # the same images as the full set's floor
-                        continue
-                    r["method"] = (
-                        f"noisy input, first {subset}"  # the floor the slow baselines are read against
-                    )
-                records.append(r)
+        if not specs and not baselines:  # evaluate() refuses an empty method list
+            return []
+        # Slow baselines (nlm) see only the first slow_limit images, beside their own "noisy input, first N"
+        # floor; evaluate does both.
+        records = evaluate(
+            baselines=baselines,
+            models=[self.model(sp) for sp in specs],
+            images=self.test,
+            noise=noise,
+            levels=levels,
+            seed=self.eval_seed,
+            slow_limit=self.s.slow_limit,
+            verbose=False,
+        ).records
         train_noise = {sp.label: sp.noise for sp in specs}
         for r in records:
             r["train_noise"] = train_noise.get(r["method"], r.get("train_noise"))
