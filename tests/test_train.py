@@ -510,6 +510,31 @@ def test_a_folder_changed_during_training_stops_it_with_where_to_resume(tmp_path
         train(cfg, progress=False, on_step=remove_a_picture)
 
 
+def test_a_folder_run_holds_only_its_training_pictures(tmp_path, monkeypatch):
+    # The validation pictures' crops are drawn once: holding their decoded pictures for the whole run was a
+    # tenth of the folder's memory spent on nothing.
+    import dae.data.datasets as D
+
+    made = []
+    monkeypatch.setattr(D.FolderDataset, "__init__", _recording(D.FolderDataset.__init__, made))
+    root = _photos(tmp_path / "photos", n=12, size=(30, 34))  # 10 training pictures, one held out
+    data = {"dataset": "folder", "data_dir": str(root), "patch_size": 12, "patches_per_image": 4}
+    loaded = train_module.load_train_val(train_module.resolve_config({"data": data}))
+    (folder,) = made
+    assert len(folder.files) == 10 and loaded.val.shape[0] == 4  # one picture held out for validation
+    assert len(folder._held) == 9
+    assert loaded.redraw(1).shape[0] == 9 * 4
+    assert len(folder._held) == 9  # and training draws never decode it again
+
+
+def _recording(init, made):
+    def wrapper(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    return wrapper
+
+
 def test_a_torchrun_machines_processes_share_the_budget_for_held_pictures(tmp_path, monkeypatch):
     import dae.data.datasets as D
 

@@ -229,8 +229,10 @@ def load_train_val(cfg: Config) -> TrainingData:
     val_pictures = sorted({round(j * (n - 1) / max(1, held_out - 1)) for j in range(held_out)})
     train_pictures = [i for i in range(n) if i not in val_pictures] or val_pictures
     val = torch.cat([folder.images[i * k : (i + 1) * k] for i in val_pictures])  # a copy
-    # The first draw's training crops are not used (each epoch draws its own): let them go.
+    # The first draw's training crops are not used (each epoch draws its own): let them go, and the
+    # validation pictures too, whose crops are drawn once.
     folder.images = val
+    folder.forget([i for i in val_pictures if i not in train_pictures])
 
     def redraw(epoch: int) -> Tensor:
         crops = folder.crops(derive_seed("crops", cfg.seed, epoch), train_pictures)

@@ -804,6 +804,11 @@ class FolderDataset(ImageDataset):
         self.images = self.crops(seed)
         self.seed = seed
 
+    def forget(self, pictures: Sequence[int]) -> None:
+        """Let go of these pictures if held (a training run's validation pictures are never cropped again)."""
+        for i in pictures if self._held is not None else ():
+            self._held.pop(i, None)
+
     def crops(self, seed: int, pictures: Sequence[int] | None = None) -> torch.Tensor:
         """patches_per_image crops of each picture (of `pictures`, indices into files: all by default), in
         the order given: (len(pictures) * k, C, p, p) uint8, picture i's crops in rows i*k .. i*k + k - 1."""
