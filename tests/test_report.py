@@ -452,6 +452,60 @@ def test_write_report_not_a_run(tmp_path, name, error):
     assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
 
 
+def test_a_run_folder_that_cannot_be_written_is_one_line_and_draws_nothing(tmp_path, monkeypatch):
+    # A read-only mount was a traceback (OSError from the temp file of the first figure), exit 1.
+    import errno
+    import os
+
+    from dae import cli, fileio
+
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p).name != "figures" and real_access(p, mode))
+    with pytest.raises(ResourceError, match=r"figures is not writable"):
+        write_report(run, images=digits(2))
+    assert list((run / "figures").iterdir()) == []
+    monkeypatch.setattr(os, "access", real_access)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)  # the folder turned read-only after the check
+    with pytest.raises(ResourceError, match=r"denoise_grid.png: cannot write \(Read-only file system\)"):
+        write_report(run, images=digits(2))
+    use_loader(monkeypatch, lambda *a, **k: digits(2))
+    assert cli.main(["report", str(run)]) == 5
+    assert not (run / "report.html").exists()
+
+
+def test_an_evaluation_of_an_earlier_best_checkpoint_is_flagged(tmp_path):
+    # Evaluate, train on (resume), report: the table showed the old best's scores beside the new best's
+    # summary, and nothing said they were of different weights.
+    from dae.evaluate import evaluate
+
+    run = make_synthetic_run(tmp_path, name="grown", eval=False, metrics=False)
+    best = run / "checkpoints" / "best.safetensors"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    torch.manual_seed(0)
+    save_checkpoint(create_model("_report_tiny_conv"), best, config=config, step=100)
+    result = evaluate([best], images=digits(4), levels=[0.5], out=run / "eval", verbose=False)
+    assert result.checkpoints["_report_tiny_conv@grown"]["step"] == 100
+    page = write_report(run, images=digits(2), levels=(0.5,)).read_text()
+    assert "earlier best checkpoint" not in page  # still the weights that were scored
+
+    torch.manual_seed(1)
+    save_checkpoint(create_model("_report_tiny_conv"), best, config=config, step=382)
+    page = write_report(run, images=digits(2), levels=(0.5,)).read_text()
+    assert re.search(
+        r"these results are of an earlier best checkpoint \(_report_tiny_conv@grown at step 100\); the run"
+        r"&#x27;s best, step 382, was saved after the evaluation: rerun `dae eval --checkpoint .*grown`",
+        page,
+    )
+    (tmp_path / "elsewhere").mkdir()
+    moved = run.rename(tmp_path / "elsewhere" / "grown")  # the run's best is known by its place in the run
+    assert "earlier best checkpoint" in write_report(moved, images=digits(2), levels=(0.5,)).read_text()
+
+
 def test_suggested_eval_command_is_quoted_and_only_made_when_there_is_a_checkpoint(tmp_path):
     run = make_synthetic_run(tmp_path, name="my run", eval=False, metrics=False)
     page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()

@@ -31,7 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
-from dae.fileio import atomic_write_bytes
+from dae.fileio import WriteError, atomic_write_bytes
 
 FORMAT = "dae-checkpoint"
 FORMAT_VERSION = 1
@@ -110,12 +110,13 @@ def save_checkpoint(
     }
     try:
         return _write_generation(tensors, record, train_state, weights_path, state_path, record_path)
-    except OSError as e:
+    except (OSError, WriteError) as e:
         # A full disk or a read-only folder: the temp files are gone and the old generation stays. A state file
         # written first is of no use without the rest, and only takes up room.
         if train_state is not None and not record_path.exists():
             state_path.unlink(missing_ok=True)
-        raise ResourceError(f"cannot write checkpoint {weights_path}: {e.strerror or e}") from None
+        reason = e.reason if isinstance(e, WriteError) else e.strerror or e
+        raise ResourceError(f"cannot write checkpoint {weights_path}: {reason}") from None
 
 
 def _write_generation(

@@ -50,6 +50,7 @@ class Method:
     slow: bool = False
     trained_on: dict[str, Any] | None = None  # a checkpoint's config "data" section
     source: Path | None = None  # a checkpoint's weights file
+    checkpoint: dict[str, Any] | None = None  # which weights were scored (see EvalResult.checkpoints)
 
 
 @dataclass
@@ -57,6 +58,9 @@ class EvalResult:
     records: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    # Per learned method from a checkpoint: its file, training step and tensors' sha256. A run's best
+    # checkpoint is replaced as training goes on; these tell whether the results still describe it.
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def noise_specs(noise: str | None, levels: Sequence[float] | None) -> list[tuple[str, float | None]]:
@@ -146,6 +150,11 @@ def resolve_methods(
                 train_noise,
                 trained_on=config.get("data"),
                 source=ck.path,
+                checkpoint={
+                    "file": str(ck.path.resolve()),
+                    "step": ck.record.get("step"),
+                    "tensors_sha256": ck.record.get("tensors_sha256"),
+                },
             )
         )
     for model in models:
@@ -324,7 +333,8 @@ def evaluate(
                     "sigma": used,
                 }
             )
-    result = EvalResult(records=records, notes=notes)
+    scored = {m.name: m.checkpoint for m in methods if m.checkpoint is not None}
+    result = EvalResult(records=records, notes=notes, checkpoints=scored)
     if out is not None:
         result.files = write_results(result, Path(out))
     return result
@@ -381,7 +391,10 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
     files = [out / "results.csv", out / "results.json"]
     atomic_write_bytes(files[0], records_to_csv(result.records).encode())
     atomic_write_bytes(
-        files[1], json.dumps({"notes": result.notes, "records": result.records}, indent=2).encode()
+        files[1],
+        json.dumps(
+            {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints}, indent=2
+        ).encode(),
     )
     if any(r["level"] is not None for r in result.records):
         files.append(plot_psnr_vs_noise(result.records, out / "psnr_vs_noise.png"))

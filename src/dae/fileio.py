@@ -15,6 +15,14 @@ from typing import BinaryIO
 from dae.errors import ResourceError, UsageError
 
 
+class WriteError(ResourceError):
+    """A file could not be written (read-only or full folder, one that vanished); `reason` says which."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: cannot write ({reason})")
+        self.path, self.reason = path, reason
+
+
 def output_folder(path: str | Path) -> Path:
     """`path` as a folder outputs will go to, checked before any work is done: a file already there, or a
     file or unwritable folder where it would be created, is refused."""
@@ -47,9 +55,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, overw
     """Call `write(f)` on a temp file beside `path`, then move it into place atomically.
 
     With overwrite=False an existing `path` is never replaced, checked at the final rename itself (a file
-    that appears meanwhile is not clobbered); FileExistsError is raised then.
+    that appears meanwhile is not clobbered); FileExistsError is raised then. A folder that cannot be written
+    (read-only, full, gone) raises WriteError (a ResourceError) naming `path`, and leaves no temp file.
     """
     path = Path(path)
+    try:
+        _atomic_write(path, write, overwrite)
+    except OSError as e:
+        if isinstance(e, FileExistsError) and not overwrite:
+            raise  # the caller's "output exists"
+        raise WriteError(path, e.strerror or str(e)) from None
+    fsync_dir(path.parent)
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object], overwrite: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
@@ -66,8 +86,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], *, overw
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
-    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -251,8 +251,6 @@ def write_image(
         atomic_write(path, lambda f: im.save(f, format=fmt, **params), overwrite=overwrite)
     except FileExistsError:
         raise ResourceError(f"{path}: output exists; pass --force to overwrite") from None
-    except OSError as e:
-        raise ResourceError(f"{path}: cannot write ({e.strerror or e})") from None
     return path
 
 

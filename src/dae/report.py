@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import json
 import math
+import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ import yaml
 from torch import Tensor
 
 from dae.errors import DaeError, DataError, ResourceError, UsageError
-from dae.fileio import make_folder
+from dae.fileio import WriteError, make_folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -373,6 +374,9 @@ def write_report(
             "give the --out directory of `dae train`"
         )
     figures = make_folder(run / "figures")
+    for folder in (run, figures):  # before any drawing: a report without its page or figures is no report
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ResourceError(f"{folder} is not writable: the report and its figures are written there")
     notes: dict[str, list[Html]] = {}
 
     def skip(section: str, text: str) -> None:
@@ -546,6 +550,8 @@ def write_report(
                     "same input: the first channels of each, each on its own colour scale.",
                 )
             )
+        except WriteError:  # a folder that takes no file: stop, rather than note every figure
+            raise
         except (DaeError, _Skip) as e:
             model_parts.append(note_html(f"model figures stopped: {e}"))
     elif model is None:
@@ -566,6 +572,8 @@ def write_report(
                     "the star marks the best validation PSNR (the best checkpoint).",
                 )
             )
+        except WriteError:
+            raise
         except DaeError as e:
             train_parts.append(note_html(f"training curves skipped: {e}"))
     elif not train_parts:
@@ -578,7 +586,7 @@ def write_report(
     sections.append(("Training", Html("".join(train_parts))))
 
     # --- evaluation
-    sections.append(("Evaluation", _eval_section(run, figures)))
+    sections.append(("Evaluation", _eval_section(run, figures, record)))
 
     # --- configuration
     if config:
@@ -600,7 +608,35 @@ def write_report(
     return out
 
 
-def _eval_section(run: Path, figures: Path) -> Html:
+def _stale_evaluation(run: Path, eval_dir: Path, best: Mapping[str, Any]) -> str | None:
+    """Why eval/ no longer describes the run's best checkpoint (training went on after it), or None.
+
+    results.json names the weights behind each learned method (older results did not: they get no note).
+    """
+    try:
+        scored = json.loads((eval_dir / "results.json").read_text()).get("checkpoints")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(scored, dict) or not best.get("tensors_sha256"):
+        return None
+    for method, entry in scored.items():
+        if not isinstance(entry, dict):
+            continue
+        file = Path(str(entry.get("file")))
+        # This run's best, wherever the run folder has moved since.
+        if file.parts[-3:] != (run.resolve().name, "checkpoints", "best.safetensors"):
+            continue
+        if entry.get("tensors_sha256") != best["tensors_sha256"]:
+            then = f" at step {entry['step']}" if entry.get("step") is not None else ""
+            now = f", step {best['step']}," if best.get("step") is not None else ""
+            return (
+                f"these results are of an earlier best checkpoint ({method}{then}); the run's best{now} was "
+                f"saved after the evaluation: rerun `dae eval --checkpoint {shlex.quote(str(run))}`"
+            )
+    return None
+
+
+def _eval_section(run: Path, figures: Path, best: Mapping[str, Any]) -> Html:
     """PSNR/SSIM-vs-noise figures, the train x test matrix and the method x level table from eval/."""
     from dae import plots
 
@@ -609,6 +645,7 @@ def _eval_section(run: Path, figures: Path) -> Html:
         records, eval_notes = load_records(eval_dir)
     except DaeError as e:
         return note_html(f"evaluation results unreadable: {e}")
+    stale = _stale_evaluation(run, eval_dir, best) if records else None
     if not records:
         if not (run / "checkpoints" / "best.safetensors").is_file():
             return note_html("no evaluation yet, and no checkpoints/best.safetensors to evaluate")
@@ -617,12 +654,15 @@ def _eval_section(run: Path, figures: Path) -> Html:
             f"no evaluation yet ({eval_dir.relative_to(run)}/results.csv is missing); run "
             f"`dae eval --checkpoint {shlex.quote(str(run))}`"
         )
-    parts: list[str] = [f'<p class="muted">{esc(n)}</p>' for n in eval_notes]
+    parts: list[str] = [note_html(stale)] if stale else []
+    parts += [f'<p class="muted">{esc(n)}</p>' for n in eval_notes]
     curves: list[str] = []
     for metric, label in (("psnr", "PSNR"), ("ssim", "SSIM")):
         if any(not math.isnan(_num(r.get(metric))) for r in records):
             try:
                 path = plots.plot_psnr_vs_noise(records, figures / f"{metric}_vs_noise.png", metric=metric)
+            except WriteError:
+                raise
             except DaeError as e:
                 parts.append(note_html(f"{label} plot skipped: {e}"))
                 continue
@@ -658,6 +698,8 @@ def _eval_section(run: Path, figures: Path) -> Html:
                     "each test level in bold.",
                 )
             )
+        except WriteError:
+            raise
         except DaeError as e:
             parts.append(note_html(f"train x test matrix skipped: {e}"))
     parts.append("<h3>Results table</h3>" + eval_table(records))
