@@ -431,9 +431,26 @@ def test_write_report_loads_the_runs_test_images(tmp_path, monkeypatch):
 
     use_loader(monkeypatch, load_images)
     run = make_synthetic_run(tmp_path, eval=False, metrics=False)
-    page = write_report(run, data_dir="/data/here", levels=(0.5,), n_images=3).read_text()
-    assert calls == [("mnist", "test", "/data/here", 3)]
+    here = str(tmp_path)
+    page = write_report(run, data_dir=here, levels=(0.5,), n_images=3).read_text()
+    assert calls == [("mnist", "test", here, 3)]
     assert "First 3 test images of mnist" in page
+    with pytest.raises(ResourceError, match="data dir /data/here does not exist"):  # was a note, exit 0
+        write_report(run, data_dir="/data/here")
+
+    # Found as dae eval finds them: DAE_DATA_DIR, else the folder training read while it exists, else the cache.
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["data_dir"] = str(tmp_path / "moved away")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    calls.clear()
+    monkeypatch.setenv("DAE_DATA_DIR", here)
+    write_report(run, n_images=2)
+    monkeypatch.delenv("DAE_DATA_DIR")
+    write_report(run, n_images=2)  # was the recorded folder, gone, whatever DAE_DATA_DIR said
+    config["data"]["data_dir"] = here
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_report(run, n_images=2)
+    assert calls == [("mnist", "test", None, 2), ("mnist", "test", None, 2), ("mnist", "test", here, 2)]
 
     def missing(name, split, root=None, limit=None):
         raise ResourceError(f"dataset {name} not found under {root}")
@@ -442,6 +459,32 @@ def test_write_report_loads_the_runs_test_images(tmp_path, monkeypatch):
     page = write_report(run, levels=(0.5,)).read_text()
     assert "test images not loaded" in page and "dataset mnist not found" in page
     assert page.count("data:image/png;base64,") == 0
+
+
+def test_a_folder_runs_figures_show_crops_of_its_size_from_different_pictures(tmp_path):
+    # They were 64x64 crops (the folder's default, not the run's), all of the first test picture: an fc run
+    # drew none, and the caption spoke of "test images".
+    import numpy as np
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(41):  # files 0, 10, 20, 30, 40 are the test split
+        Image.fromarray(np.full((40, 48), 5 * i, np.uint8)).save(photos / f"p{i:02d}.png")
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = {"dataset": "folder", "data_dir": str(photos), "patch_size": 16}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    from dae.report import _test_images
+
+    clean, caption = _test_images("folder", config, None, 4)
+    assert clean.shape == (4, 1, 16, 16) and caption == "4 16x16 crops of the folder's 5 test picture(s)"
+    assert sorted(round(v * 255) for v in clean.amax(dim=(1, 2, 3)).tolist()) == [0, 50, 100, 150]
+    clean, caption = _test_images("folder", config, None, 12)  # more than the pictures: several of each
+    assert clean.shape[0] == 12 and len(clean.unique()) == 5
+    page = write_report(run, levels=(0.5,), n_images=4).read_text()
+    assert "4 16x16 crops of the folder&#x27;s 5 test picture(s); noise gaussian:0.5" in page
+    page = write_report(run, images=digits(3), levels=(0.5,)).read_text()
+    assert "The 3 images given; noise" in page  # not "First 3 test images of folder"
 
 
 @pytest.mark.parametrize(("name", "error"), [("empty", UsageError), ("missing", ResourceError)])

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,13 +343,11 @@ def evaluate(
 def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
     """The dataset the checkpoints were trained on (and a folder run's folder), for an evaluation that names
     none; MNIST when no checkpoint says."""
-    # Only a folder run's images live in its folder; MNIST-like sets are found (and verified) the usual way,
-    # so a run moved to another machine still evaluates.
+    runs = [m.trained_on for m in methods if m.trained_on]
     trained = {
-        (name, m.trained_on.get("data_dir") if name == "folder" else None)
-        for m in methods
-        if m.trained_on
-        for name in [m.trained_on.get("dataset") or "mnist"]
+        (name, data.get("data_dir") if name == "folder" else None)
+        for data in runs
+        for name in [data.get("dataset") or "mnist"]
     }
     if not trained:
         return "mnist", None
@@ -358,7 +356,23 @@ def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
         raise UsageError(
             f"the checkpoints were trained on different data: {where}; choose one with --dataset"
         )
-    return trained.pop()
+    name, _ = trained.pop()
+    return name, next((d for d in map(trained_data_dir, runs) if d is not None), None)
+
+
+def trained_data_dir(data: Mapping[str, Any]) -> str | None:
+    """Where to find the test images of a run whose config "data" section is `data`, when none is named.
+
+    A folder run's images live in its folder. MNIST-like sets are found the usual way when DAE_DATA_DIR
+    names a folder for them, else in the folder training read while it exists, else in the cache (a run moved
+    to another machine still evaluates).
+    """
+    recorded = data.get("data_dir")
+    if (data.get("dataset") or "mnist") == "folder":
+        return recorded
+    if os.environ.get("DAE_DATA_DIR") or not recorded or not Path(recorded).is_dir():
+        return None
+    return str(recorded)
 
 
 def _crop_size(methods: Sequence[Method], dataset: str) -> dict[str, Any]:

@@ -323,6 +323,36 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> lis
     raise AssertionError("gaussian always has a sweep")
 
 
+def _test_images(
+    dataset: str, config: Mapping[str, Any], data_dir: str | Path | None, n: int
+) -> tuple[Tensor, str]:
+    """The run's test images for its figures, and what they are (the grid's caption).
+
+    Found as `dae eval` finds them (evaluate.trained_data_dir); a folder run's cropped at the size it trained
+    on (fc takes no other), one crop per test picture while there are pictures enough.
+    """
+    from dae.data.datasets import load_images
+    from dae.evaluate import trained_data_dir
+
+    if data_dir is None:
+        data_dir = trained_data_dir(config.get("data") or {})
+    if dataset != "folder":
+        return load_images(
+            dataset, "test", root=data_dir, limit=n
+        ).float(), f"First {n} test images of {dataset}"
+    size = _get(config, "data.patch_size")
+    crop = {} if size is None else {"patch_size": size}
+    clean = load_images("folder", "test", root=data_dir, patches_per_image=1, **crop)
+    pictures = len(clean)
+    if pictures < n:  # a small folder: several crops of each picture, taken in turn (picture 0, 1, ..., 0, 1)
+        k = -(-n // pictures)
+        crops = load_images("folder", "test", root=data_dir, patches_per_image=k, **crop)
+        clean = crops.unflatten(0, (pictures, k)).transpose(0, 1).flatten(0, 1)
+    clean = clean[:n].float()
+    side = clean.shape[-1]
+    return clean, f"{len(clean)} {side}x{side} crops of the folder's {pictures} test picture(s)"
+
+
 def _code_of(model: Any, x: Tensor) -> Tensor:
     """The code layer of one image: encode(pad(x)), taking the tensor out of a (code, skips) tuple or dict."""
     if isinstance(model, torch.nn.Module):  # the model may live on a GPU (evaluation moved it there)
@@ -373,6 +403,8 @@ def write_report(
             f"{run} {what} (no config.yaml, metrics.csv or checkpoints/best.safetensors); "
             "give the --out directory of `dae train`"
         )
+    if data_dir is not None and images is None and not Path(data_dir).is_dir():
+        raise ResourceError(f"data dir {data_dir} does not exist (--data-dir)")
     figures = make_folder(run / "figures")
     for folder in (run, figures):  # before any drawing: a report without its page or figures is no report
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -491,17 +523,14 @@ def write_report(
 
     # --- model figures: denoising grid, code layer, decoder activations
     model_parts: list[str] = []
-    clean = None
+    clean, shown = None, ""
     if model is not None:
         dataset = _get(config, "data.dataset", "mnist")
         if images is not None:
-            clean = images[:n_images].float()
+            clean, shown = images[:n_images].float(), f"The {min(n_images, len(images))} images given"
         else:
-            from dae.data.datasets import load_images
-
-            root = data_dir if data_dir is not None else _get(config, "data.data_dir")
             try:
-                clean = load_images(dataset, "test", root=root, limit=n_images).float()
+                clean, shown = _test_images(dataset, config, data_dir, n_images)
             except DaeError as e:
                 model_parts.append(note_html(f"test images not loaded, so no model figures: {e}"))
     if clean is not None:
@@ -516,7 +545,7 @@ def write_report(
                 "<h3>Clean, noisy and denoised</h3>"
                 + figure_html(
                     grid,
-                    f"First {len(clean)} test images of {dataset}; noise "
+                    f"{shown}; noise "
                     f"{', '.join(s for s, _ in specs)} fixed by seed {seed} (make_noisy). "
                     "Row labels give the mean PSNR of the images shown.",
                 )
