@@ -264,9 +264,29 @@ def test_matrix_from_mapping_records_and_matrix_csv(tmp_path):
         "train_noise,method,gaussian:0.1,gaussian:0.5\ngaussian:0.1,a,25.0,20.5\ngaussian:0.5,b,22.0,24.0\n"
     )
     rows, cols, values = plots._matrix_from(tmp_path / "matrix.csv", "psnr")
-    assert rows == ["gaussian:0.1 (a)", "gaussian:0.5 (b)"] and cols == ["gaussian:0.1", "gaussian:0.5"]
+    # Named by training noise alone, as the records' matrix is: "gaussian:0.8 (upsample@upsample_gaussian_0.8_bce)"
+    # squeezed the heatmap of the report (which reads matrix.csv) to a strip.
+    assert rows == ["gaussian:0.1", "gaussian:0.5"] and cols == ["gaussian:0.1", "gaussian:0.5"]
     assert values.tolist() == [[25.0, 20.5], [22.0, 24.0]]
     assert_png(plots.plot_matrix(tmp_path / "matrix.csv", tmp_path / "m3.png"))
+    wide = [
+        {"train_noise": r["train_noise"], "method": r["method"], r["noise"]: r["psnr"]} for r in records[:-1]
+    ]
+    by_row: dict = {}
+    for r in wide:
+        by_row.setdefault((r.pop("train_noise"), r.pop("method")), {}).update(r)
+    wide = [{"train_noise": t, "method": m, **cells} for (t, m), cells in by_row.items()]
+    assert plots._matrix_from(wide, "psnr")[0] == plots._matrix_from(records, "psnr")[0]
+    (tmp_path / "matrix.csv").write_text(  # two models trained on one noise: the method tells them apart
+        "train_noise,method,gaussian:0.5\ngaussian:0.5,unet@long_run_name,25.0\ngaussian:0.5,fc@other,20.5\n"
+    )
+    assert plots._matrix_from(tmp_path / "matrix.csv", "psnr")[0] == [
+        "gaussian:0.5 (fc@other)",
+        "gaussian:0.5 (unet@long_run_name)",
+    ]
+    narrow = assert_png(plots.plot_matrix({"a": {"0.5": 1.0}}, tmp_path / "m4.png"))
+    labelled = assert_png(plots.plot_matrix({"a" * 60: {"0.5": 1.0}}, tmp_path / "m5.png"))
+    assert labelled[0] > narrow[0] + 300  # long labels widen the figure, not squeeze the cells
 
 
 @pytest.mark.parametrize(

@@ -655,9 +655,13 @@ def _matrix_from(data: Any, metric: str) -> tuple[list[str], list[str], np.ndarr
         else:  # wide form: columns with no numbers label the row, the others are test noises
             label_cols = [k for k in keys if all(math.isnan(_float(r.get(k))) for r in rows)]
             shown = [k for k in label_cols if len({str(r.get(k)) for r in rows}) > 1] or label_cols[:1]
-            for r in rows:
-                first, *rest = [str(r.get(k)) for k in shown] or [str(len(table))]
-                label = first + (f" ({', '.join(rest)})" if rest else "")
+            if train_key in label_cols:  # the training noise leads; the rest tells apart rows it leaves alike
+                shown = [train_key, *(k for k in shown if k != train_key)]
+            labels = [[str(r.get(k)) for k in shown] or [str(i)] for i, r in enumerate(rows)]
+            firsts = [first for first, *_ in labels]
+            for r, (first, *rest) in zip(rows, labels, strict=True):
+                alike = firsts.count(first) > 1
+                label = first + (f" ({', '.join(rest)})" if rest and alike else "")
                 table[label] = {str(k): _float(v) for k, v in r.items() if k not in label_cols}
         # Rows by training level (0.1 above 0.3 above 0.5), ignoring the " (method)" suffix.
         table = dict(sorted(table.items(), key=lambda kv: (_level_key(kv[0].split(" (")[0]), kv[0])))
@@ -681,7 +685,9 @@ def plot_matrix(
         >>> plot_matrix({"0.3": {"0.3": 27.1, "0.7": 18.0}, "0.7": {"0.3": 24.9, "0.7": 21.2}}, "matrix.png")
     """
     rows, cols, v = _matrix_from(data, metric)
-    fig = Figure(figsize=(1.8 + 0.85 * len(cols), 1.2 + 0.55 * len(rows)), layout="constrained")
+    # Room for the row labels (about 0.07 in a character at 8 pt) beside the cells, not taken from them.
+    label_width = 0.07 * max(len(r) for r in rows)
+    fig = Figure(figsize=(1.8 + label_width + 0.85 * len(cols), 1.2 + 0.55 * len(rows)), layout="constrained")
     ax = fig.subplots()
     finite = v[~np.isnan(v)]
     lo, hi = float(finite.min()), float(finite.max())
