@@ -653,3 +653,27 @@ def test_a_poisson_runs_report_shows_photon_peaks_not_near_pure_noise():
     assert [level for _, level in _noise_specs("poisson:30", None)] == [5, 20, 50]
     assert [level for _, level in _noise_specs("gaussian:0.5", None)] == [0.3, 0.5, 0.7, 0.9]
     assert [spec for spec, _ in _noise_specs("block:third", None)][0] == "gaussian:0.3"  # no level of its own
+
+
+@pytest.mark.parametrize(
+    ("train_noise", "levels", "message"),
+    [
+        ("gaussian:0.5", [], "levels is empty"),
+        ("gaussian:0.5", [-1], "gaussian level must be a finite number >= 0"),
+        # Were drawn as gaussian:1.5 and gaussian:2, another family than the run's, without a word.
+        ("salt_pepper:0.1", [1.5], "salt_pepper fraction must be in"),
+        ("mask:0.25", [2], "mask fraction must be in"),
+    ],
+)
+def test_report_levels_its_noise_does_not_take_are_refused(tmp_path, train_noise, levels, message):
+    from dae.report import _noise_specs
+
+    with pytest.raises(UsageError, match=message):  # was AssertionError("gaussian always has a sweep")
+        _noise_specs(train_noise, levels)
+    assert _noise_specs("salt_pepper:0.1", [0.2]) == [("salt_pepper:0.2", 0.2)]
+    run = make_synthetic_run(tmp_path, eval=False, metrics=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["noise"] = train_noise
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(UsageError, match=message):
+        write_report(run, images=digits(2), levels=levels)

@@ -313,14 +313,24 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> lis
     from dae.data.noise import NOISES
     from dae.evaluate import noise_specs
 
+    if levels is not None and len(levels) == 0:
+        raise UsageError(
+            "levels is empty: give the noise levels of the denoising grid, or None for the default"
+        )
     family = re.sub(r":[-+0-9.eE]+", "", str(train_noise or "gaussian"))
-    for name in (family, "gaussian"):  # composed or level-free training noise: the canonical gaussian sweep
-        try:
-            shown = levels if levels is not None else NOISES.get(name.partition(",")[0]).sweep[2::2]
-            return [(s, float(lv)) for s, lv in noise_specs(name, shown)]
-        except UsageError:
-            continue
-    raise AssertionError("gaussian always has a sweep")
+
+    def specs(name: str, shown: Sequence[float] | None) -> list[tuple[str, float]]:
+        shown = shown if shown is not None else NOISES.get(name.partition(",")[0]).sweep[2::2]
+        found = noise_specs(name, shown)
+        if any(lv is None for _, lv in found):  # a spec with no level (none, block:third): not a sweep
+            raise UsageError(f"{name} takes no level")
+        return [(s, float(lv)) for s, lv in found if lv is not None]
+
+    try:
+        specs(family, None)
+    except UsageError:  # composed or level-free training noise: the canonical gaussian sweep
+        family = "gaussian"
+    return specs(family, levels)  # levels the family does not take are the caller's to hear about
 
 
 def _test_images(
