@@ -247,18 +247,21 @@ def answer_train_level(records: Sequence[Mapping[str, Any]]) -> str:
             f"{_fmt_levels([t for t in levels if t not in hi_wins])}."
         )
     for t in blind:
-        gaps = [by_train[t][v] - max(by_train[lo][v], by_train[hi][v]) for v in levels if v in by_train[t]]
-        if not gaps:
+        # The blind model minus the better specialist, at the levels all three were tested at.
+        gap = {v: by_train[t][v] - max(by_train[lo][v], by_train[hi][v]) for v in levels if v in by_train[t]}
+        if not gap:
             continue
-        wins = [v for v, g in zip(levels, gaps, strict=False) if g > 0]
-        worst = min(gaps)
+        wins = [v for v, g in gap.items() if g > 0]
+        worst, mean = min(gap.values()), _mean(list(gap.values()))
         if worst >= 0:
             parts.append(f"The blind model ({t}) matched or beat both specialists at every level.")
         else:
             won = f"; it beat both at {_fmt_levels(wins)}" if wins else ""
+            # "mean gap +0.49 dB" after "behind" read as behind on average; say which way.
+            on_average = f"{abs(mean):.2f} dB {'ahead' if mean > 0 else 'behind'} on average"
             parts.append(
                 f"The blind model ({t}) was at most {-worst:.2f} dB behind the better specialist "
-                f"(mean gap {_mean(gaps):+.2f} dB){won}."
+                f"({on_average}){won}."
             )
     return " ".join(parts)
 
