@@ -323,6 +323,22 @@ def test_figures_are_written_in_the_format_their_name_says(tmp_path, name, magic
     assert out.read_bytes().startswith(magic)  # a .jpg path used to get PNG bytes
 
 
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda path: plots.plot_denoise_grid(digits(2), {}, {}, path, n=-2),  # was matplotlib's ValueError
+        lambda path: plots.plot_denoise_grid(digits(2), {}, {}, path, n=1.5),
+        lambda path: plots.plot_code_layer(torch.rand(0), path),  # was "max() arg is an empty sequence"
+        lambda path: plots.plot_code_layer(torch.rand(0, 3, 3), path),  # was ZeroDivisionError
+        lambda path: plots.plot_code_layer(torch.rand(4, 3, 3), path, max_maps=0),
+    ],
+)
+def test_figures_of_nothing_are_a_usage_error(tmp_path, draw):
+    with pytest.raises(UsageError, match=r"plot_(denoise_grid|code_layer): "):
+        draw(tmp_path / "f.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_figure_paths_that_cannot_be_written_are_one_line(tmp_path):
     x = digits(2)
     with pytest.raises(UsageError, match=r"cannot write '\.bmp' files; use \.png"):
@@ -507,12 +523,18 @@ def test_a_folder_runs_figures_show_crops_of_its_size_from_different_pictures(tm
     assert "The 3 images given; noise" in page  # not "First 3 test images of folder"
 
 
-@pytest.mark.parametrize(("name", "error"), [("empty", UsageError), ("missing", ResourceError)])
+@pytest.mark.parametrize(
+    ("name", "error"), [("empty", UsageError), ("missing", ResourceError), ("foreign", UsageError)]
+)
 def test_write_report_not_a_run(tmp_path, name, error):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign").mkdir()
+    # Another tool's config.yaml made a report of dashes (exit 0) and a figures/ folder.
+    (tmp_path / "foreign" / "config.yaml").write_text("services:\n  web: {image: nginx}\n")
     with pytest.raises(error) as info:
         write_report(tmp_path / name)
     assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
+    assert not (tmp_path / name / "figures").exists()
 
 
 def test_a_run_folder_that_cannot_be_written_is_one_line_and_draws_nothing(tmp_path, monkeypatch):

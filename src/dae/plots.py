@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from dae.checks import is_whole
 from dae.errors import DataError, UsageError
 from dae.fileio import atomic_write
 
@@ -200,6 +201,8 @@ def plot_denoise_grid(
     Example:
         >>> plot_denoise_grid(x, {"0.5": noisy}, {"0.5": model.denoise(noisy)}, "figures/grid.png")
     """
+    if not is_whole(n) or n < 1:
+        raise UsageError(f"plot_denoise_grid: n must be a whole number of images >= 1, got {n!r}")
     c = _images(clean, "clean")
     n = min(n, len(c))
     if n == 0:
@@ -269,15 +272,19 @@ def plot_code_layer(code: Tensor, path: str | Path, title: str = "", max_maps: i
     Example:
         >>> plot_code_layer(model.encode(x[:1])[0], "figures/code.png", "code layer")
     """
+    if not is_whole(max_maps) or max_maps < 1:
+        raise UsageError(f"plot_code_layer: max_maps must be a whole number >= 1, got {max_maps!r}")
     a = _numpy(code)
     while a.ndim > 1 and a.shape[0] == 1 and a.ndim in (2, 4):  # drop a batch dimension of one
         a = a[0]
     if a.ndim == 3 and a.shape[1:] == (1, 1):
         a = a[:, 0, 0]  # (C, 1, 1) is a vector code
-    if a.ndim == 1:
+    if a.ndim == 1 and a.size:
         return _plot_code_vector(a, path, title)
-    if a.ndim != 3:
-        raise UsageError(f"plot_code_layer: expected a (C, h, w) or (D,) code, got shape {tuple(a.shape)}")
+    if a.ndim != 3 or a.size == 0:
+        raise UsageError(
+            f"plot_code_layer: expected a non-empty (C, h, w) or (D,) code, got shape {tuple(a.shape)}"
+        )
     total = a.shape[0]
     a = a[:max_maps]
     k = a.shape[0]

@@ -218,8 +218,17 @@ class _Skip(Exception):
 def is_run_dir(path: str | Path) -> bool:
     """Whether `path` looks like a `dae train` output directory."""
     p = Path(path)
-    markers = ("config.yaml", "metrics.csv", "checkpoints/best.safetensors", "checkpoints/best.json")
-    return p.is_dir() and any((p / m).exists() for m in markers)
+    markers = ("metrics.csv", "checkpoints/best.safetensors", "checkpoints/best.json")
+    return p.is_dir() and (any((p / m).exists() for m in markers) or _is_dae_config(p / "config.yaml"))
+
+
+def _is_dae_config(path: Path) -> bool:
+    """A config.yaml that `dae train` wrote (a model and a train section), not another tool's."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model"), dict) and "train" in config
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -585,8 +594,9 @@ def write_report(
                 + figure_html(
                     path,
                     "Outputs of the decoder's layers (the conv, transposed conv, upsample and unpool "
-                    "layers that run inside decode(); Linear layers for fully connected models) for the "
-                    "same input: the first channels of each, each on its own colour scale.",
+                    "modules that run inside decode(); Linear layers for fully connected models) for the "
+                    "same input: the first channels of each, each on its own colour scale. Steps taken by "
+                    "function calls, such as the unpool model's unpooling, are not modules and are not shown.",
                 )
             )
         except WriteError:  # a folder that takes no file: stop, rather than note every figure
