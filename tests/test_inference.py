@@ -142,6 +142,10 @@ def test_bad_inputs_are_usage_errors() -> None:
         denoise(TinyConv(), torch.full((1, 1, 8, 8), float("nan")))
     # Unclipped noise leaves noisy images outside [0, 1]: they are a denoiser's input, not a mistake.
     assert denoise(TinyConv(), torch.linspace(-0.5, 1.5, 64).reshape(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+    strong = rand(4, 1, 16, 16) + 2.0 * torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert denoise(TinyConv(), strong).shape == (4, 1, 16, 16)  # unclipped noise at level 2: still [0, 1]-ish
+    with pytest.raises(UsageError, match=r"got a mean of 1\d\d.*0-255 data: divide by 255"):
+        denoise(TinyConv(), rand(1, 1, 8, 8) * 255)  # came back as values in [0, 1], no error
 
 
 def test_duck_typed_baseline() -> None:

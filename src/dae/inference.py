@@ -95,6 +95,13 @@ def denoise(
     # Not a [0, 1] check: unclipped noise (gaussian:0.3,clip=false) leaves noisy images outside it, rightly.
     if images.numel() and not torch.isfinite(images).all():
         raise UsageError("denoise: images hold NaN or infinite values")
+    # But noise of mean zero leaves the mean in [0, 1]: a mean far outside it is a 0-255 image, which came
+    # back as nonsense in [0, 1] without a word.
+    mean = images.float().mean().item() if images.numel() else 0.0
+    if not -0.5 <= mean <= 1.5:
+        raise UsageError(
+            f"denoise expects images in [0, 1], got a mean of {mean:g} (0-255 data: divide by 255 first)"
+        )
     if device is not None:
         from dae.train import select_device
 
