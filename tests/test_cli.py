@@ -30,6 +30,28 @@ def test_a_value_that_looks_like_an_option_gets_a_hint(argv, capsys):
     assert len(err.splitlines()) == 1 and f"is written {argv[1]}=VALUE" in err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        # Bounded, should the refusal ever go: on the old code `dae train` trained the default model here.
+        ["train", "--steps", "1"],
+        ["eval", "--baselines", "median", "--limit", "20", "--levels", "0.5"],
+        ["report", "run"],
+        ["data", "check", "mnist"],
+        ["study", "--quick", "--budget", "1s"],
+    ],
+)
+def test_an_empty_data_dir_is_refused_by_every_command(command, capsys, tmp_path, monkeypatch):
+    from dae.cli import main
+
+    monkeypatch.chdir(tmp_path)  # and nothing it might write lands in the checkout
+
+    # `dae train` ignored it (DAE_DATA_DIR was used), `dae data check` read it as the current folder.
+    assert main([*command, "--data-dir", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "argument --data-dir: an empty path" in err
+
+
 def test_bad_override_names_field(data_dir):
     code, _, err = dae("train", "--train.lrr=1", "--data-dir", data_dir)
     assert code == 2 and "train.lrr" in err and "Traceback" not in err

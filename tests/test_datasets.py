@@ -52,6 +52,35 @@ def test_check_dataset_lines_for_shared_data(data_dir):
     )
 
 
+def test_check_dataset_names_every_bad_file(data_dir, tmp_path):
+    # It stopped at the first: a second truncated file showed only after the first was replaced.
+    import shutil
+
+    copy = tmp_path / "mnist"
+    shutil.copytree(data_dir / "mnist", copy)
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (copy / name).write_bytes((copy / name).read_bytes()[:100])
+    with pytest.raises(
+        DataError, match=r"^2 of 4 files of mnist failed: .*train-labels.*; .*t10k-images"
+    ) as info:
+        D.check_dataset("mnist", root=tmp_path)
+    assert "\n" not in str(info.value)
+    (
+        copy / "train-labels-idx1-ubyte.gz"
+    ).unlink()  # now one damaged, one missing: the damage decides the code
+    with pytest.raises(DataError, match=r"^2 of 4 files of mnist failed: "):
+        D.check_dataset("mnist", root=tmp_path, cache=tmp_path / "no cache")
+    with pytest.raises(ResourceError, match=r"^data dir \S+ does not exist"):  # one cause: said once
+        D.check_dataset("mnist", root=tmp_path / "nowhere")
+
+
+def test_a_data_dirs_places_are_each_tried_once(tmp_path):
+    # mnist/ was listed twice (mnist with - replaced by _), so a wrong file was hashed and named twice over.
+    tried = D._candidates(tmp_path, "mnist", "t10k-labels-idx1-ubyte")
+    assert len(tried) == len(set(tried)) == 6
+    assert len(D._candidates(tmp_path, "fashion-mnist", "t10k-labels-idx1-ubyte")) == 8
+
+
 def test_fashion_mnist_and_load_images(data_dir):
     if not (data_dir / "fashion-mnist").is_dir():
         pytest.skip("no fashion-mnist in the shared data")
@@ -195,6 +224,10 @@ def server(fake):
         data = bytearray((www / "good" / (name + ".gz")).read_bytes())
         data[len(data) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
         (www / "broken" / (name + ".gz")).write_bytes(bytes(data))
+    (www / "raw").mkdir()
+    for name in SMALL:  # a mirror serving the IDX files uncompressed under their .gz names
+        raw = gzip.decompress((www / "good" / (name + ".gz")).read_bytes())
+        (www / "raw" / (name + ".gz")).write_bytes(raw)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(www)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
@@ -215,6 +248,15 @@ def test_download_into_cache_then_reuse(fake, server):
     ds = D.create_dataset("mnist", "test", mirrors=[f"{server}/good/"], timeout=5)
     assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
     assert cached(fake) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    again = D.create_dataset("mnist", "test", mirrors=[dead_url()], timeout=5)
+    assert torch.equal(again.images, ds.images)
+
+
+def test_a_download_served_uncompressed_is_not_cached_under_a_gzip_name(fake, server):
+    # It was kept as .gz: dae read it, gunzip and other tools failed on it.
+    ds = D.create_dataset("mnist", "test", mirrors=[f"{server}/raw/"], timeout=5)
+    assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte")
+    assert cached(fake) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     again = D.create_dataset("mnist", "test", mirrors=[dead_url()], timeout=5)
     assert torch.equal(again.images, ds.images)
 

@@ -244,6 +244,14 @@ def cmd_list(kind: str):
     return run
 
 
+def _nonempty(text: str) -> str:
+    """A path option's value: an empty one ('--data-dir ""', an unset shell variable) is refused, not read as
+    the current folder by one command and as no option at all by another."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def cmd_data_check(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.data.datasets import check_dataset
 
@@ -281,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML or TOML file setting config values")
     t.add_argument("--dataset", help="mnist, fashion-mnist or folder (default mnist)")
     t.add_argument(
-        "--data-dir", help="directory holding the dataset (default $DAE_DATA_DIR, cache, download)"
+        "--data-dir",
+        type=_nonempty,
+        help="directory holding the dataset (default $DAE_DATA_DIR, cache, download)",
     )
     t.add_argument("--model", help="model name (see 'dae models'); default: the best model")
     t.add_argument("--recipe", help="a named preset (see 'dae models --recipes')")
@@ -311,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         help="mnist, fashion-mnist or folder (default: what the checkpoints were trained on, else mnist)",
     )
-    e.add_argument("--data-dir")
+    e.add_argument("--data-dir", type=_nonempty)
     e.add_argument(
         "--levels",
         help="comma-separated noise levels (default for a family: 0.1,0.2,...,1.0; poisson: peaks 1,2,5,...,100)",
@@ -368,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html")
     r.add_argument("run_dir")
-    r.add_argument("--data-dir")
+    r.add_argument("--data-dir", type=_nonempty)
     r.set_defaults(func=cmd_report)
 
     m = sub.add_parser("models", help="list models (or --recipes)")
@@ -384,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="locate a dataset's files and verify them (--download fetches missing ones)"
     )
     dc.add_argument("name")
-    dc.add_argument("--data-dir")
+    dc.add_argument("--data-dir", type=_nonempty)
     dc.add_argument("--download", action="store_true", help="download and verify if not found locally")
     dc.set_defaults(func=cmd_data_check)
 
@@ -399,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="study folder; models trained there are reused (default: %(default)s)",
     )
     s.add_argument(
-        "--data-dir", help="folder holding MNIST (default: $DAE_DATA_DIR, the cache, then download)"
+        "--data-dir",
+        type=_nonempty,
+        help="folder holding MNIST (default: $DAE_DATA_DIR, the cache, then download)",
     )
     s.add_argument("--seed", type=int, default=0, help="training seed of every model (default: %(default)s)")
     s.set_defaults(func=cmd_study)

