@@ -52,10 +52,11 @@ def test_check_dataset_lines_for_shared_data(data_dir):
     )
 
 
-def test_check_dataset_names_every_bad_file(data_dir, tmp_path):
+def test_check_dataset_names_every_bad_file(data_dir, tmp_path, monkeypatch):
     # It stopped at the first: a second truncated file showed only after the first was replaced.
     import shutil
 
+    monkeypatch.setattr(D, "SYSTEM_DIRS", ())  # a machine's /usr/share/datasets/mnist would fill the gap
     copy = tmp_path / "mnist"
     shutil.copytree(data_dir / "mnist", copy)
     for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
@@ -259,6 +260,11 @@ def test_a_download_served_uncompressed_is_not_cached_under_a_gzip_name(fake, se
     assert cached(fake) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     again = D.create_dataset("mnist", "test", mirrors=[dead_url()], timeout=5)
     assert torch.equal(again.images, ds.images)
+    damaged = fake / "cache" / "mnist" / "t10k-labels-idx1-ubyte"
+    damaged.rename(damaged.with_suffix(".gz"))
+    damaged.with_suffix(".gz").write_bytes(b"\x1f\x8b junk")  # a damaged download in the cache
+    D.create_dataset("mnist", "test", mirrors=[f"{server}/raw/"], timeout=5)
+    assert cached(fake) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]  # not warned of every time
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "broken"])

@@ -351,13 +351,12 @@ def test_checkpoints_are_evaluated_on_the_data_they_were_trained_on(tmp_path, mo
     assert {r["n_images"] for r in res.records} == {16}  # the folder's test crops, not 10,000 MNIST digits
 
 
-def test_checkpoints_trained_on_different_data_need_a_dataset(tmp_path, monkeypatch):
+def test_checkpoints_trained_on_different_data_need_a_dataset(tmp_path):
     from dae.evaluate import Method, _training_data
 
     def method(data):
         return Method("m", "learned", None, trained_on=data)
 
-    monkeypatch.delenv("DAE_DATA_DIR", raising=False)
     assert _training_data([method(None)]) == ("mnist", None)
     # MNIST is found the usual way when the run's recorded folder is gone (a run moved to another machine),
     # else read where training read it; a folder run's folder is kept.
@@ -367,8 +366,6 @@ def test_checkpoints_trained_on_different_data_need_a_dataset(tmp_path, monkeypa
     )
     there = {"dataset": "mnist", "data_dir": str(tmp_path)}
     assert _training_data([method({"dataset": "mnist"}), method(there)]) == ("mnist", str(tmp_path))
-    monkeypatch.setenv("DAE_DATA_DIR", "/elsewhere")  # set for this command: it wins over the recorded one
-    assert _training_data([method(there)]) == ("mnist", None)
     assert _training_data([method({"dataset": "folder", "data_dir": "/a"})]) == ("folder", "/a")
     for other in ({"dataset": "fashion-mnist"}, {"dataset": "folder", "data_dir": "/b"}):
         with pytest.raises(UsageError, match="trained on different data: .*; choose one with --dataset"):

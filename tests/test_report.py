@@ -474,19 +474,18 @@ def test_write_report_loads_the_runs_test_images(tmp_path, monkeypatch):
     with pytest.raises(ResourceError, match="data dir /data/here does not exist"):  # was a note, exit 0
         write_report(run, data_dir="/data/here")
 
-    # Found as dae eval finds them: DAE_DATA_DIR, else the folder training read while it exists, else the cache.
+    # Found as dae eval finds them: the folder training read while it exists, else DAE_DATA_DIR and the cache.
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["data_dir"] = str(tmp_path / "moved away")
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     calls.clear()
-    monkeypatch.setenv("DAE_DATA_DIR", here)
-    write_report(run, n_images=2)
-    monkeypatch.delenv("DAE_DATA_DIR")
     write_report(run, n_images=2)  # was the recorded folder, gone, whatever DAE_DATA_DIR said
     config["data"]["data_dir"] = here
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     write_report(run, n_images=2)
-    assert calls == [("mnist", "test", None, 2), ("mnist", "test", None, 2), ("mnist", "test", here, 2)]
+    assert calls == [("mnist", "test", None, 2), ("mnist", "test", here, 2)]
+    bare = make_synthetic_run(tmp_path, name="bare", eval=False, checkpoint=False)
+    write_report(bare, data_dir="/data/here")  # draws nothing from data: a missing one is no matter
 
     def missing(name, split, root=None, limit=None):
         raise ResourceError(f"dataset {name} not found under {root}")
@@ -535,6 +534,8 @@ def test_write_report_not_a_run(tmp_path, name, error):
         write_report(tmp_path / name)
     assert "\n" not in str(info.value) and str(tmp_path / name) in str(info.value)
     assert not (tmp_path / name / "figures").exists()
+    if name == "foreign":
+        assert "its config.yaml was not written by dae train" in str(info.value)
 
 
 def test_a_run_folder_that_cannot_be_written_is_one_line_and_draws_nothing(tmp_path, monkeypatch):
@@ -589,6 +590,15 @@ def test_an_evaluation_of_an_earlier_best_checkpoint_is_flagged(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     moved = run.rename(tmp_path / "elsewhere" / "grown")  # the run's best is known by its place in the run
     assert "earlier best checkpoint" in write_report(moved, images=digits(2), levels=(0.5,)).read_text()
+
+    # Another run of the same name scored beside it, and this run's current best among the scored: no note
+    # (the other run's older step read as this one's "earlier best").
+    twin = make_synthetic_run(tmp_path / "other", name="grown", eval=False, metrics=False)
+    torch.manual_seed(2)
+    save_checkpoint(create_model("_report_tiny_conv"), twin / "checkpoints" / "best.safetensors", step=5)
+    both = [moved / "checkpoints" / "best.safetensors", twin / "checkpoints" / "best.safetensors"]
+    evaluate(both, images=digits(4), levels=[0.5], out=moved / "eval", verbose=False)
+    assert "earlier best checkpoint" not in write_report(moved, images=digits(2), levels=(0.5,)).read_text()
 
 
 def test_suggested_eval_command_is_quoted_and_only_made_when_there_is_a_checkpoint(tmp_path):
@@ -699,3 +709,6 @@ def test_report_levels_its_noise_does_not_take_are_refused(tmp_path, train_noise
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(UsageError, match=message):
         write_report(run, images=digits(2), levels=levels)
+    (run / "checkpoints" / "best.safetensors").unlink()  # no model to draw: still refused, not ignored
+    with pytest.raises(UsageError, match=message):
+        write_report(run, levels=levels)

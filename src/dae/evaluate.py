@@ -363,16 +363,14 @@ def _training_data(methods: Sequence[Method]) -> tuple[str, str | None]:
 def trained_data_dir(data: Mapping[str, Any]) -> str | None:
     """Where to find the test images of a run whose config "data" section is `data`, when none is named.
 
-    A folder run's images live in its folder. MNIST-like sets are found the usual way when DAE_DATA_DIR
-    names a folder for them, else in the folder training read while it exists, else in the cache (a run moved
-    to another machine still evaluates).
+    A folder run's images live in its folder. MNIST-like sets are read from the folder training read while it
+    exists, else found the usual way (DAE_DATA_DIR, the cache), so a run moved to another machine still
+    evaluates.
     """
     recorded = data.get("data_dir")
     if (data.get("dataset") or "mnist") == "folder":
         return recorded
-    if os.environ.get("DAE_DATA_DIR") or not recorded or not Path(recorded).is_dir():
-        return None
-    return str(recorded)
+    return str(recorded) if recorded and Path(recorded).is_dir() else None
 
 
 def _crop_size(methods: Sequence[Method], dataset: str) -> dict[str, Any]:

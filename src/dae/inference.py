@@ -97,7 +97,7 @@ def denoise(
         raise UsageError("denoise: images hold NaN or infinite values")
     # But noise of mean zero leaves the mean in [0, 1]: a mean far outside it is a 0-255 image, which came
     # back as nonsense in [0, 1] without a word.
-    mean = images.float().mean().item() if images.numel() else 0.0
+    mean = images.mean(dtype=torch.float32).item() if images.numel() else 0.0
     if not -0.5 <= mean <= 1.5:
         raise UsageError(
             f"denoise expects images in [0, 1], got a mean of {mean:g} (0-255 data: divide by 255 first)"

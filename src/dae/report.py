@@ -418,12 +418,12 @@ def write_report(
         what, error = (
             ("does not exist", ResourceError) if not run.exists() else ("is not a run directory", UsageError)
         )
-        raise error(
-            f"{run} {what} (no config.yaml, metrics.csv or checkpoints/best.safetensors); "
-            "give the --out directory of `dae train`"
+        why = (
+            "its config.yaml was not written by dae train (no model and train sections)"
+            if (run / "config.yaml").is_file()
+            else "no config.yaml, metrics.csv or checkpoints/best.safetensors"
         )
-    if data_dir is not None and images is None and not Path(data_dir).is_dir():
-        raise ResourceError(f"data dir {data_dir} does not exist (--data-dir)")
+        raise error(f"{run} {what} ({why}); give the --out directory of `dae train`")
     figures = make_folder(run / "figures")
     for folder in (run, figures):  # before any drawing: a report without its page or figures is no report
         if not os.access(folder, os.W_OK | os.X_OK):
@@ -491,6 +491,7 @@ def write_report(
     if n_params is None and model is not None:
         n_params = sum(p.numel() for p in model.parameters())
     train_noise = _get(config, "train.noise")
+    specs = _noise_specs(train_noise, levels)  # levels the noise does not take: refused, whatever gets drawn
     summary_rows: list[tuple[str, Any]] = [
         ("run", str(run.resolve())),
         ("model", f"{model_name} {json.dumps(kwargs, default=str)}" if kwargs else model_name),
@@ -548,6 +549,8 @@ def write_report(
         if images is not None:
             clean, shown = images[:n_images].float(), f"The {min(n_images, len(images))} images given"
         else:
+            if data_dir is not None and not Path(data_dir).is_dir():  # given, so not a note
+                raise ResourceError(f"data dir {data_dir} does not exist (--data-dir)")
             try:
                 clean, shown = _test_images(dataset, config, data_dir, n_images)
             except DaeError as e:
@@ -555,7 +558,6 @@ def write_report(
     if clean is not None:
         from dae.data.noise import make_noisy
 
-        specs = _noise_specs(train_noise, levels)
         try:
             noisy = {spec: make_noisy(clean, spec, seed) for spec, _ in specs}
             denoised = {spec: model.denoise(x) for spec, x in noisy.items()}
@@ -668,21 +670,23 @@ def _stale_evaluation(run: Path, eval_dir: Path, best: Mapping[str, Any]) -> str
         return None
     if not isinstance(scored, dict) or not best.get("tensors_sha256"):
         return None
-    for method, entry in scored.items():
-        if not isinstance(entry, dict):
-            continue
-        file = Path(str(entry.get("file")))
-        # This run's best, wherever the run folder has moved since.
-        if file.parts[-3:] != (run.resolve().name, "checkpoints", "best.safetensors"):
-            continue
-        if entry.get("tensors_sha256") != best["tensors_sha256"]:
-            then = f" at step {entry['step']}" if entry.get("step") is not None else ""
-            now = f", step {best['step']}," if best.get("step") is not None else ""
-            return (
-                f"these results are of an earlier best checkpoint ({method}{then}); the run's best{now} was "
-                f"saved after the evaluation: rerun `dae eval --checkpoint {shlex.quote(str(run))}`"
-            )
-    return None
+    entries = {m: e for m, e in scored.items() if isinstance(e, dict)}
+    if any(e.get("tensors_sha256") == best["tensors_sha256"] for e in entries.values()):
+        return None  # the current best was scored
+    here = str(run.resolve() / "checkpoints" / "best.safetensors")
+    ours = {m: e for m, e in entries.items() if e.get("file") == here}
+    if not ours:  # the run folder has moved since: its best by its place in the run
+        tail = (run.resolve().name, "checkpoints", "best.safetensors")
+        ours = {m: e for m, e in entries.items() if Path(str(e.get("file"))).parts[-3:] == tail}
+    if len(ours) != 1:  # none, or runs of the same name scored together: which was this one is not known
+        return None
+    ((method, entry),) = ours.items()
+    then = f" at step {entry['step']}" if entry.get("step") is not None else ""
+    now = f", step {best['step']}," if best.get("step") is not None else ""
+    return (
+        f"these results are of an earlier best checkpoint ({method}{then}); the run's best{now} was "
+        f"saved after the evaluation: rerun `dae eval --checkpoint {shlex.quote(str(run))}`"
+    )
 
 
 def _eval_section(run: Path, figures: Path, best: Mapping[str, Any]) -> Html:

@@ -214,8 +214,6 @@ def check_dataset(
             _, path = locate_idx(name, filename, root, download=download, **kw)
         except (DataError, ResourceError) as e:
             bad.append(e)
-            # A download that failed once (no network) would fail again for each file, slowly.
-            download = download and not isinstance(e, ResourceError)
             continue
         lines.append(f"{name}/{filename}: sha256 ok (from {path})")
     if len({str(e) for e in bad}) == 1:  # one bad file, or one cause for all (the data dir is missing)
@@ -409,6 +407,8 @@ def _download_verified(
             gzipped = f.read(2) == b"\x1f\x8b"
         placed = target if gzipped or target.suffix != ".gz" else target.with_suffix("")
         os.replace(tmp, placed)
+        if placed != target:  # a damaged .gz that sent us downloading would be met (and warned of) each time
+            target.unlink(missing_ok=True)
         return array, str(placed)
     except urllib.error.HTTPError as e:
         return None, f"HTTP {e.code}"
