@@ -225,10 +225,10 @@ def is_run_dir(path: str | Path) -> bool:
 def _is_dae_config(path: Path) -> bool:
     """A config.yaml that `dae train` wrote (a model and a train section), not another tool's."""
     try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = _read_yaml(path)
+    except _Skip:  # missing, unreadable, or not a mapping
         return False
-    return isinstance(config, dict) and isinstance(config.get("model"), dict) and "train" in config
+    return isinstance(config.get("model"), dict) and "train" in config
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
