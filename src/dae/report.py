@@ -277,6 +277,12 @@ def _duration(seconds: float) -> str:
 
 def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Records and notes from eval/results.json (typed), else eval/results.csv; ([], []) if neither exists."""
+    records, notes, _ = _load_results(eval_dir)
+    return records, notes
+
+
+def _load_results(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """load_records, and the checkpoints results.json says were scored ({} where it does not)."""
     eval_dir = Path(eval_dir)
     js, cs = eval_dir / "results.json", eval_dir / "results.csv"
     if js.exists():
@@ -296,7 +302,8 @@ def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
                 raise DataError(
                     f"{js}: record {i} is {type(r).__name__}, not an object of method, noise, psnr, ..."
                 )
-        return [dict(r) for r in records], [str(n) for n in notes]
+        scored = data.get("checkpoints") if isinstance(data, dict) else None
+        return [dict(r) for r in records], [str(n) for n in notes], scored if isinstance(scored, dict) else {}
     if cs.exists():
         try:
             rows = _read_csv_rows(cs)
@@ -306,8 +313,8 @@ def load_records(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]
             for key in ("level", "psnr", "ssim", "mse"):
                 if key in r:
                     r[key] = _num(r[key]) if r[key] not in ("", "None") else None
-        return rows, []
-    return [], []
+        return rows, [], {}
+    return [], [], {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -659,16 +666,13 @@ def write_report(
     return out
 
 
-def _stale_evaluation(run: Path, eval_dir: Path, best: Mapping[str, Any]) -> str | None:
+def _stale_evaluation(run: Path, scored: Mapping[str, Any], best: Mapping[str, Any]) -> str | None:
     """Why eval/ no longer describes the run's best checkpoint (training went on after it), or None.
 
-    results.json names the weights behind each learned method (older results did not: they get no note).
+    `scored` is results.json's map of the weights behind each learned method (older results have none: they
+    get no note).
     """
-    try:
-        scored = json.loads((eval_dir / "results.json").read_text()).get("checkpoints")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None
-    if not isinstance(scored, dict) or not best.get("tensors_sha256"):
+    if not best.get("tensors_sha256"):
         return None
     entries = {m: e for m, e in scored.items() if isinstance(e, dict)}
     if any(e.get("tensors_sha256") == best["tensors_sha256"] for e in entries.values()):
@@ -695,10 +699,10 @@ def _eval_section(run: Path, figures: Path, best: Mapping[str, Any]) -> Html:
 
     eval_dir = run / "eval"
     try:
-        records, eval_notes = load_records(eval_dir)
+        records, eval_notes, scored = _load_results(eval_dir)
     except DaeError as e:
         return note_html(f"evaluation results unreadable: {e}")
-    stale = _stale_evaluation(run, eval_dir, best) if records else None
+    stale = _stale_evaluation(run, scored, best)
     if not records:
         if not (run / "checkpoints" / "best.safetensors").is_file():
             return note_html("no evaluation yet, and no checkpoints/best.safetensors to evaluate")
