@@ -668,6 +668,31 @@ def test_psnr_vs_noise_legend_names_every_panels_methods_in_distinct_colours(tmp
     assert len(set(colours.values())) == len(colours) == 12
 
 
+@pytest.mark.parametrize(
+    ("peaks", "labelled"),
+    [
+        ((5, 10, 20, 30, 50), ["5", "10", "20", "30", "50"]),
+        ((10, 20), ["10", "20"]),
+        # A dense sweep: peaks closer than a tenth of the span (in log terms) to the last label go unlabelled.
+        ((1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 100, 1000), ["1", "2", "4", "8", "100", "1000"]),
+    ],
+)
+def test_poisson_axis_is_labelled_at_the_evaluated_peaks(tmp_path, monkeypatch, peaks, labelled):
+    # On about a decade of peaks matplotlib's log axis labelled minor ticks "2x10^1", "3x10^1", "4x10^1",
+    # and they ran into each other; the evaluated peaks, as plain numbers, say what was measured.
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    records = [
+        {"method": "unet", "kind": "learned", "noise": f"poisson:{p}", "level": p, "psnr": 10.0 + p / 10}
+        for p in peaks
+    ]
+    plots.plot_psnr_vs_noise(records, tmp_path / "p.png")
+    (ax,) = figures[0].axes
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == labelled
+    assert [t.get_text() for t in ax.get_xticklabels(minor=True)] == []
+
+
 def test_error_map_titles_wrap_to_their_column(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)

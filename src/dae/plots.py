@@ -529,6 +529,27 @@ def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], path
     return _save(fig, path)
 
 
+def _label_log_axis(ax: Any, values: Sequence[float]) -> None:
+    """Label a log axis at the values evaluated, as plain numbers ("20", not "2x10^1").
+
+    Matplotlib's own labels turn to scientific minor labels on a range of about a decade, and those
+    overlap; labelling the evaluated peaks says what was measured. Values closer than a tenth of the
+    axis's span (in log terms) to the last labelled one go unlabelled, so dense sweeps stay legible.
+    """
+    from matplotlib.ticker import NullLocator
+
+    values = [v for v in values if v > 0]
+    if not values:
+        return
+    span = math.log10(values[-1] / values[0]) or 1.0
+    shown = [values[0]]
+    for v in values[1:]:
+        if math.log10(v / shown[-1]) >= span / 10:
+            shown.append(v)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(shown, [f"{v:g}" for v in shown])
+
+
 _STYLE = {
     "learned": {"linestyle": "-", "marker": "o", "lw": 2.0},
     "baseline": {"linestyle": "--", "marker": "s", "lw": 1.4},
@@ -610,6 +631,9 @@ def plot_psnr_vs_noise(
             ax.set_xlabel("poisson peak (photons; more is less noise)")
             if numeric:
                 ax.set_xscale("log")
+                _label_log_axis(
+                    ax, sorted({_spec_level(x_of(r)) for r in records if _family(r.get("noise")) == family})
+                )
         else:
             ax.set_xlabel(f"{family} noise level" if family else "noise level")
         if not numeric:
