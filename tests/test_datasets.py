@@ -182,12 +182,17 @@ def test_flat_folder_of_one_dataset_is_passed_over_for_the_other(fake, monkeypat
     assert D.create_dataset("mnist", "test", root=fake / "flat").source.startswith(str(fake / "flat"))
 
 
-def test_missing_explicit_dir_is_a_resource_error(fake):
+def test_missing_explicit_dir_is_a_resource_error_and_a_file_a_usage_error(fake):
     with pytest.raises(ResourceError, match="nowhere does not exist"):
         D.create_dataset("mnist", "test", root=fake / "nowhere")
+    # A file given for the folder is a mistake in the path (exit 2), as it is for the folder dataset;
+    # it was exit 5 here and 2 there.
     (fake / "a-file").write_text("x")
-    with pytest.raises(ResourceError, match="a-file is not a folder"):
-        D.create_dataset("mnist", "test", root=fake / "a-file")
+    for name in ("mnist", "folder"):
+        with pytest.raises(UsageError, match="a-file is a file"):
+            D.create_dataset(name, "test", root=fake / "a-file")
+    with pytest.raises(UsageError, match="a-file is a file"):
+        D.check_dataset("mnist", root=fake / "a-file")
 
 
 def test_bad_cache_file_is_noted_and_system_dir_used(fake, caplog):

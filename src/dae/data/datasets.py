@@ -312,10 +312,14 @@ def locate_idx(
 
     explicit = _explicit_dir(root)
     if explicit is not None:
+        if explicit.exists() and not explicit.is_dir():  # a mistake in the path, as for the folder dataset
+            raise UsageError(
+                f"data dir {explicit} is a file, not a folder; pass --data-dir/DAE_DATA_DIR the folder "
+                "holding the dataset"
+            )
         if not explicit.is_dir():
-            what = "is not a folder" if explicit.exists() else "does not exist"
             raise ResourceError(
-                f"data dir {explicit} {what}; pass --data-dir/DAE_DATA_DIR an existing folder"
+                f"data dir {explicit} does not exist; pass --data-dir/DAE_DATA_DIR an existing folder"
             )
         for path in _candidates(explicit, name, filename):
             if path.is_file():
