@@ -16,6 +16,7 @@ from torch import Tensor, nn
 import dae.inference as inference
 from dae.errors import DataError, PartialFailure, ResourceError, UsageError
 from dae.inference import denoise, denoise_files, denoise_tiled, model_channels
+from dae.models import create_model
 from dae.models.base import Denoiser
 
 
@@ -166,6 +167,27 @@ def test_tiled_equals_untiled_when_receptive_field_within_margin(channels: int) 
     torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
     # With a margin smaller than the receptive field, tile edges leak in: the check above is not vacuous.
     assert (denoise_tiled(model, x, tile=48, overlap=4) - full).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize(("h", "w"), [(150, 97), (161, 130), (128, 128)])
+def test_tiled_equals_untiled_for_a_pooling_model_at_any_size(h: int, w: int) -> None:
+    # A unet pools 2x2 blocks: tiles that started off its grid (the last one, flush with an odd-sized end)
+    # pooled other blocks than the whole image's pass, and differed from it by up to 0.8 near the borders.
+    model = create_model("unet", levels=1, convs=1, shuffle=1).eval()  # receptive-field radius 5
+    with torch.no_grad():  # weights of one scale: a last layer that starts near zero would hide the net
+        for i, p in enumerate(model.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.3)
+    assert model.grid == 2
+    x = rand(1, 1, h, w, seed=5)
+    full = denoise(model, x, tile=0, precision="fp32")
+    tiled = denoise_tiled(model, x, tile=64, overlap=24)  # margin 24 // 4 = 6 >= 5
+    torch.testing.assert_close(tiled, full, atol=1e-5, rtol=0)
+
+
+def test_tiles_too_small_for_the_models_grid_are_refused() -> None:
+    model = create_model("unet", levels=3, shuffle=2)  # pools 16x16 blocks
+    with pytest.raises(UsageError, match=r"tile \(20\) less overlap \(8\) must be at least 16 pixels"):
+        denoise_tiled(model, rand(1, 1, 100, 100), tile=20, overlap=8)
 
 
 def test_tiled_blending_leaves_no_seams() -> None:

@@ -201,6 +201,33 @@ def test_channels_last_matches_contiguous(name, kw, code_shape):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("name", "kw", "code_shape"), CONV_CASES)
+def test_the_output_follows_a_shift_of_the_input_by_the_grid_and_not_by_less(name, kw, code_shape):
+    # Tiled denoising places its tiles on this grid so that each tile pools on the whole image's grid; a grid
+    # that is too fine gave tiles on the wrong grid (and results that differ from untiled ones).
+    model = _build(name, kw).eval()
+    with torch.no_grad():  # weights of one scale throughout: some last layers start at zero, hiding the net
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    g = model.grid
+    x = _batch((1, 1, 160, 160))
+    inner = slice(64, 80)  # far from every border, beyond the receptive field of these models
+
+    def moved(shift: int) -> torch.Tensor:  # the output at the same pixels, computed from a shifted crop
+        return model(x[..., shift:, shift:])[..., inner, inner]
+
+    with torch.no_grad():
+        whole = model(x)
+        # GroupNorm's statistics span the whole image, so no crop leaves its output alone.
+        if not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules()):
+            assert torch.allclose(moved(g), whole[..., 64 + g : 80 + g, 64 + g : 80 + g], atol=1e-5)
+        if g > 1:  # and a smaller shift moves the pooling grid
+            half = g // 2
+            assert not torch.allclose(
+                moved(half), whole[..., 64 + half : 80 + half, 64 + half : 80 + half], atol=1e-3
+            )
+
+
 @pytest.mark.parametrize(("name", "kw", "code_shape"), CASES)
 def test_save_load_round_trip_gives_identical_outputs(name, kw, code_shape, tmp_path):
     from dae.checkpoint import load_model, save_checkpoint

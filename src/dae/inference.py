@@ -165,8 +165,10 @@ def denoise_tiled(
 
     Tiles overlap by at least `overlap` pixels. Each tile's weight is 0 on the outer overlap // 4 pixels of
     an edge shared with another tile, then ramps linearly to 1 across the rest of the overlap; the weighted
-    sum is normalised. So the result equals the untiled one (up to float rounding) for any model whose
-    receptive-field radius is at most overlap // 4, and changes smoothly between tiles for any other.
+    sum is normalised. Tiles start on the model's `grid`, so each pools the pixels the whole image's pass
+    pools together. So the result equals the untiled one (up to float rounding) for any model whose
+    receptive-field radius is at most overlap // 4 and that normalises nothing over the whole image
+    (GroupNorm does), and changes smoothly between tiles for any other.
     Memory beyond the image and the output is a few tiles.
 
     Example:
@@ -207,6 +209,12 @@ def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) ->
     if fixed and tile > 0:
         raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
     _check_tiling(tile, overlap)
+    grid = getattr(model, "grid", 1)
+    if tile - overlap < grid:  # tiles step along the model's grid: a smaller step would leave gaps
+        raise UsageError(
+            f"tile ({tile}) less overlap ({overlap}) must be at least {grid} pixels for "
+            f"{type(model).__name__}, whose pooling works on {grid}x{grid} blocks"
+        )
     return tile
 
 
@@ -234,12 +242,20 @@ def _apply(model: Any, x: Tensor, device: torch.device) -> Tensor:
     return y.to(device=x.device, dtype=torch.float32).clamp(0.0, 1.0)
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Tile starts along one axis (the last one flush with the end) and the tile length on that axis."""
+def _tiles(length: int, tile: int, overlap: int, grid: int) -> list[tuple[int, int]]:
+    """(start, length) of the tiles along one axis: starts on the model's grid, the last tile flush with the end.
+
+    A tile placed off the grid pools on other pixel groups than the whole image does, and its result differs
+    from the untiled one everywhere, not only near its edges. So the step is a multiple of the grid (the
+    overlap grows to at least `overlap`) and the last tile starts on the grid too, up to grid - 1 pixels
+    longer than the others.
+    """
     if length <= tile:
-        return [0], length
-    starts = list(range(0, length - tile, tile - overlap)) + [length - tile]
-    return starts, tile
+        return [(0, length)]
+    step = max(grid, (tile - overlap) // grid * grid)
+    last = (length - tile) // grid * grid
+    starts = [s for s in range(0, length - tile, step) if s < last] + [last]
+    return [(s, tile if s != last else length - last) for s in starts]
 
 
 def _ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> Tensor:
@@ -260,21 +276,26 @@ def _ramp(size: int, overlap: int, ramp_start: bool, ramp_end: bool) -> Tensor:
 def _denoise_tiled_one(model: Any, x: Tensor, tile: int, overlap: int, device: torch.device) -> Tensor:
     """Tile, denoise and blend one (1, C, H, W) image; accumulators live on x's device."""
     _, c, h, w = x.shape
-    ys, th = _tile_starts(h, tile, overlap)
-    xs, tw = _tile_starts(w, tile, overlap)
+    grid = getattr(model, "grid", 1)  # classical methods have none: any placement is theirs
+    rows, cols = _tiles(h, tile, overlap, grid), _tiles(w, tile, overlap, grid)
     acc = torch.zeros((1, c, h, w), dtype=torch.float32, device=x.device)
     wsum = torch.zeros((1, 1, h, w), dtype=torch.float32, device=x.device)
-    positions = [(y0, x0) for y0 in ys for x0 in xs]
-    for i in range(0, len(positions), TILE_BATCH):
-        chunk = positions[i : i + TILE_BATCH]
-        tiles = torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])  # (B, C, th, tw)
-        out = _apply(model, tiles, device)
-        for (y0, x0), o in zip(chunk, out, strict=True):
-            wy = _ramp(th, overlap, y0 > 0, y0 + th < h).to(x.device)
-            wx = _ramp(tw, overlap, x0 > 0, x0 + tw < w).to(x.device)
-            weight = wy[:, None] * wx[None, :]  # (th, tw)
-            acc[0, :, y0 : y0 + th, x0 : x0 + tw] += o * weight
-            wsum[0, 0, y0 : y0 + th, x0 : x0 + tw] += weight
+    # Tiles of one shape go through the model together: the last row and column may be a little longer.
+    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for y0, th in rows:
+        for x0, tw in cols:
+            by_shape.setdefault((th, tw), []).append((y0, x0))
+    for (th, tw), positions in by_shape.items():
+        for i in range(0, len(positions), TILE_BATCH):
+            chunk = positions[i : i + TILE_BATCH]
+            tiles = torch.cat([x[:, :, y0 : y0 + th, x0 : x0 + tw] for y0, x0 in chunk])  # (B, C, th, tw)
+            out = _apply(model, tiles, device)
+            for (y0, x0), o in zip(chunk, out, strict=True):
+                wy = _ramp(th, overlap, y0 > 0, y0 + th < h).to(x.device)
+                wx = _ramp(tw, overlap, x0 > 0, x0 + tw < w).to(x.device)
+                weight = wy[:, None] * wx[None, :]  # (th, tw)
+                acc[0, :, y0 : y0 + th, x0 : x0 + tw] += o * weight
+                wsum[0, 0, y0 : y0 + th, x0 : x0 + tw] += weight
     return (acc / wsum).clamp_(0.0, 1.0)
 
 

@@ -56,6 +56,10 @@ class TransposeConv(ZooDenoiser):
         dec.append(nn.Conv2d(rev[-1], in_channels, 3, padding=1))
         self.decoder = nn.Sequential(*dec)
 
+    @property
+    def grid(self) -> int:  # one 2x2 max-pool per level; nothing is padded to size_multiple
+        return 2**self.levels
+
     def pad(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         h, w = x.shape[-2:]
         ph, pw = _exact_size(h, self.levels) - h, _exact_size(w, self.levels) - w

@@ -70,6 +70,10 @@ class Unpool(SideInfoDenoiser):
         self.acts = nn.ModuleList(make_activation(activation, where) for _ in rev)
         self.head = nn.Conv2d(outs[-1], in_channels, 3, padding=1)
 
+    @property
+    def grid(self) -> int:  # one 2x2 max-pool per level; nothing is padded to size_multiple
+        return 2 ** len(self.enc)
+
     def _encode(self, x: Tensor) -> tuple[Tensor, dict[str, list[Any]]]:
         sizes, indices = [], []
         for conv in self.enc:

@@ -45,6 +45,10 @@ class UpsampleConv(SideInfoDenoiser):
         self.dec = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip((rev[0], *rev[:-1]), rev))
         self.head = nn.Conv2d(widths[0], in_channels, 3, padding=1)
 
+    @property
+    def grid(self) -> int:  # one 2x2 max-pool per level; nothing is padded to size_multiple
+        return 2 ** len(self.enc)
+
     def _encode(self, x: Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         sizes = []
         for conv in self.enc:
