@@ -133,6 +133,23 @@ def test_gaussian_blur_width_follows_sigma_unless_fixed():
     assert torch.allclose(fixed.denoise(x), tied.denoise(x, sigma=0.6), atol=1e-6)  # width 0.4 + 0.6
 
 
+def test_nlm_filter_strength_goes_with_where_sigma_comes_from():
+    # A given sigma (evaluation measures the clipped noise's std) is larger than the wavelet estimate at high
+    # levels; 0.8 of it, scikit-image's recipe for its own estimate, flattened the digits (2 dB below the
+    # estimate at s = 0.7). So h is 0.4 sigma with a given sigma and 0.8 sigma with an estimated one.
+    from dae.baselines import estimate_sigma
+
+    x = add_noise(smooth(2, 1, 24, 24), "gaussian:0.3", seed=0)
+    nlm = create_baseline("nlm")
+    given = nlm.denoise(x, sigma=0.3)
+    assert torch.allclose(given, create_baseline("nlm", h_factor=0.4).denoise(x, sigma=0.3))
+    assert not torch.allclose(given, create_baseline("nlm", h_factor=0.8).denoise(x, sigma=0.3))
+    assert torch.allclose(nlm.denoise(x), create_baseline("nlm", h_factor=0.8).denoise(x, estimate_sigma(x)))
+    assert nlm.h_factor is None  # denoising left the method as it was
+    fixed = create_baseline("nlm", h_factor=0.8)
+    assert torch.allclose(fixed.denoise(x), fixed.denoise(x, estimate_sigma(x)))
+
+
 def test_gaussian_blur_width_is_capped_at_the_image():
     # Level 1e9 asked scipy for a 60 GiB kernel (numpy's _ArrayMemoryError, a traceback): a blur wider than the
     # image is its mean already.
