@@ -693,6 +693,33 @@ def test_poisson_axis_is_labelled_at_the_evaluated_peaks(tmp_path, monkeypatch, 
     assert [t.get_text() for t in ax.get_xticklabels(minor=True)] == []
 
 
+@pytest.mark.parametrize("giant", [False, True])
+@pytest.mark.parametrize("n_long", [1, 2, 3, 5])
+def test_psnr_vs_noise_legend_fits_the_figure(tmp_path, monkeypatch, n_long, giant):
+    # Three long run names were laid side by side in a 5.4-inch figure and cut off at both edges.
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    methods = [f"unpool@tf-unpool-argmax-{a}-run-{i}" for i in range(n_long) for a in ("relu",)]
+    methods += ["noisy input"] + ["x" * 90] * giant  # and one longer than the figure is wide
+    records = [
+        {
+            "method": m,
+            "kind": "noisy" if m == "noisy input" else "learned",
+            "noise": f"gaussian:{lv}",
+            "level": lv,
+            "psnr": 20.0 - lv,
+        }
+        for m in methods
+        for lv in (0.3, 0.5)
+    ]
+    plots.plot_psnr_vs_noise(records, tmp_path / "p.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    box, frame = fig.legends[0].get_window_extent(), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1, (box, frame)
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == sorted(methods)
+
+
 def test_error_map_titles_wrap_to_their_column(tmp_path, monkeypatch):
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)

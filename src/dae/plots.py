@@ -550,6 +550,10 @@ def _label_log_axis(ax: Any, values: Sequence[float]) -> None:
     ax.set_xticks(shown, [f"{v:g}" for v in shown])
 
 
+# A legend entry's width at fontsize 8, in inches: a generous average character width (DejaVu Sans) and the
+# line sample with its padding.
+_LEGEND_CHAR_IN, _LEGEND_HANDLE_IN = 0.075, 0.75
+
 _STYLE = {
     "learned": {"linestyle": "-", "marker": "o", "lw": 2.0},
     "baseline": {"linestyle": "--", "marker": "s", "lw": 1.4},
@@ -647,9 +651,14 @@ def plot_psnr_vs_noise(
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
-    fig.legend(
-        handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8, frameon=False
-    )
+    # As many columns (up to 3) as the figure's width holds: three long run names side by side were cut off at
+    # both edges. A name longer than the figure widens it.
+    entry = max(len(label) for label in labels) * _LEGEND_CHAR_IN + _LEGEND_HANDLE_IN
+    width = fig.get_figwidth()
+    if entry > width:
+        fig.set_figwidth(entry + 0.2)
+    ncols = max(1, min(3, len(labels), int(width // entry)))
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -82,7 +82,8 @@ class Recipe:
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 
-# The recipe each model trains with when none is named (benchmarks, `dae train --model X`).
+# Each model's representative recipe, for the benchmarks. `dae train --model X` does not use it: without
+# --recipe a run trains under dae's own defaults (config.py), with the model's default options.
 DEFAULT_FOR_MODEL: dict[str, str] = {}
 
 
