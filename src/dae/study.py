@@ -442,6 +442,8 @@ class Section:
     not_denoising: list[str] = field(default_factory=list)  # learned methods no better than their input
     records: list[dict[str, Any]] = field(default_factory=list)  # evaluation records
     extra: list[dict[str, Any]] = field(default_factory=list)  # other numbers (params, spectra, codes)
+    # Per learned method: the steps its budget gave it and how it does on its own training noise.
+    training: list[dict[str, Any]] = field(default_factory=list)
     figures: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -475,6 +477,7 @@ class Study:
         self.failures: dict[ModelSpec, str] = {}
         self._models: dict[ModelSpec, Any] = {}
         self._test: Tensor | None = None
+        self._own: dict[ModelSpec, list[dict[str, Any]]] = {}  # records on each model's own training noise
 
     # -- models
     def ensure(self, specs: Sequence[ModelSpec]) -> list[ModelSpec]:
@@ -600,6 +603,35 @@ class Study:
         for r in records:
             r["train_noise"] = train_noise.get(r["method"], r.get("train_noise"))
         return records
+
+    def own_noise_records(self, sp: ModelSpec) -> list[dict[str, Any]]:
+        """The model and the noisy input on the test images at the noise the model was trained on.
+
+        Whether a model learned at all is judged here: an experiment that tests it on other noise only (the
+        occlusion one) cannot tell a model that never learned from one that does not transfer.
+        """
+        if sp not in self._own:
+            self._own[sp] = self.evaluate([sp], sp.noise, None)
+        return self._own[sp]
+
+    def training_row(self, sp: ModelSpec) -> dict[str, Any]:
+        """Steps and epochs the budget gave a model (its run's metrics.csv) beside its own-noise scores."""
+        path = self.out / "models" / sp.key / "metrics.csv"
+        try:
+            with open(path, newline="") as f:
+                last = list(csv.DictReader(f))[-1]
+            steps, epochs = int(float(last["step"])), int(float(last["epoch"])) + 1
+        except (OSError, UnicodeDecodeError, csv.Error, IndexError, KeyError, TypeError, ValueError):
+            steps = epochs = None  # the numbers are context for the answer, not part of it
+        psnr = {r["method"]: _num(r["psnr"]) for r in self.own_noise_records(sp)}
+        return {
+            "method": sp.label,
+            "trained on": sp.noise,
+            "steps": steps,
+            "epochs begun": epochs,
+            "PSNR on it": round(psnr.get(sp.label, math.nan), 2),
+            "noisy input": round(psnr.get("noisy input", math.nan), 2),
+        }
 
     def outputs(
         self, specs: Sequence[ModelSpec], noise: str, n: int | None = None
@@ -841,6 +873,7 @@ def _rows(sections: Sequence[Section]) -> list[dict[str, Any]]:
     for sec in sections:
         rows += [{"experiment": sec.key, **r} for r in sec.records]
         rows += [{"experiment": sec.key, "kind": "extra", **r} for r in sec.extra]
+        rows += [{"experiment": sec.key, "kind": "training", **r} for r in sec.training]
     return rows
 
 
@@ -868,6 +901,16 @@ def _section_html(sec: Section) -> str:
     if sec.extra:
         cols = list(dict.fromkeys(k for r in sec.extra for k in r))
         parts.append(table_html(sec.extra, cols))
+    if sec.training:
+        # Each model had the same seconds; the steps they bought differ by architecture and by machine load.
+        cols = list(sec.training[0])
+        parts.append(
+            table_html(
+                [[r[c] if r[c] is not None else "?" for c in cols] for r in sec.training],
+                cols,
+                "Training (same seconds each) and the test PSNR (dB) on the noise each model was trained on",
+            )
+        )
     for path, caption in sec.figures:
         parts.append(figure_html(path, caption))
     for note in sec.notes:
@@ -907,7 +950,11 @@ def run_experiments(
         t1 = time.perf_counter()
         failed_before = set(st.failures)
         sec = EXPERIMENTS[name](st)
-        sec.not_denoising = not_denoising(sec.records)
+        shown = {str(r["method"]) for r in sec.records if r.get("kind") == "learned"}
+        used = [sp for sp in st.checkpoints if sp.label in shown]
+        sec.training = [st.training_row(sp) for sp in used]
+        own = [r for sp in used for r in st.own_noise_records(sp)]
+        sec.not_denoising = not_denoising(sec.records + own)
         if sec.not_denoising:
             sec.answer = caveat(sec.not_denoising, settings.train_seconds) + " " + sec.answer
         sec.notes += [
@@ -934,6 +981,7 @@ def run_experiments(
                 "not_denoising": s.not_denoising,
                 "records": s.records,
                 "extra": s.extra,
+                "training": s.training,
                 "notes": s.notes,
             }
             for s in sections
