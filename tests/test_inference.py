@@ -184,9 +184,34 @@ def test_tiled_equals_untiled_for_a_pooling_model_at_any_size(h: int, w: int) ->
     torch.testing.assert_close(tiled, full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("grid", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("overlap", [0, 3, 8, 16])
+@pytest.mark.parametrize("tile", [32, 45, 64])
+def test_tiles_cover_the_axis_on_the_grid_with_the_overlap_asked_for(
+    tile: int, overlap: int, grid: int
+) -> None:
+    if tile - overlap < grid:  # refused before tiling
+        return
+    for length in range(1, 3 * tile + 2 * grid):
+        tiles = inference._tiles(length, tile, overlap, grid)
+        starts = [s for s, _ in tiles]
+        assert starts == sorted(set(starts)) and all(s % grid == 0 for s in starts)
+        assert tiles[-1][0] + tiles[-1][1] == length  # the last ends flush with the axis
+        if length > tile:
+            assert all(n == tile for _, n in tiles[:-1]) and tile <= tiles[-1][1] < tile + grid
+        for (s0, n0), (s1, _) in zip(tiles, tiles[1:]):
+            assert s0 + n0 - s1 >= overlap  # neighbours overlap at least as much as asked
+        weight = torch.zeros(length)
+        for i, (s, n) in enumerate(tiles):
+            weight[s : s + n] += inference._ramp(n, overlap, i > 0, s + n < length)
+        assert (weight > 0).all()  # every pixel is covered by a tile that counts there
+
+
 def test_tiles_too_small_for_the_models_grid_are_refused() -> None:
     model = create_model("unet", levels=3, shuffle=2)  # pools 16x16 blocks
-    with pytest.raises(UsageError, match=r"tile \(20\) less overlap \(8\) must be at least 16 pixels"):
+    with pytest.raises(
+        UsageError, match=r"tile \(20\) less overlap \(8\) must be at least 16 pixels.*--tile"
+    ):
         denoise_tiled(model, rand(1, 1, 100, 100), tile=20, overlap=8)
 
 

@@ -205,7 +205,9 @@ def test_channels_last_matches_contiguous(name, kw, code_shape):
 def test_the_output_follows_a_shift_of_the_input_by_the_grid_and_not_by_less(name, kw, code_shape):
     # Tiled denoising places its tiles on this grid so that each tile pools on the whole image's grid; a grid
     # that is too fine gave tiles on the wrong grid (and results that differ from untiled ones).
-    model = _build(name, kw).eval()
+    # GroupNorm's statistics span the whole image, so no crop leaves its output alone: the grid is tested
+    # without it (it does not change the grid).
+    model = _build(name, {**kw, "norm": "none"} if kw.get("norm") == "group" else kw).eval()
     with torch.no_grad():  # weights of one scale throughout: some last layers start at zero, hiding the net
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
@@ -218,13 +220,12 @@ def test_the_output_follows_a_shift_of_the_input_by_the_grid_and_not_by_less(nam
 
     with torch.no_grad():
         whole = model(x)
-        # GroupNorm's statistics span the whole image, so no crop leaves its output alone.
-        if not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules()):
-            assert torch.allclose(moved(g), whole[..., 64 + g : 80 + g, 64 + g : 80 + g], atol=1e-5)
+        # Relative tolerances: without normalisation these weights reach outputs in the hundreds.
+        assert torch.allclose(moved(g), whole[..., 64 + g : 80 + g, 64 + g : 80 + g], rtol=1e-3, atol=1e-5)
         if g > 1:  # and a smaller shift moves the pooling grid
             half = g // 2
             assert not torch.allclose(
-                moved(half), whole[..., 64 + half : 80 + half, 64 + half : 80 + half], atol=1e-3
+                moved(half), whole[..., 64 + half : 80 + half, 64 + half : 80 + half], rtol=1e-2, atol=1e-3
             )
 
 

@@ -158,7 +158,7 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.allocator import keep_freed_memory
     from dae.inference import denoise_files
 
-    keep_freed_memory()  # tile after tile of the same size: reuse the memory instead of faulting it in
+    keep_freed_memory()  # tile after tile of (nearly) one size: reuse the memory instead of faulting it in
 
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")

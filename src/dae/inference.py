@@ -210,10 +210,11 @@ def _resolve_tile(model: Any, tile: int | None, overlap: int, h: int, w: int) ->
         raise UsageError(f"{type(model).__name__} accepts only one input size and cannot be tiled")
     _check_tiling(tile, overlap)
     grid = getattr(model, "grid", 1)
-    if tile - overlap < grid:  # tiles step along the model's grid: a smaller step would leave gaps
+    if tile - overlap < grid:  # tiles step by whole grid cells: the overlap asked for would not be kept
         raise UsageError(
             f"tile ({tile}) less overlap ({overlap}) must be at least {grid} pixels for "
-            f"{type(model).__name__}, whose pooling works on {grid}x{grid} blocks"
+            f"{type(model).__name__}, whose pooling works on {grid}x{grid} blocks; pass a larger tile "
+            "(--tile) or a smaller overlap (--overlap)"
         )
     return tile
 

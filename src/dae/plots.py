@@ -533,8 +533,9 @@ def _label_log_axis(ax: Any, values: Sequence[float]) -> None:
     """Label a log axis at the values evaluated, as plain numbers ("20", not "2x10^1").
 
     Matplotlib's own labels turn to scientific minor labels on a range of about a decade, and those
-    overlap; labelling the evaluated peaks says what was measured. Values closer than a tenth of the
-    axis's span (in log terms) to the last labelled one go unlabelled, so dense sweeps stay legible.
+    overlap; labelling the evaluated peaks says what was measured. Both ends are labelled; a value closer
+    than a tenth of the axis's span (in log terms) to a labelled neighbour goes unlabelled, so dense sweeps
+    stay legible.
     """
     from matplotlib.ticker import NullLocator
 
@@ -543,9 +544,11 @@ def _label_log_axis(ax: Any, values: Sequence[float]) -> None:
         return
     span = math.log10(values[-1] / values[0]) or 1.0
     shown = [values[0]]
-    for v in values[1:]:
-        if math.log10(v / shown[-1]) >= span / 10:
+    for v in values[1:-1]:
+        if min(math.log10(v / shown[-1]), math.log10(values[-1] / v)) >= span / 10:
             shown.append(v)
+    if len(values) > 1:
+        shown.append(values[-1])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(shown, [f"{v:g}" for v in shown])
 

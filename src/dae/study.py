@@ -615,22 +615,28 @@ class Study:
         return self._own[sp]
 
     def training_row(self, sp: ModelSpec) -> dict[str, Any]:
-        """Steps and epochs the budget gave a model (its run's metrics.csv) beside its own-noise scores."""
-        path = self.out / "models" / sp.key / "metrics.csv"
+        """What a model's budget bought (steps in all, the step of the best checkpoint scored) and how that
+        checkpoint does on the test images at its own training noise, beside the noisy input."""
+        from dae.checkpoint import read_record
+
+        steps = best_step = None  # context for the answer, not part of it: unreadable files leave them out
         try:
-            with open(path, newline="") as f:
-                last = list(csv.DictReader(f))[-1]
-            steps, epochs = int(float(last["step"])), int(float(last["epoch"])) + 1
+            with open(self.out / "models" / sp.key / "metrics.csv", newline="") as f:
+                steps = int(float(list(csv.DictReader(f))[-1]["step"]))
         except (OSError, UnicodeDecodeError, csv.Error, IndexError, KeyError, TypeError, ValueError):
-            steps = epochs = None  # the numbers are context for the answer, not part of it
+            pass
+        try:
+            best_step = int(read_record(self.checkpoints[sp])["step"])
+        except (DaeError, KeyError, TypeError, ValueError):
+            pass
         psnr = {r["method"]: _num(r["psnr"]) for r in self.own_noise_records(sp)}
         return {
             "method": sp.label,
-            "trained on": sp.noise,
+            "train_noise": sp.noise,
             "steps": steps,
-            "epochs begun": epochs,
-            "PSNR on it": round(psnr.get(sp.label, math.nan), 2),
-            "noisy input": round(psnr.get("noisy input", math.nan), 2),
+            "best_step": best_step,
+            "psnr": round(psnr.get(sp.label, math.nan), 2),
+            "noisy_psnr": round(psnr.get("noisy input", math.nan), 2),
         }
 
     def outputs(
@@ -903,12 +909,14 @@ def _section_html(sec: Section) -> str:
         parts.append(table_html(sec.extra, cols))
     if sec.training:
         # Each model had the same seconds; the steps they bought differ by architecture and by machine load.
-        cols = list(sec.training[0])
+        keys = ["method", "train_noise", "steps", "best_step", "psnr", "noisy_psnr"]
+        heads = ["method", "trained on", "steps", "best checkpoint's step", "PSNR on it", "noisy input"]
         parts.append(
             table_html(
-                [[r[c] if r[c] is not None else "?" for c in cols] for r in sec.training],
-                cols,
-                "Training (same seconds each) and the test PSNR (dB) on the noise each model was trained on",
+                [[r.get(k) if r.get(k) is not None else "?" for k in keys] for r in sec.training],
+                heads,
+                "Training (same seconds each), and the test PSNR (dB) of the checkpoint scored on the noise "
+                "it was trained on",
             )
         )
     for path, caption in sec.figures:

@@ -28,8 +28,8 @@ class Denoiser(nn.Module):
                     or "image" (the output is the image itself, clamped to [0, 1] at inference).
       size_multiple H and W are padded (replicate) up to a multiple of this, then cropped back.
       fixed_size    (C, H, W) for models that accept only one size (fc); None for conv models.
-    and may override `grid` (a property; size_multiple unless said otherwise), the total stride of the
-    downsampling: the output follows a shift of the input only by multiples of it.
+      grid          (a property, size_multiple unless overridden) the total stride of the downsampling:
+                    the output follows a shift of the input only by multiples of it.
     and implement `encode(x)` -> code layer and `decode(code)` -> raw output on padded inputs.
     """
 
@@ -39,8 +39,7 @@ class Denoiser(nn.Module):
 
     @property
     def grid(self) -> int:
-        """Shifts of the input by a multiple of this shift the output alike (away from the borders); other
-        shifts move the pooling grid and change it. Tiled denoising places its tiles on this grid."""
+        """The total stride of the downsampling: tiled denoising places its tiles on this grid."""
         return self.size_multiple
 
     def encode(self, x: Tensor) -> Tensor:
