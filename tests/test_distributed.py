@@ -157,8 +157,12 @@ def test_commands_that_do_not_share_work_refuse_torchrun(monkeypatch, capsys, tm
 def test_two_processes_train_the_run_one_process_trains(tmp_path, data_dir):
     # Without noise both runs see the same images in the same order, so only the arithmetic differs: two shares
     # of 5 and 4 images (an odd batch) and a last batch of 7 must still give the gradient of the whole batch.
+    # In fp32: precision "auto" is bf16 on CPUs with AVX512-BF16, whose rounding differs between a share and the
+    # whole batch, and Adam magnifies that in the near-zero gradients (8e-5 in the weights after 10 steps on a
+    # Zen 4 core, against 7e-9 in fp32 and 7e-4 for shares weighted wrongly).
     common = ["--data.data_dir", str(data_dir), "--data.limit", "70", "--data.val_size", "50"]
     settings = ["--model", "strided", "--noise", "none", "--steps", "10", "--train.batch_size", "9"]
+    settings += ["--train.precision", "fp32"]
     two = torchrun("-m", "dae", "train", *common, *settings, "--out", str(tmp_path / "two"), "--quiet")
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("best checkpoint:") == 1  # the first process speaks for the run
@@ -167,7 +171,7 @@ def test_two_processes_train_the_run_one_process_trains(tmp_path, data_dir):
             "out": str(tmp_path / "one"),
             "data": {"data_dir": str(data_dir), "limit": 70, "val_size": 50},
             "model": {"name": "strided"},
-            "train": {"noise": "none", "steps": 10, "batch_size": 9},
+            "train": {"noise": "none", "steps": 10, "batch_size": 9, "precision": "fp32"},
         },
         progress=False,
     )
@@ -280,7 +284,10 @@ def test_batchnorm_processes_validate_the_model_that_is_saved(tmp_path, data_dir
     from dae.losses import get_loss
     from dae.train import load_train_val, resolve_config, validate
 
-    cfg = config(tmp_path, data_dir, "bn", steps=6, val_every=6, batch_size=16, noise="gaussian:0.5")
+    # fp32, as the check below validates: "auto" is bf16 on CPUs with AVX512-BF16.
+    cfg = config(
+        tmp_path, data_dir, "bn", steps=6, val_every=6, batch_size=16, noise="gaussian:0.5", precision="fp32"
+    )
     cfg["model"] = {"name": "unet", "kwargs": {"norm": "batch"}}
     cfg["data"].update(limit=96, val_size=64)
     script = tmp_path / "bn.py"

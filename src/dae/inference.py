@@ -160,6 +160,7 @@ def denoise_tiled(
     overlap: int = 32,
     *,
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> Tensor:
     """Denoise a large (1, C, H, W) image in overlapping tile x tile pieces, blended so no seams show.
 
@@ -169,7 +170,7 @@ def denoise_tiled(
     pools together. So the result equals the untiled one (up to float rounding) for any model whose
     receptive-field radius is at most overlap // 4 and that normalises nothing over the whole image
     (GroupNorm does), and changes smoothly between tiles for any other.
-    Memory beyond the image and the output is a few tiles.
+    Memory beyond the image and the output is a few tiles. `precision` is denoise's.
 
     Example:
         >>> clean = denoise_tiled(model, photo[None], tile=256, overlap=32)
@@ -177,7 +178,7 @@ def denoise_tiled(
     if not isinstance(image, Tensor) or image.dim() not in (3, 4):
         raise UsageError("denoise_tiled expects a (1, C, H, W) or (C, H, W) tensor")
     _check_whole(tile, "tile", 1)
-    return denoise(model, image, tile=tile, overlap=overlap, device=device)
+    return denoise(model, image, tile=tile, overlap=overlap, device=device, precision=precision)
 
 
 def _check_whole(value: Any, name: str, least: int, note: str = "") -> None:
