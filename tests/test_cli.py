@@ -6,6 +6,9 @@ import sys
 
 import pytest
 
+from dae.baselines import create_baseline, list_baselines
+from dae.errors import ResourceError
+
 
 def dae(*args, cwd=None):
     proc = subprocess.run(
@@ -299,3 +302,59 @@ def test_the_dash_hint_names_the_long_option_and_only_when_it_applies(argv, hint
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert (hint in err) if hint else "starts with '-'" not in err
+
+
+@pytest.mark.parametrize("name", list_baselines())
+def test_denoise_files_with_a_baseline(name, tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import dae
+    from dae.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    Image.fromarray(rng.integers(0, 256, (33, 21), dtype=np.uint8)).save(folder / "grey.png")
+    argv = ["denoise", str(folder), "--baseline", name, "-o", str(tmp_path / "out")]
+    try:
+        method = create_baseline(name)
+    except ResourceError:  # bm3d without its optional package: the same one-line error, exit 5
+        assert main(argv) == 5
+        assert capsys.readouterr().err.strip().count("\n") == 0
+        assert not (tmp_path / "out").exists()
+        return
+    assert main(argv) == 0, capsys.readouterr().err
+    for stem in ("rgb", "grey"):
+        # The method as the library calls it, on the file as read (noise estimated from the image itself)
+        pixels = torch.from_numpy(np.asarray(Image.open(folder / f"{stem}.png")).copy())
+        pixels = pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)  # (C, H, W) uint8
+        expected = dae.denoise(method, pixels.float()[None] / 255)[0].mul(255).round().to(torch.uint8)
+        got = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / f"{stem}.png")).copy())
+        got = got[None] if got.dim() == 2 else got.permute(2, 0, 1)
+        assert got.shape == expected.shape
+        assert (got.int() - expected.int()).abs().max() <= 1
+        if name != "identity":  # a method that does something: the output is not the input
+            assert (got.int() - pixels.int()).abs().float().mean() > 5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--baseline", "foo"], "unknown baseline 'foo'; valid names: "),
+        (["--baseline", "tv", "--checkpoint", "run"], "not allowed with argument"),
+        ([], "one of the arguments --checkpoint --baseline is required"),
+    ],
+)
+def test_denoise_needs_one_method(argv, message, tmp_path, capsys):
+    from PIL import Image
+
+    from dae.cli import main
+
+    Image.new("L", (8, 8), 40).save(tmp_path / "a.png")
+    assert main(["denoise", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()

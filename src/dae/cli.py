@@ -162,9 +162,15 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
 
     if args.max_pixels is not None and args.max_pixels < 0:
         raise UsageError(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
+    if args.baseline is not None:
+        from dae.baselines import create_baseline
+
+        method = create_baseline(args.baseline)  # an unknown name is a usage error listing the valid ones
+    else:
+        method = args.checkpoint
     report = denoise_files(
         args.inputs,  # as typed: Path("") would already be the current folder
-        args.checkpoint,
+        method,
         args.output,
         add_noise=args.add_noise,
         seed=args.seed,
@@ -353,10 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         "an existing output is an error.",
     )
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    d.add_argument(
+    method = d.add_mutually_exclusive_group(required=True)
+    method.add_argument(
         "--checkpoint",
-        required=True,
         help="checkpoint (.safetensors, its .json or .state.pt) or run directory",
+    )
+    method.add_argument(
+        "--baseline",
+        help="a classical method instead of a model: identity, gaussian_blur, median, nlm, tv, wavelet or bm3d "
+        "(dae baselines); those that use the noise level estimate it from each image",
     )
     d.add_argument("-o", "--output", required=True, help="output directory")
     d.add_argument(
