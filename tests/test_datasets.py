@@ -166,20 +166,25 @@ def test_explicit_dir_without_the_files_falls_back_to_cache(fake):
     assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
 
 
-def test_flat_folder_of_one_dataset_is_passed_over_for_the_other(fake, monkeypatch):
-    # MNIST and Fashion-MNIST share file names; a flat folder of MNIST is not a bad Fashion-MNIST.
+def test_a_data_dir_of_the_other_dataset_is_a_usage_error(fake, monkeypatch):
+    # MNIST and Fashion-MNIST share file names; a flat folder of MNIST is not a bad Fashion-MNIST, but asked for
+    # Fashion-MNIST it is a --dataset left out: the cache's copy (or a download) must not stand in silently.
     fashion = {name: (a + 1).astype(a.dtype) for name, a in SMALL.items()}
     monkeypatch.setitem(
         D.SHA256, "fashion-mnist", {n: hashlib.sha256(idx_bytes(a)).hexdigest() for n, a in fashion.items()}
     )
     put(fake / "flat", compress=False)
-    with pytest.raises(ResourceError, match=r"flat/t10k-images-idx3-ubyte \(the official mnist file\)"):
-        D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
     for name, array in fashion.items():
         write_idx(fake / "cache" / "fashion-mnist" / (name + ".gz"), array)
-    ds = D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
-    assert ds.source == str(fake / "cache" / "fashion-mnist" / "t10k-images-idx3-ubyte.gz")
+    message = r"flat holds mnist, not fashion-mnist .*the official mnist file\); pass --dataset mnist"
+    with pytest.raises(UsageError, match=message):
+        D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
     assert D.create_dataset("mnist", "test", root=fake / "flat").source.startswith(str(fake / "flat"))
+    # Both datasets flat in one folder, one compressed: each finds its own.
+    for name, array in fashion.items():
+        write_idx(fake / "flat" / (name + ".gz"), array)
+    ds = D.create_dataset("fashion-mnist", "test", root=fake / "flat", download=False)
+    assert ds.source == str(fake / "flat" / "t10k-images-idx3-ubyte.gz")
 
 
 def test_missing_explicit_dir_is_a_resource_error_and_a_file_a_usage_error(fake):

@@ -321,19 +321,27 @@ def locate_idx(
             raise ResourceError(
                 f"data dir {explicit} does not exist; pass --data-dir/DAE_DATA_DIR an existing folder"
             )
+        others: list[tuple[Path, str]] = []
         for path in _candidates(explicit, name, filename):
             if path.is_file():
                 array, why = _verify(path, expected)
                 if array is None:
                     other = _official_file_of_another_dataset(path, name, filename)
                     if other is not None:  # MNIST and Fashion-MNIST share file names in a flat folder
-                        tried.append(f"{path} (the official {other} file)")
+                        others.append((path, other))
                         continue
                     # A file the user pointed us at that is wrong is an error, never skipped silently.
                     raise DataError(f"{why}; replace it with the official file or remove it")
                 return array, path
-        if not tried:  # nothing there, not even another dataset's file
-            tried.append(f"{explicit} (no {filename}[.gz])")
+        if others:
+            # A folder of the other dataset is a --dataset left out: falling back to the cache (or a download)
+            # trained on data the user did not point at, and the run recorded this folder as its source.
+            path, other = others[0]
+            raise UsageError(
+                f"data dir {explicit} holds {other}, not {name} ({path} is the official {other} file); pass "
+                f"--dataset {other} to use it, or point --data-dir/DAE_DATA_DIR at a folder holding {name}"
+            )
+        tried.append(f"{explicit} (no {filename}[.gz])")
 
     cache_root = Path(cache).expanduser() if cache is not None else cache_dir()
     for directory in (cache_root / name, *(d / name for d in SYSTEM_DIRS)):
