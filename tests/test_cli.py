@@ -358,3 +358,17 @@ def test_denoise_needs_one_method(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stop", [["--epochs", "2"], ["--train.epochs=2"]])
+def test_a_stop_flag_replaces_the_config_files_stop(stop, tmp_path, data_dir, capsys):
+    from dae.cli import main
+
+    # The file stops at step 1; 256 training images (limit) in batches of 64 make 4 steps an epoch.
+    file = tmp_path / "cfg.yaml"
+    file.write_text(
+        f"data: {{data_dir: {data_dir}, limit: 256, val_size: 128}}\nmodel: {{name: strided}}\n"
+        "train: {steps: 1, batch_size: 64}\n"
+    )
+    assert main(["train", "--config", str(file), "--out", str(tmp_path / "run"), "--quiet", *stop]) == 0
+    assert "steps: 8 " in capsys.readouterr().out

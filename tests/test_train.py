@@ -846,3 +846,55 @@ def test_a_file_given_as_the_image_folder_is_named_as_a_file(tmp_path):
     (tmp_path / "one.png").write_bytes(b"")
     with pytest.raises(UsageError, match=r"one.png is a file; the folder dataset takes the folder"):
         load_images("folder", "test", root=tmp_path / "one.png")  # was "image folder ... does not exist"
+
+
+def test_a_resume_with_other_noise_chooses_the_best_checkpoint_afresh(tmp_path, data_dir, capsys):
+    # Scores at noise 0.9 are far below those at 0.1: compared with the old best, none would ever replace it,
+    # and best.safetensors (what eval and denoise take from a run folder) stayed the model trained on 0.1.
+    train(small_config(tmp_path, data_dir, steps=2, noise="gaussian:0.1"), progress=False)
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    assert load_checkpoint(best).record["step"] == 2
+    resumed = train(
+        small_config(tmp_path, data_dir, steps=4, noise="gaussian:0.9"), resume=True, progress=False
+    )
+    assert "the best checkpoint is chosen afresh" in capsys.readouterr().err
+    assert load_checkpoint(best).record["step"] == 4
+    assert resumed.best_val_psnr == resumed.history[-1]["val_psnr"]
+    # The same noise again: the best so far stands, and nothing is said.
+    again = train(
+        small_config(tmp_path, data_dir, steps=6, noise="gaussian:0.9"), resume=True, progress=False
+    )
+    assert "afresh" not in capsys.readouterr().err
+    assert again.best_val_psnr == max(r["val_psnr"] for r in [*resumed.history, *again.history])
+
+
+def test_a_resume_that_fails_before_a_checkpoint_leaves_the_runs_config_alone(tmp_path, data_dir):
+    train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(TrainingError, match="loss became"):
+        train(
+            small_config(tmp_path, data_dir, steps=4, lr=1e12, grad_clip=None, warmup_steps=0),
+            resume=True,
+            progress=False,
+        )
+    # A plain resume continues under the settings its checkpoint was trained with, not the failed ones.
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    resumed = train({"out": str(tmp_path / "run"), "train": {"steps": 4}}, resume=True, progress=False)
+    assert resumed.step == 4
+    assert "lr: 0.002" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_a_resume_given_the_runs_recipe_keeps_the_runs_own_changes(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=1)
+    del cfg["model"]  # the recipe's
+    cfg["recipe"] = "fc-784-64"
+    cfg["train"] = {"steps": 1, "lr": 1e-4, "batch_size": 32}
+    train(cfg, progress=False)
+    out = str(tmp_path / "run")
+    # Laid over the saved config again, the recipe put back its own lr (Adam's 1e-3) and batch (256).
+    resumed = train({"out": out, "recipe": "fc-784-64", "train": {"steps": 2}}, resume=True, progress=False)
+    assert resumed.step == 2
+    saved = load_checkpoint(resumed.last_checkpoint).record["config"]
+    assert (saved["train"]["lr"], saved["train"]["batch_size"], saved["recipe"]) == (1e-4, 32, "fc-784-64")
+    with pytest.raises(UsageError, match="was set up with recipe fc-784-64; a resume continues under"):
+        train({"out": out, "recipe": "fc-784-300-64", "train": {"steps": 3}}, resume=True, progress=False)

@@ -67,10 +67,15 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         flags["out"] = args.out
     if args.name:
         flags["name"] = args.name
-    own = merge(own, flags)
+    given: dict[str, Any] = flags
     for item in overrides:
-        own = merge(own, parse_override(item))
-    return resolve_config(own, resume=args.resume)
+        given = merge(given, parse_override(item))
+    # A stop given on the command line replaces the file's, as it replaces a recipe's and a resumed run's:
+    # `--config RUN/config.yaml --epochs 8` must not stop at the file's steps without a word.
+    stops = ("epochs", "steps", "time_budget")
+    if isinstance(given.get("train"), dict) and any(given["train"].get(k) is not None for k in stops):
+        given = merge({"train": dict.fromkeys(stops)}, given)
+    return resolve_config(merge(own, given), resume=args.resume)
 
 
 def _collect_overrides(rest: list[str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -467,6 +468,17 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
         raise UsageError(f"config must be a dae.Config, a dict or None, got {type(config).__name__}")
     own = config or {}
     layers = [saved_run_config(own["out"])] if resume and own.get("out") else []
+    if layers and layers[0] and own.get("recipe"):
+        # The saved config holds the run's recipe and the run's own changes to it: laid over it again, the
+        # recipe undid them (a resume given --recipe went back to the recipe's lr and batch size).
+        if own["recipe"] != layers[0].get("recipe"):
+            was = layers[0].get("recipe")
+            raise UsageError(
+                f"{own['out']} was set up {f'with recipe {was}' if was else 'without a recipe'}; a resume "
+                f"continues under the run's own config: leave out --recipe, or train {own['recipe']} into "
+                "another --out"
+            )
+        own = {k: v for k, v in own.items() if k != "recipe"}
     if own.get("recipe"):
         recipe = get_recipe(own["recipe"]).to_dict()
         # A model that is not a section is build_config's to refuse; here it names no other model.
@@ -633,10 +645,10 @@ def _train(
     in_channels = train_u8.shape[1]
     train_u8 = train_u8.to(device)
     val_clean = val_u8.float().div(255.0)
-    val_noisy = make_noisy(val_clean, noise.spec, cfg.eval_seed).to(
-        device
-    )  # same noisy set every epoch and run
-    val_clean = val_clean.to(device)
+    val_noisy = make_noisy(val_clean, noise.spec, cfg.eval_seed)  # same noisy set every epoch and run
+    # What the best checkpoint was chosen on: a resume with another noise, eval_seed or data scores anew.
+    val_set = hashlib.sha256(val_u8.numpy().tobytes() + val_noisy.numpy().tobytes()).hexdigest()[:16]
+    val_noisy, val_clean = val_noisy.to(device), val_clean.to(device)
     if t.channels_last:
         val_noisy = val_noisy.contiguous(memory_format=torch.channels_last)
 
@@ -740,17 +752,31 @@ def _train(
         if world.main:
             _truncate_metrics(run_dir / "metrics.csv", step)
             print(f"dae: resuming {run_dir} from step {step} (epoch {epoch}, {ck.path.name})")
+        if ck.state.get("val_set", val_set) != val_set:  # older checkpoints do not record it
+            # Its best score was measured on other images or other noise: no later score could be compared
+            # with it, and best.safetensors would stay the model for a set-up the run has left.
+            best_psnr = -math.inf
+            if world.main:
+                print(
+                    f"dae: the validation images or their noise differ from {ck.path.name}'s (train.noise, "
+                    "eval_seed or the data changed): the best checkpoint is chosen afresh from here",
+                    file=sys.stderr,
+                )
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
+    # A resume records its config with its first checkpoint: settings that fail before one (a learning rate
+    # that diverges) must not become the run's, for the next plain --resume to fail on again.
+    config_pending = world.main and not done
     if world.main:  # one process writes the run; the others train beside it
         make_folder(run_dir / "figures")
-        if not done:
+        if config_pending and not resume:
             save_config(cfg, run_dir / "config.yaml")
+            config_pending = False
     writer = _tensorboard(run_dir) if world.main else None
 
     def save_generation(metrics: dict[str, float]) -> Path:
-        nonlocal best_psnr
+        nonlocal best_psnr, config_pending
         is_best = metrics.get("val_psnr", -math.inf) > best_psnr
         best_psnr = max(best_psnr, metrics.get("val_psnr", -math.inf))
         path = ckpt_dir / f"step-{step:08d}.safetensors"
@@ -769,6 +795,7 @@ def _train(
             "batch_index": batch_index,
             "elapsed_s": elapsed(),
             "best_val_psnr": best_psnr,
+            "val_set": val_set,
         }
         meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
         try:
@@ -782,6 +809,9 @@ def _train(
             raise ResourceError(
                 f"{e}; stopped at step {step}; {complete} once the folder can take more)"
             ) from None
+        if config_pending:  # a resume's settings, now that a checkpoint was trained under them
+            save_config(cfg, run_dir / "config.yaml")
+            config_pending = False
         if is_best:
             try:
                 save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
