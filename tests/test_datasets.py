@@ -685,3 +685,16 @@ def test_load_images_limit_must_be_a_whole_number(data_dir, limit):
 def test_unknown_dataset_argument_names_the_valid_ones(data_dir):
     with pytest.raises(UsageError, match="dataset mnist: .*'foo'; its arguments are split, root"):
         D.load_images("mnist", "test", root=data_dir, foo=1)
+
+
+@pytest.mark.parametrize("how", ["root", "DAE_DATA_DIR", "DAE_CACHE_DIR"])
+def test_a_home_folder_that_cannot_be_expanded_is_a_usage_error(how, monkeypatch):
+    # pathlib raised RuntimeError("Could not determine home directory"), a traceback from dae.
+    path = "~no-such-user-dae/data"
+    monkeypatch.delenv(
+        "DAE_DATA_DIR", raising=False
+    )  # else CI's data dir is found before the cache is looked at
+    if how != "root":
+        monkeypatch.setenv(how, path)
+    with pytest.raises(UsageError, match=f"{'data dir' if how == 'root' else how} {path}: cannot expand"):
+        D.create_dataset("mnist", "test", root=path if how == "root" else None, download=False)

@@ -23,6 +23,17 @@ class WriteError(ResourceError):
         self.path, self.reason = path, reason
 
 
+def expand_user(path: str | os.PathLike, what: str) -> Path:
+    """`path` with a leading ~ or ~user expanded; a user without a home folder is a UsageError naming `what`."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's "Could not determine home directory", as a traceback
+        head = os.fspath(path).split("/", 1)[0]
+        raise UsageError(
+            f"{what} {os.fspath(path)}: cannot expand {head} (no such user, or no home folder)"
+        ) from None
+
+
 def output_folder(path: str | Path) -> Path:
     """`path` as a folder outputs will go to, checked before any work is done: a file already there, or a
     file or unwritable folder where it would be created, is refused."""

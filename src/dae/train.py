@@ -38,7 +38,7 @@ from dae.errors import (
     TrainingError,
     UsageError,
 )
-from dae.fileio import atomic_write_text, make_folder, output_folder
+from dae.fileio import atomic_write_text, expand_user, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
@@ -614,7 +614,7 @@ def _train(
         t.epochs = 1  # a stop condition is needed; one epoch is the least surprising default
     check_settings(cfg)
     if cfg.data.data_dir:  # recorded absolute, so eval and report find the data from any folder
-        cfg.data.data_dir = str(Path(cfg.data.data_dir).expanduser().absolute())
+        cfg.data.data_dir = str(expand_user(cfg.data.data_dir, "data dir").absolute())
     # Under torchrun the processes may read the clock either side of a second: the main process names the run.
     cfg.name = cfg.name or (
         Path(cfg.out).name if cfg.out else world.first(f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")

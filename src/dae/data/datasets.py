@@ -31,6 +31,7 @@ import torch
 from dae.checks import is_whole, machine_memory
 from dae.data.idx import idx_bytes, read_idx_with_digest, write_atomic
 from dae.errors import DataError, ResourceError, UsageError
+from dae.fileio import expand_user
 from dae.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -231,9 +232,9 @@ def check_dataset(
 def cache_dir() -> Path:
     """The download cache: $DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae."""
     if os.environ.get("DAE_CACHE_DIR"):
-        return Path(os.environ["DAE_CACHE_DIR"]).expanduser()
+        return expand_user(os.environ["DAE_CACHE_DIR"], "DAE_CACHE_DIR")
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "dae"
+    return expand_user(base, "XDG_CACHE_HOME") / "dae"
 
 
 def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
@@ -248,9 +249,9 @@ def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
 
 def _explicit_dir(root: str | os.PathLike | None) -> Path | None:
     if root is not None:
-        return Path(root).expanduser()
+        return expand_user(root, "data dir")
     env = os.environ.get("DAE_DATA_DIR")
-    return Path(env).expanduser() if env else None
+    return expand_user(env, "DAE_DATA_DIR") if env else None
 
 
 def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
@@ -343,7 +344,7 @@ def locate_idx(
             )
         tried.append(f"{explicit} (no {filename}[.gz])")
 
-    cache_root = Path(cache).expanduser() if cache is not None else cache_dir()
+    cache_root = expand_user(cache, "cache") if cache is not None else cache_dir()
     for directory in (cache_root / name, *(d / name for d in SYSTEM_DIRS)):
         found = False
         for path in (directory / (filename + ".gz"), directory / filename):
@@ -762,7 +763,7 @@ def _pad_to(pixels: np.ndarray, size: int) -> np.ndarray:
 def _folder_root(root: str | os.PathLike | None) -> Path:
     if root is None:
         raise UsageError("the folder dataset needs root=DIR (CLI: --data-dir DIR), the folder of images")
-    folder = Path(root).expanduser()
+    folder = expand_user(root, "data dir")
     if folder.exists() and not folder.is_dir():
         raise UsageError(
             f"{folder} is a file; the folder dataset takes the folder of images (--data-dir DIR)"
