@@ -898,3 +898,32 @@ def test_a_resume_given_the_runs_recipe_keeps_the_runs_own_changes(tmp_path, dat
     assert (saved["train"]["lr"], saved["train"]["batch_size"], saved["recipe"]) == (1e-4, 32, "fc-784-64")
     with pytest.raises(UsageError, match="was set up with recipe fc-784-64; a resume continues under"):
         train({"out": out, "recipe": "fc-784-300-64", "train": {"steps": 3}}, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "section, field, value, message",
+    [
+        ("train", "lr", "abc", "train.lr: cannot use 'abc'"),
+        ("train", "batch_size", "many", "train.batch_size"),
+        ("data", "limit", 0, "data.limit"),
+    ],
+)
+def test_a_config_built_by_hand_is_checked_as_a_dict_is(
+    section, field, value, message, tmp_path, monkeypatch
+):
+    from dae.config import Config
+
+    monkeypatch.setattr(train_module, "load_train_val", lambda cfg: pytest.fail("data loaded first"))
+    cfg = Config(out=str(tmp_path / "run"))
+    setattr(getattr(cfg, section), field, value)
+    with pytest.raises(UsageError, match=message):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_with_a_section_given_as_a_dict_trains(tmp_path, data_dir):
+    from dae.config import Config
+
+    cfg = Config(out=str(tmp_path / "run"), train={"steps": 1, "batch_size": 16})
+    cfg.data.data_dir, cfg.data.limit, cfg.model.name = str(data_dir), 64, "strided"
+    assert train(cfg, progress=False).step == 1

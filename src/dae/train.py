@@ -455,12 +455,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False) -> Config:
     """The Config a call to train() runs under; `dae train` builds its flags into a dict and comes here too.
 
-    A Config is taken whole. A dict is laid over, in order: the saved config of the run it resumes, then its
-    own "recipe" (the tutorial's set-up), then itself. A stop condition it names (epochs, steps, time_budget)
-    replaces all three of those layers', so `train({"out": "runs/x", "train": {"steps": 500}}, resume=True)`
-    continues runs/x as it was set up, until step 500.
+    A Config is taken whole (its fields checked as a dict's are). A dict is laid over, in order: the saved config
+    of the run it resumes, then its own "recipe" (the tutorial's set-up), then itself. A stop condition it names
+    (epochs, steps, time_budget) replaces all three of those layers', so
+    `train({"out": "runs/x", "train": {"steps": 500}}, resume=True)` continues runs/x as it was set up, until
+    step 500.
     """
     if isinstance(config, Config):
+        # Through the dict path's checks: a Config built by hand has had none, and a time_budget of "2m", an lr
+        # of "abc" or a section given as a dict failed deep inside training with Python's TypeError.
+        config = build_config(config.to_dict())
         if config.recipe is not None:
             get_recipe(config.recipe)  # an unknown name is an error, not a silent label
         return config
