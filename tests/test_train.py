@@ -927,3 +927,55 @@ def test_a_config_with_a_section_given_as_a_dict_trains(tmp_path, data_dir):
     cfg = Config(out=str(tmp_path / "run"), train={"steps": 1, "batch_size": 16})
     cfg.data.data_dir, cfg.data.limit, cfg.model.name = str(data_dir), 64, "strided"
     assert train(cfg, progress=False).step == 1
+
+
+@pytest.mark.parametrize("damage", ["latin-1 bytes", "header deleted"])
+def test_a_resume_keeps_the_readable_rows_of_a_damaged_metrics_log(damage, tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=2, val_every=1)
+    train(cfg, progress=False)
+    log = tmp_path / "run" / "metrics.csv"
+    if damage == "latin-1 bytes":  # was UnicodeDecodeError, a traceback
+        log.write_bytes(log.read_bytes() + b"\xe9t\xe9,1\n")
+    else:  # the first validation's row was read as the header: every earlier row was dropped
+        log.write_text("".join(log.read_text().splitlines(keepends=True)[1:]))
+    train(small_config(tmp_path, data_dir, steps=3, val_every=1), resume=True, progress=False)
+    header, *rows = log.read_text().splitlines()
+    assert header.startswith("epoch,step,") and [r.split(",")[1] for r in rows] == ["1", "2", "3"]
+
+
+def test_a_resume_with_a_folder_for_its_metrics_log_is_one_clear_error(tmp_path, data_dir):
+    train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    log = tmp_path / "run" / "metrics.csv"
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(ResourceError, match=r"cannot read .*metrics.csv: Is a directory; move it away"):
+        train(small_config(tmp_path, data_dir, steps=3), resume=True, progress=False)
+
+
+def test_a_full_disk_at_the_run_lock_is_a_missing_resource(tmp_path, data_dir, monkeypatch):
+    import builtins
+    import errno
+
+    class Full:  # a lock file on a full disk: opened, but no byte can be written
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fake_open(path, *args, **kwargs):
+        f = builtins.open(path, *args, **kwargs)
+        return Full(f) if str(path).endswith(".lock") else f
+
+    monkeypatch.setattr(train_module, "open", fake_open, raising=False)
+    with pytest.raises(ResourceError, match=r"cannot write .*run/\.lock: No space left on device"):
+        train(small_config(tmp_path, data_dir, steps=1), progress=False)

@@ -443,8 +443,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     without a step (a hand edit, a torn line): the log keeps one row per validation, in order."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if (n := _logged_step(r)) is not None and 0 <= n <= step]
+    try:
+        # Bytes that are not UTF-8 (a damaged or foreign edit) mark their rows, which are dropped below.
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            lines = list(csv.reader(f))
+    except OSError as e:  # a folder in its place, say
+        raise ResourceError(f"cannot read {path}: {e.strerror or e}; move it away to resume") from None
+    # A log whose header line was deleted: its first row is a validation's, not the names of the columns.
+    header = lines.pop(0) if lines and "step" in lines[0] else METRIC_COLUMNS
+    logged = [dict(zip(header, line, strict=False)) for line in lines if "\ufffd" not in "".join(line)]
+    rows = [r for r in logged if (n := _logged_step(r)) is not None and 0 <= n <= step]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
     writer.writeheader()
@@ -578,10 +586,13 @@ def _run_lock(run_dir: Path):
                 f"run directory {run_dir} is in use by another training (process {holder}); wait for it to end "
                 "or train into another directory (--out)"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError as e:  # a full disk: the run's first write
+            raise ResourceError(f"cannot write {run_dir / '.lock'}: {e.strerror or e}") from None
         yield
 
 
