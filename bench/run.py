@@ -578,6 +578,11 @@ def bench_flops(
         ),
         "fp32_peak": peak,
         "bf16_peak": peak_bf16,
+        # What dae's loop and denoise ran in ("auto"): on a CPU with native bf16 their share of the fp32 peak
+        # may pass 100% rightly, and the bf16 peak is the ceiling to check them against.
+        "dae_precision": __import__("dae.train", fromlist=["autocast_for"]).autocast_for(
+            torch.device("cpu"), "auto"
+        )[1],
         "rows": rows,
     }
     default = common.default_model()
@@ -735,12 +740,27 @@ def _verdict(ok: bool | None) -> str:
     return "not measured" if ok is None else ("pass" if ok else "MISS")
 
 
-def _share_verdict(percent: float | None) -> str:
-    """A share of the fp32 peak measured in the same run: over 100% means the peak was measured low (the CPU
-    was busy then), so neither share can be trusted."""
-    if percent is not None and percent > 100:
+def _share_verdict(percent: float | None, flops: dict[str, Any] | None = None) -> str:
+    """A share of the fp32 peak measured in the same run (target: 60%). Over 100% of the ceiling, the peak of the
+    precision dae ran in (bf16 where the CPU has it natively, as the target allows), means the peak was measured
+    low (the CPU was busy then), so neither can be trusted."""
+    ceiling = percent
+    if (
+        percent is not None
+        and (flops or {}).get("dae_precision") == "bf16"
+        and (flops or {}).get("bf16_peak")
+    ):
+        ceiling = percent * flops["fp32_peak"]["gflops"] / flops["bf16_peak"]["gflops"]
+    if ceiling is not None and ceiling > 100:
         return "no verdict: over 100% of the peak measured beside it (rerun on an idle machine)"
     return _verdict(percent >= 60 if percent is not None else None)
+
+
+def _share_text(percent: float, flops: dict[str, Any]) -> str:
+    if flops.get("dae_precision") == "bf16" and flops.get("bf16_peak"):
+        share = percent * flops["fp32_peak"]["gflops"] / flops["bf16_peak"]["gflops"]
+        return f"{_f(percent)}% (bf16: {_f(share)}% of the bf16 peak)"
+    return f"{_f(percent)}%"
 
 
 def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
@@ -767,16 +787,16 @@ def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
     rows.append(
         (
             "training >= 60% of fp32 peak (default model)",
-            f"{_f(d['train_percent_of_fp32_peak'])}% ({d['model']})" if d else "—",
-            _share_verdict(d["train_percent_of_fp32_peak"] if d else None),
+            f"{_share_text(d['train_percent_of_fp32_peak'], fl)} ({d['model']})" if d else "—",
+            _share_verdict(d["train_percent_of_fp32_peak"] if d else None, fl),
         )
     )
     fi = (fl or {}).get("inference")
     rows.append(
         (
             "inference >= 60% of fp32 peak (default model)",
-            f"{_f(fi['percent_of_fp32_peak'])}%" if fi else "—",
-            _share_verdict(fi["percent_of_fp32_peak"] if fi else None),
+            _share_text(fi["percent_of_fp32_peak"], fl) if fi else "—",
+            _share_verdict(fi["percent_of_fp32_peak"] if fi else None, fl),
         )
     )
     runs = (ttq or {}).get("runs", [])
