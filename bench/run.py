@@ -538,6 +538,8 @@ def bench_flops(
 ) -> dict[str, Any]:
     """FLOPs per image per model, measured fp32 matmul peak, achieved fraction of it (training, inference);
     also bf16 autocast and torch.compile against plain fp32 training of the default model."""
+    from dae.train import autocast_for
+
     peak = matmul_peak(torch.float32, repeats=5 if quick else 10)
     peak_bf16 = matmul_peak(torch.bfloat16, repeats=2 if quick else 5) if bf16 else None
     prior = _load(results_dir, "throughput") if results_dir else None
@@ -580,9 +582,7 @@ def bench_flops(
         "bf16_peak": peak_bf16,
         # What dae's loop and denoise ran in ("auto"): on a CPU with native bf16 their share of the fp32 peak
         # may pass 100% rightly, and the bf16 peak is the ceiling to check them against.
-        "dae_precision": __import__("dae.train", fromlist=["autocast_for"]).autocast_for(
-            torch.device("cpu"), "auto"
-        )[1],
+        "dae_precision": autocast_for(torch.device("cpu"), "auto")[1],
         "rows": rows,
     }
     default = common.default_model()
@@ -744,23 +744,24 @@ def _share_verdict(percent: float | None, flops: dict[str, Any] | None = None) -
     """A share of the fp32 peak measured in the same run (target: 60%). Over 100% of the ceiling, the peak of the
     precision dae ran in (bf16 where the CPU has it natively, as the target allows), means the peak was measured
     low (the CPU was busy then), so neither can be trusted."""
-    ceiling = percent
-    if (
-        percent is not None
-        and (flops or {}).get("dae_precision") == "bf16"
-        and (flops or {}).get("bf16_peak")
-    ):
-        ceiling = percent * flops["fp32_peak"]["gflops"] / flops["bf16_peak"]["gflops"]
-    if ceiling is not None and ceiling > 100:
+    if percent is None:
+        return _verdict(None)
+    ceiling = _bf16_share(percent, flops)
+    if (percent if ceiling is None else ceiling) > 100:
         return "no verdict: over 100% of the peak measured beside it (rerun on an idle machine)"
-    return _verdict(percent >= 60 if percent is not None else None)
+    return _verdict(percent >= 60)
+
+
+def _bf16_share(percent: float, flops: dict[str, Any] | None) -> float | None:
+    """`percent` of the fp32 peak as a share of the bf16 peak, when dae ran in bf16 and that peak was measured."""
+    if (flops or {}).get("dae_precision") != "bf16" or not (flops or {}).get("bf16_peak"):
+        return None
+    return percent * flops["fp32_peak"]["gflops"] / flops["bf16_peak"]["gflops"]
 
 
 def _share_text(percent: float, flops: dict[str, Any]) -> str:
-    if flops.get("dae_precision") == "bf16" and flops.get("bf16_peak"):
-        share = percent * flops["fp32_peak"]["gflops"] / flops["bf16_peak"]["gflops"]
-        return f"{_f(percent)}% (bf16: {_f(share)}% of the bf16 peak)"
-    return f"{_f(percent)}%"
+    share = _bf16_share(percent, flops)
+    return f"{_f(percent)}%" + ("" if share is None else f" (bf16: {_f(share)}% of the bf16 peak)")
 
 
 def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:

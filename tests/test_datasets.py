@@ -691,9 +691,8 @@ def test_unknown_dataset_argument_names_the_valid_ones(data_dir):
 def test_a_home_folder_that_cannot_be_expanded_is_a_usage_error(how, monkeypatch):
     # pathlib raised RuntimeError("Could not determine home directory"), a traceback from dae.
     path = "~no-such-user-dae/data"
-    monkeypatch.delenv(
-        "DAE_DATA_DIR", raising=False
-    )  # else CI's data dir is found before the cache is looked at
+    # Else CI's data dir is found before the cache is looked at.
+    monkeypatch.delenv("DAE_DATA_DIR", raising=False)
     if how != "root":
         monkeypatch.setenv(how, path)
     with pytest.raises(UsageError, match=f"{'data dir' if how == 'root' else how} {path}: cannot expand"):

@@ -39,7 +39,7 @@ def _value_like_an_option(names: list[str]) -> bool:
 
 def _train_config(args: argparse.Namespace, overrides: list[str]):
     from dae.config import load_config_file, merge, parse_duration, parse_override
-    from dae.train import resolve_config
+    from dae.train import naming_every_stop, resolve_config
 
     # The file, then the flags, then dotted overrides; resolve_config lays them over the resumed run's saved
     # config and the recipe, exactly as for a library caller.
@@ -72,10 +72,7 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         given = merge(given, parse_override(item))
     # A stop given on the command line replaces the file's, as it replaces a recipe's and a resumed run's:
     # `--config RUN/config.yaml --epochs 8` must not stop at the file's steps without a word.
-    stops = ("epochs", "steps", "time_budget")
-    if isinstance(given.get("train"), dict) and any(given["train"].get(k) is not None for k in stops):
-        given = merge({"train": dict.fromkeys(stops)}, given)
-    return resolve_config(merge(own, given), resume=args.resume)
+    return resolve_config(merge(own, naming_every_stop(given)), resume=args.resume)
 
 
 def _collect_overrides(rest: list[str]) -> list[str]:

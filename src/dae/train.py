@@ -498,11 +498,19 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
         if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
             recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
         layers.append(recipe)
-    train_layer = own["train"] if isinstance(own.get("train"), dict) else {}
-    stops = ("epochs", "steps", "time_budget")
-    if any(train_layer.get(k) is not None for k in stops):
-        own = merge(own, {"train": {k: train_layer.get(k) for k in stops}})
-    return build_config(*layers, own)
+    return build_config(*layers, naming_every_stop(own))
+
+
+STOPS = ("epochs", "steps", "time_budget")
+
+
+def naming_every_stop(layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer`, with the other stop settings set to None when it names one: laid over another layer (a run's
+    saved config, a recipe, a config file) it then replaces that layer's stop instead of adding a second."""
+    train = layer["train"] if isinstance(layer.get("train"), dict) else {}
+    if any(train.get(k) is not None for k in STOPS):
+        return merge(layer, {"train": {k: train.get(k) for k in STOPS}})
+    return layer
 
 
 def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -780,14 +788,13 @@ def _train(
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
-    # A resume records its config with its first checkpoint: settings that fail before one (a learning rate
-    # that diverges) must not become the run's, for the next plain --resume to fail on again.
-    config_pending = world.main and not done
+    # A fresh run records its config now, a resume with its first checkpoint: settings that fail before one (a
+    # learning rate that diverges) must not become the run's, for the next plain --resume to fail on again.
+    config_pending = world.main and not done and resume
     if world.main:  # one process writes the run; the others train beside it
         make_folder(run_dir / "figures")
-        if config_pending and not resume:
+        if not done and not resume:
             save_config(cfg, run_dir / "config.yaml")
-            config_pending = False
     writer = _tensorboard(run_dir) if world.main else None
 
     def save_generation(metrics: dict[str, float]) -> Path:

@@ -322,22 +322,22 @@ def locate_idx(
             raise ResourceError(
                 f"data dir {explicit} does not exist; pass --data-dir/DAE_DATA_DIR an existing folder"
             )
-        others: list[tuple[Path, str]] = []
+        other_found: tuple[Path, str] | None = None  # the first file of the other dataset met
         for path in _candidates(explicit, name, filename):
             if path.is_file():
                 array, why = _verify(path, expected)
                 if array is None:
                     other = _official_file_of_another_dataset(path, name, filename)
                     if other is not None:  # MNIST and Fashion-MNIST share file names in a flat folder
-                        others.append((path, other))
+                        other_found = other_found or (path, other)
                         continue
                     # A file the user pointed us at that is wrong is an error, never skipped silently.
                     raise DataError(f"{why}; replace it with the official file or remove it")
                 return array, path
-        if others:
+        if other_found is not None:
             # A folder of the other dataset is a --dataset left out: falling back to the cache (or a download)
             # trained on data the user did not point at, and the run recorded this folder as its source.
-            path, other = others[0]
+            path, other = other_found
             raise UsageError(
                 f"data dir {explicit} holds {other}, not {name} ({path} is the official {other} file); pass "
                 f"--dataset {other} to use it, or point --data-dir/DAE_DATA_DIR at a folder holding {name}"
