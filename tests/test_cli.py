@@ -55,6 +55,53 @@ def test_an_empty_data_dir_is_refused_by_every_command(command, capsys, tmp_path
     assert len(err.splitlines()) == 1 and "argument --data-dir: an empty path" in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # Bounded by --steps 1 and --limit 5 should the refusal ever go: each was read as no option at all.
+        ["train", "--steps", "1", "--model", ""],
+        ["train", "--steps", "1", "--time-budget", " "],
+        ["train", "--steps", "1", "--out", ""],
+        ["train", "--steps", "1", "--recipe", ""],
+        ["train", "--steps", "1", "--dataset", ""],
+        ["train", "--steps", "1", "--name", ""],
+        ["train", "--steps", "1", "--config", ""],
+        ["eval", "--baselines", "median", "--limit", "5", "--levels", "0.5", "--out", ""],
+        ["eval", "--baselines", "median", "--limit", "5", "--levels", "0.5", "--dataset", ""],
+        ["study", "--quick", "--budget", "1s", "--out", ""],
+        ["study", "--quick", "--budget", ""],
+    ],
+)
+def test_an_empty_value_is_refused_not_ignored(argv, capsys, tmp_path, monkeypatch):
+    from dae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"argument {argv[-2]}: an empty" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "alias"),
+    [
+        (["--model", "fc"], "--model.name=strided"),
+        (["--steps", "1"], "--train.steps=2"),
+        (["--epochs", "1"], "--train.epochs=1"),
+    ],
+)
+def test_a_flag_and_its_dotted_alias_together_are_refused(flag, alias, capsys, tmp_path, monkeypatch):
+    from dae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # The dotted one won without a word. Bounded by --steps 1 should the refusal ever go.
+    bound = [] if flag[0] == "--steps" else ["--steps", "1"]
+    assert main(["train", *bound, *flag, alias]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"dae: {alias.split('=')[0]} and {flag[0]} both given; give one of them"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_override_names_field(data_dir):
     code, _, err = dae("train", "--train.lrr=1", "--data-dir", data_dir)
     assert code == 2 and "train.lrr" in err and "Traceback" not in err
@@ -166,6 +213,17 @@ def test_train_eval_denoise_round_trip(tmp_path, data_dir):
     assert err.startswith("dae: skipped 1 file(s) dae cannot read or write") and err.strip().endswith(
         "b.webp"
     )
+    Image.new("L", (20, 20), 90).save(tmp_path / "o3" / "mine.png")  # the user's own, not an output
+    code, out, err = dae("denoise", folder, "--checkpoint", ckpt, "-o", folder / "sub")
+    assert code == 0 and "wrote 1 file(s)" in out
+    (folder / "sub" / "mine.png").write_bytes((tmp_path / "o3" / "mine.png").read_bytes())
+    code, out, err = dae("denoise", folder, "--checkpoint", ckpt, "-o", folder / "sub")
+    assert code == 0 and "kept 1 existing output(s)" in out, out
+    left = [line for line in err.splitlines() if "left out" in line]
+    assert left == [
+        f"dae: left out 1 image(s) already in the output folder {folder / 'sub'}, which dae does not denoise "
+        f"(choose an output folder outside the inputs to include them): {folder / 'sub' / 'mine.png'}"
+    ], err
 
     # eval of a run directory writes beside the run, not into the working directory
     elsewhere = tmp_path / "cwd"
@@ -275,6 +333,23 @@ def test_sigterm_while_denoising_unwinds_like_ctrl_c(tmp_path, monkeypatch, caps
     assert signal.getsignal(signal.SIGTERM) is before  # main gives the handler back
 
 
+def test_a_full_disk_at_the_end_of_eval_keeps_the_printed_tables(data_dir, tmp_path, monkeypatch, capsys):
+    import dae.fileio
+    from dae.cli import main
+    from dae.fileio import WriteError
+
+    def full(path, data):
+        raise WriteError(path, "No space left on device")
+
+    monkeypatch.setattr(dae.fileio, "atomic_write_bytes", full)
+    argv = ["eval", "--baselines", "median", "--limit", "5", "--levels", "0.5", "--data-dir", str(data_dir)]
+    assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet"]) == 5
+    out, err = capsys.readouterr()
+    # The numbers were printed only after the files were written, so a full disk lost them.
+    assert "median" in out and "gaussian:0.5" in out and "wrote:" not in out
+    assert err.strip() == f"dae: {tmp_path / 'eval' / 'results.csv'}: cannot write (No space left on device)"
+
+
 @pytest.mark.parametrize("which", ["input", "output", "checkpoint"])
 def test_an_empty_path_on_the_command_line_is_a_usage_error(tmp_path, which):
     from PIL import Image
@@ -370,3 +445,65 @@ def test_a_stop_flag_replaces_the_config_files_stop(stop, tmp_path, data_dir, ca
     )
     assert main(["train", "--config", str(file), "--out", str(tmp_path / "run"), "--quiet", *stop]) == 0
     assert "steps: 8 " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: {lr: abc}\n", "train.lr"),
+        ("train: {time_budget: 2 weeks}\n", "bad duration"),
+        ("model: 5\n", "model"),
+        ("trian: {lr: 0.1}\n", "trian"),
+    ],
+)
+def test_an_error_in_a_config_file_names_the_file(text, message, tmp_path, capsys, monkeypatch):
+    from dae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    file = tmp_path / "cfg.yaml"
+    file.write_text(text)
+    assert main(["train", "--config", str(file), "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dae: config file {file}: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+def test_a_missing_config_file_is_exit_5_like_every_missing_file(tmp_path, capsys):
+    from dae.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--steps", "1"]) == 5
+    assert (
+        capsys.readouterr().err.strip()
+        == f"dae: cannot read config file {tmp_path / 'missing.yaml'}: No such file or directory"
+    )
+
+
+@pytest.mark.parametrize(
+    ("signame", "code", "message"),
+    [("SIGINT", 130, "dae: interrupted"), ("SIGTERM", 143, "dae: terminated (SIGTERM)")],
+)
+def test_a_signal_during_the_torch_import_is_handled_once_the_import_is_done(signame, code, message):
+    # The signal is sent as `import torch` begins. It used to interrupt the import itself, which left torch
+    # and numpy half imported: at random moments a RecursionError or an abort, or the signal lost (exit 0).
+    script = f"""
+import os, signal, sys
+
+class SignalAtTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{signame})
+        return None
+
+sys.meta_path.insert(0, SignalAtTorch())
+from dae.cli import main
+code = main(["noises"])
+torch = sys.modules.get("torch")
+print("torch complete:", torch is not None and hasattr(torch, "Tensor"))
+sys.exit(code)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code and proc.stderr.strip() == message, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "torch complete: True"
+    ]  # no command output: it stopped before its work

@@ -1,7 +1,7 @@
 import pytest
 
 from dae.config import Config, build_config, load_config_file, parse_duration, parse_override, save_config
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 
 
 def test_defaults_work():
@@ -131,8 +131,8 @@ def test_bad_config_file(tmp_path):
     f.write_text("train: [1, 2\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         load_config_file(f)
-    with pytest.raises(UsageError, match="cannot read"):
-        load_config_file(tmp_path / "missing.yaml")
+    with pytest.raises(ResourceError, match="cannot read config file .*missing.yaml: No such file"):
+        load_config_file(tmp_path / "missing.yaml")  # exit 5 as for every missing file (was 2)
 
 
 @pytest.mark.parametrize(

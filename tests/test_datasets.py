@@ -538,6 +538,21 @@ def test_folder_sizes_must_be_integers(tmp_path, kwargs):
         D.create_dataset("folder", "all", root=root, **kwargs)  # was numpy's TypeError
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"patch_size": 0}, "folder: patch_size must be >= 1, got 0"),
+        ({"patches_per_image": -3}, "folder: patches_per_image must be >= 1, got -3"),
+        ({"val_every": 1}, "folder: val_every must be >= 2, got 1"),
+    ],
+)
+def test_a_folder_size_too_small_is_named_alone(tmp_path, kwargs, message):
+    root = make_folder(tmp_path / "imgs")
+    # Was one message listing all three, val_every too, which training's config has no field for.
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        D.create_dataset("folder", "all", root=root, **kwargs)
+
+
 def test_folder_patch_size_that_would_exhaust_memory_is_refused_before_decoding(tmp_path, monkeypatch):
     root = tmp_path / "two"
     root.mkdir()

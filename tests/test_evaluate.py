@@ -327,6 +327,35 @@ def test_an_earlier_evaluations_figures_are_not_left_beside_new_results(tmp_path
     assert res.files == [tmp_path / "results.csv", tmp_path / "results.json"]
 
 
+def test_an_interrupted_write_leaves_no_earlier_evaluations_file_beside_new_results(tmp_path, monkeypatch):
+    import dae.plots
+
+    first = evaluate(
+        baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False
+    )
+    assert sorted(p.name for p in first.files) == ["psnr_vs_noise.png", "results.csv", "results.json"]
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the figure is drawn
+
+    monkeypatch.setattr(dae.plots, "plot_psnr_vs_noise", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(
+            baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=[0.4], out=tmp_path, verbose=False
+        )
+    # Was: the first evaluation's figure and results.json beside the second's results.csv.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+    assert "identity" in (tmp_path / "results.csv").read_text()
+
+
+def test_a_result_file_that_cannot_be_replaced_is_a_resource_error(tmp_path):
+    (tmp_path / "matrix.png").mkdir()  # a folder where the earlier evaluation's figure would be
+    with pytest.raises(ResourceError, match="matrix.png: cannot replace the earlier evaluation's file"):
+        evaluate(
+            baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False
+        )
+
+
 def test_checkpoints_are_evaluated_on_the_data_they_were_trained_on(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image

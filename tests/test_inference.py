@@ -397,6 +397,39 @@ def test_folder_scan_skips_the_output_folder_inside_it(tmp_path: Path) -> None:
     assert len(denoise_files([src], TinyConv(), out).written) == 1
     again = denoise_files([src], TinyConv(), out, force=True)  # clean/a.png is not picked up as an input
     assert again.written == [out / "a.png"] and again.ok
+    assert again.left_out == []  # the earlier run's output is this run's output, not a left-out image
+
+
+def test_images_already_in_an_output_folder_inside_the_input_are_named_not_passed_over(
+    tmp_path: Path,
+) -> None:
+    # `dae denoise imgs -o imgs/sub` where imgs/sub already holds the user's own images (QA: silently skipped).
+    src = tmp_path / "imgs"
+    save(src / "a.png", u8((10, 12)))
+    save(src / "sub" / "b.png", u8((10, 12), seed=1))
+    save(
+        src / "sub" / "c.noisy.png", u8((10, 12), seed=2)
+    )  # a noisy copy's name, but of no input of this run
+    report = denoise_files([src], TinyConv(), src / "sub", add_noise="gaussian:0.1")
+    assert report.written == [src / "sub" / "a.png"] and report.noisy == [src / "sub" / "a.noisy.png"]
+    assert report.left_out == [src / "sub" / "b.png", src / "sub" / "c.noisy.png"]
+    # A rerun without noise: a.png and the noisy copy the first run wrote are this run's, the rest is not.
+    again = denoise_files([src], TinyConv(), src / "sub")
+    assert again.kept == [src / "sub" / "a.png"] and again.written == []
+    assert again.left_out == [src / "sub" / "b.png", src / "sub" / "c.noisy.png"]
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+@pytest.mark.parametrize("link", ["loop", "dangling"])
+def test_an_output_folder_through_a_link_to_nothing_is_a_usage_error(tmp_path: Path, link, below) -> None:
+    img = save(tmp_path / "a.png", u8((10, 12)))
+    out = tmp_path / "out"
+    out.symlink_to(out if link == "loop" else tmp_path / "nowhere")
+    target = out / below if below else out
+    # A loop was a RuntimeError traceback ("Symlink loop"), a dangling link a mkdir error after the work.
+    with pytest.raises(UsageError, match=f"{out} is a link to nothing"):
+        denoise_files([img], TinyConv(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "out"]
 
 
 def test_name_clashes_and_empty_folders(tmp_path: Path) -> None:
@@ -628,6 +661,31 @@ def test_a_rerun_keeps_the_outputs_it_finds_and_does_the_rest(tmp_path: Path) ->
     assert again.ok and [p.name for p in again.written] == ["2.png"]
     assert sorted(p.name for p in again.kept) == ["0.png", "1.png"] and again.total == 3
     assert (out / "0.png").read_bytes() == b"keep me"
+
+
+def test_an_output_another_run_writes_meanwhile_is_kept_not_a_failure(tmp_path: Path, monkeypatch) -> None:
+    # Two `dae denoise` runs into one folder at once: both exited 7, each failing on what the other wrote.
+    src = tmp_path / "in"
+    for i in range(3):
+        save(src / f"{i}.png", u8((10, 12), seed=i))
+    out = tmp_path / "out"
+    real = inference.denoise
+
+    def racing(model, x, **kwargs):
+        y = real(model, x, **kwargs)
+        if x.shape[-1] == 12 and not (out / "1.png").exists() and (out / "0.png").exists():
+            save(
+                out / "1.png", u8((10, 12), seed=9)
+            )  # the other run finishes 1.png while this one works on it
+        return y
+
+    monkeypatch.setattr(inference, "denoise", racing)
+    report = denoise_files([src], TinyConv(), out)
+    assert report.ok and [p.name for p in report.written] == ["0.png", "2.png"]
+    assert [p.name for p in report.kept] == ["1.png"] and report.total == 3
+    assert np.array_equal(
+        np.asarray(Image.open(out / "1.png")), u8((10, 12), seed=9)
+    )  # the other's, untouched
 
 
 @pytest.mark.parametrize(

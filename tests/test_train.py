@@ -332,6 +332,30 @@ def test_out_that_is_a_file_is_refused_before_loading_data(tmp_path, data_dir, m
     assert (tmp_path / "run").read_text() == "mine"
 
 
+def test_a_file_in_place_of_the_checkpoints_folder_is_refused_before_loading_data(
+    tmp_path, data_dir, monkeypatch
+):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("mine")
+    monkeypatch.setattr(train_module, "load_train_val", lambda cfg: pytest.fail("data loaded first"))
+    # Was a NotADirectoryError traceback at the first checkpoint, after the training it lost.
+    with pytest.raises(UsageError, match="checkpoints: output path exists and is not a folder"):
+        train(small_config(tmp_path, data_dir, steps=1), progress=False)
+    assert (tmp_path / "run" / "checkpoints").read_text() == "mine"
+
+
+def test_a_checkpoints_folder_that_becomes_a_file_is_a_resource_error(tmp_path):
+    from dae.checkpoint import save_checkpoint
+    from dae.errors import ResourceError
+    from dae.models import create_model
+
+    (tmp_path / "checkpoints").write_text("in the way")
+    with pytest.raises(ResourceError, match="cannot write checkpoint"):
+        save_checkpoint(
+            create_model("fc"), tmp_path / "checkpoints" / "step-1.safetensors", train_state={"a": 1}
+        )
+
+
 @pytest.mark.parametrize("change", [{"train": {"batch_size": 128}}, {"data": {"limit": 96}}])
 def test_resume_past_the_end_of_a_shorter_epoch_starts_the_next_one(tmp_path, data_dir, change):
     cfg = small_config(tmp_path, data_dir, steps=6, batch_size=32)  # 8 batches per epoch: stops at batch 6

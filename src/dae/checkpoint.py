@@ -114,7 +114,8 @@ def save_checkpoint(
         # A full disk or a read-only folder: the temp files are gone and the old generation stays. A state file
         # written first is of no use without the rest, and only takes up room.
         if train_state is not None and not record_path.exists():
-            state_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder that is gone or a file: the error below says why
+                state_path.unlink(missing_ok=True)
         reason = e.reason if isinstance(e, WriteError) else e.strerror or e
         raise ResourceError(f"cannot write checkpoint {weights_path}: {reason}") from None
 

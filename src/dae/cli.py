@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,29 @@ def _value_like_an_option(names: list[str]) -> bool:
 # ------------------------------------------------------------------------------------------------ train
 
 
+# The dotted overrides that a flag of `dae train` also sets.
+_FLAG_ALIASES = {
+    "data.dataset": "--dataset",
+    "data.data_dir": "--data-dir",
+    "model.name": "--model",
+    "train.noise": "--noise",
+    "train.epochs": "--epochs",
+    "train.steps": "--steps",
+    "train.time_budget": "--time-budget",
+}
+
+
 def _train_config(args: argparse.Namespace, overrides: list[str]):
-    from dae.config import load_config_file, merge, parse_duration, parse_override
+    from dae.config import build_config, load_config_file, merge, parse_duration, parse_override
     from dae.train import naming_every_stop, resolve_config
 
     # The file, then the flags, then dotted overrides; resolve_config lays them over the resumed run's saved
     # config and the recipe, exactly as for a library caller.
     own = load_config_file(args.config) if args.config else {}
+    try:
+        build_config(own)  # the file's own fields checked alone, so that an error in it names the file
+    except UsageError as e:
+        raise UsageError(f"config file {args.config}: {e}") from None
     flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
     if args.recipe:
         flags["recipe"] = args.recipe
@@ -69,6 +86,11 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         flags["name"] = args.name
     given: dict[str, Any] = flags
     for item in overrides:
+        key = item.partition("=")[0]
+        section, _, name = key.partition(".")
+        if key in _FLAG_ALIASES and name in flags.get(section, {}):
+            # Which one wins would be a guess about what was meant (the dotted one did, silently).
+            raise UsageError(f"--{key} and {_FLAG_ALIASES[key]} both given; give one of them")
         given = merge(given, parse_override(item))
     # A stop given on the command line replaces the file's, as it replaces a recipe's and a resumed run's:
     # `--config RUN/config.yaml --epochs 8` must not stop at the file's steps without a word.
@@ -117,7 +139,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.allocator import keep_freed_memory
     from dae.checkpoint import resolve_checkpoint
-    from dae.evaluate import evaluate, format_table, parse_levels
+    from dae.evaluate import evaluate, format_table, parse_levels, write_results
+    from dae.fileio import output_folder
 
     levels = parse_levels(args.levels)  # None: the family's own sweep, a full spec as it is
     baselines = [b for b in (args.baselines or "").split(",") if b]
@@ -129,6 +152,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         out = str(
             (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent) / "eval"
         )
+    output_folder(out)  # refused before the work, as evaluate(out=...) would
     result = evaluate(
         args.checkpoint or [],
         baselines,
@@ -140,16 +164,17 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         seed=args.seed,
         sigma=args.sigma,
         data_dir=args.data_dir,
-        out=out,
         device=args.device,
         verbose=not args.quiet,
     )
+    # The tables first: a full disk at the end of a long evaluation must not take its numbers with it.
     for note in result.notes:
         print(f"note: {note}")
     print(format_table(result.records, "psnr"))
     print()
-    print(format_table(result.records, "ssim"))
-    print(f"wrote: {', '.join(str(f) for f in result.files)}")
+    print(format_table(result.records, "ssim"), flush=True)
+    files = write_results(result, Path(out))
+    print(f"wrote: {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -194,6 +219,13 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
         print(
             f"dae: skipped {len(report.skipped)} file(s) dae cannot read or write (webp, gif, ...) or that "
             f"link to nothing: {names}",
+            file=sys.stderr,
+        )
+    if report.left_out:
+        names = ", ".join(str(p) for p in report.left_out[:5]) + (", ..." if len(report.left_out) > 5 else "")
+        print(
+            f"dae: left out {len(report.left_out)} image(s) already in the output folder {args.output}, "
+            f"which dae does not denoise (choose an output folder outside the inputs to include them): {names}",
             file=sys.stderr,
         )
     if report.failed:
@@ -260,6 +292,14 @@ def _nonempty(text: str) -> str:
     return text
 
 
+def _filled(text: str) -> str:
+    """A name or a duration: an empty one ('--model ""', an unset shell variable) is refused, not read as no
+    option at all, which would train the default model or without the budget that was meant."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value")
+    return text
+
+
 def cmd_data_check(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.data.datasets import check_dataset
 
@@ -294,26 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a denoiser. In several processes or on several GPUs, start it with torchrun: "
         "torchrun --standalone --nproc-per-node N -m dae train ... (the batch size stays the whole batch).",
     )
-    t.add_argument("--config", help="YAML or TOML file setting config values")
-    t.add_argument("--dataset", help="mnist, fashion-mnist or folder (default mnist)")
+    t.add_argument("--config", type=_nonempty, help="YAML or TOML file setting config values")
+    t.add_argument("--dataset", type=_filled, help="mnist, fashion-mnist or folder (default mnist)")
     t.add_argument(
         "--data-dir",
         type=_nonempty,
         help="directory holding the dataset (default $DAE_DATA_DIR, cache, download)",
     )
-    t.add_argument("--model", help="model name (see 'dae models'); default: the best model")
-    t.add_argument("--recipe", help="a named preset (see 'dae models --recipes')")
+    t.add_argument("--model", type=_filled, help="model name (see 'dae models'); default: the best model")
+    t.add_argument("--recipe", type=_filled, help="a named preset (see 'dae models --recipes')")
     t.add_argument("--noise", help="training noise spec, e.g. gaussian:0.5 or gaussian:0.1-0.9")
     t.add_argument("--epochs", type=int)
     t.add_argument("--steps", type=int)
     t.add_argument(
         "--time-budget",
+        type=_filled,
         help="wall-clock budget of the training loop (validation and checkpoints included; loading the data "
         "before it is not), e.g. 90s, 2m, 1h",
     )
     t.add_argument("--seed", type=int)
-    t.add_argument("--out", help="run directory (default runs/<name>)")
-    t.add_argument("--name", help="run name")
+    t.add_argument("--out", type=_nonempty, help="run directory (default runs/<name>)")
+    t.add_argument("--name", type=_filled, help="run name")
     t.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last good checkpoint"
     )
@@ -327,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baselines", help="comma-separated: identity,gaussian_blur,median,nlm,tv,wavelet,bm3d")
     e.add_argument(
         "--dataset",
+        type=_filled,
         help="mnist, fashion-mnist or folder (default: what the checkpoints were trained on, else mnist)",
     )
     e.add_argument("--data-dir", type=_nonempty)
@@ -347,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         "image) (default: %(default)s)",
     )
     e.add_argument("--device", default="auto")
-    e.add_argument("--out", help="output directory (default RUN/eval for the first checkpoint)")
+    e.add_argument(
+        "--out", type=_nonempty, help="output directory (default RUN/eval for the first checkpoint)"
+    )
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
@@ -415,9 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--quick", action="store_true", help="8 s per model, a few minutes on 2 CPU cores (a smoke test)"
     )
-    s.add_argument("--budget", help="training time per model, e.g. 60s (default 60s, 8s with --quick)")
+    s.add_argument(
+        "--budget", type=_filled, help="training time per model, e.g. 60s (default 60s, 8s with --quick)"
+    )
     s.add_argument(
         "--out",
+        type=_nonempty,
         default="runs/study",
         help="study folder; models trained there are reused (default: %(default)s)",
     )
@@ -482,6 +529,25 @@ def _report(e: DaeError) -> None:
         print(f"dae (process {rank}): {e}", file=sys.stderr)
 
 
+@contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back until the block is done; they are delivered (and handled) right after.
+
+    Raised inside `import torch` (the first half second of a command), KeyboardInterrupt or Terminated leaves
+    torch and numpy half imported, and the unwinding then crashed in their code (a RecursionError in numpy's
+    lazy imports, a pybind11 abort) or the signal was lost and the command ran on to exit 0.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _terminated(signum, frame):
     raise Terminated  # see dae.errors.Terminated; training installs its own handler, which saves a checkpoint
 
@@ -513,6 +579,8 @@ def _main(argv: list[str] | None) -> int:
                 f"dae {args.command} runs in one process; of dae's commands only `dae train` shares its work "
                 "across torchrun's processes, so run this one without torchrun"
             )
+        with _signals_held():
+            import torch  # noqa: F401  (every command's work needs it; see _signals_held)
         return args.func(args, rest)
     except DaeError as e:
         _report(e)

@@ -11,7 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 
 
 @dataclass
@@ -224,7 +224,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_bytes()
     except OSError as e:
-        raise UsageError(f"cannot read config file {path}: {e.strerror}") from None
+        # A missing or unreadable file, as for every other file dae is given to read.
+        raise ResourceError(f"cannot read config file {path}: {e.strerror}") from None
     try:
         data = tomllib.loads(text.decode()) if path.suffix == ".toml" else _load_yaml(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:

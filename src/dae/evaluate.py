@@ -18,7 +18,7 @@ from torch import Tensor
 from dae import make_callable
 from dae.checks import is_whole
 from dae.data.noise import NOISES, Noise, check_unit_range, make_noisy, parse_noise
-from dae.errors import UsageError
+from dae.errors import ResourceError, UsageError
 from dae.fileio import output_folder
 
 DEFAULT_LEVELS = Noise.sweep  # most families' sweep; poisson has its own
@@ -400,14 +400,17 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
     make_folder(out)
+    # The earlier evaluation's files go first: a figure or matrix left beside these results (this write
+    # interrupted, or this evaluation drawing none) would be read, by `dae report` too, as theirs.
+    for name in RESULT_FILES:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:  # a folder of that name, a read-only folder
+            raise ResourceError(
+                f"{out / name}: cannot replace the earlier evaluation's file ({e.strerror or e})"
+            ) from None
     files = [out / "results.csv", out / "results.json"]
     atomic_write_bytes(files[0], records_to_csv(result.records).encode())
-    atomic_write_bytes(
-        files[1],
-        json.dumps(
-            {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints}, indent=2
-        ).encode(),
-    )
     if any(r["level"] is not None for r in result.records):
         files.append(plot_psnr_vs_noise(result.records, out / "psnr_vs_noise.png"))
     matrix = train_test_matrix(result.records)
@@ -416,11 +419,13 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
         atomic_write_bytes(out / "matrix.csv", ("\n".join(lines) + "\n").encode())
         files.append(out / "matrix.csv")
         files.append(plot_matrix(result.records, out / "matrix.png"))
-    # An earlier evaluation's figure or matrix that this one did not replace would be read (by `dae report`
-    # too) as belonging to these results.
-    for name in RESULT_FILES:
-        if out / name not in files:
-            (out / name).unlink(missing_ok=True)
+    # Last, so that results.json (which `dae report` reads first) is there only when the rest is.
+    atomic_write_bytes(
+        files[1],
+        json.dumps(
+            {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints}, indent=2
+        ).encode(),
+    )
     return files
 
 

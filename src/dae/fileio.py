@@ -42,6 +42,11 @@ def output_folder(path: str | Path) -> Path:
         raise UsageError(f"{path}: output path exists and is not a folder")
     ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():  # mkdir cannot make it, and resolving it was a RuntimeError for a loop
+            raise UsageError(
+                f"{path}: cannot create the output folder: {ancestor} is a link to nothing (a missing target "
+                "or a loop)"
+            )
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
         raise UsageError(f"{path}: cannot create the output folder: {ancestor} is a file")

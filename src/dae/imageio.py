@@ -245,13 +245,21 @@ def write_image(
     if info.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
         params["dpi"] = info.dpi  # a scan's 300 dpi would otherwise print at the viewer's default size
     if not overwrite and path.exists():
-        raise ResourceError(f"{path}: output exists; pass --force to overwrite")
+        raise OutputExists(path)
 
     try:
         atomic_write(path, lambda f: im.save(f, format=fmt, **params), overwrite=overwrite)
     except FileExistsError:
-        raise ResourceError(f"{path}: output exists; pass --force to overwrite") from None
+        raise OutputExists(path) from None
     return path
+
+
+class OutputExists(ResourceError):
+    """write_image(overwrite=False) found its target there: before the write, or put there meanwhile."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path}: output exists; pass --force to overwrite")
+        self.path = path
 
 
 def _to_pil(image: Tensor, info: ImageInfo, fmt: str, path: Path) -> Image.Image:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from dae.checks import is_whole
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
 from dae.fileio import make_folder, output_folder
-from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, read_image, write_image
+from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, OutputExists, read_image, write_image
 from dae.models.base import module_device
 
 TILE_THRESHOLD = 512 * 512  # images with more pixels than this are tiled when tile=None
@@ -312,6 +312,9 @@ class DenoiseReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)  # images in folders in formats dae does not write
     kept: list[Path] = field(default_factory=list)  # outputs already there, left alone without force
+    # Images found under out_dir inside an input folder that are not outputs of this run: left out, since
+    # a folder's earlier outputs must not be denoised again, but named, as they may be the user's own images.
+    left_out: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -360,9 +363,10 @@ def denoise_files(
 ) -> DenoiseReport:
     """Denoise image files and folders into out_dir, keeping names, formats and bit depth; returns a report.
 
-    Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files and
-    anything already under out_dir are skipped; images in other formats such as .webp and links to nothing
-    are listed in `report.skipped`) and keep their relative layout under out_dir. Each output is
+    Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files are
+    passed over; anything already under out_dir is left out, and listed in `report.left_out` unless it is an
+    output of this run; images in other formats such as .webp and links to nothing are listed in
+    `report.skipped`) and keep their relative layout under out_dir. Each output is
     `<stem><suffix><ext>`, written atomically. An existing output is kept unless force=True: listed in
     `report.kept` when the run has several inputs (so a rerun after an interrupt does the rest), an error for
     one explicit file. An output that would be an input is a UsageError before anything runs.
@@ -398,12 +402,13 @@ def denoise_files(
 
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
     skipped: list[Path] = []
-    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, skipped)
+    left_out: list[Path] = []
+    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, skipped, left_out)
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
     # Folders are made as each output is written (_run_job), so a run in which every file fails leaves none.
 
-    report = DenoiseReport(out_dir=out_root, skipped=skipped)
+    report = DenoiseReport(out_dir=out_root, skipped=skipped, left_out=left_out)
     if progress is None:
         progress = sys.stderr.isatty()
     iterator: Any = jobs
@@ -417,6 +422,13 @@ def denoise_files(
             continue
         try:
             _run_job(job, model, noise, seed, force, device, tile, overlap, max_pixels, report)
+        except OutputExists:
+            if single:
+                raise ResourceError(
+                    f"{job.src}: output {job.out} exists; pass --force to overwrite"
+                ) from None
+            # Another run into the same folder (two at once) wrote it first: as if it had been there before.
+            report.kept.append(job.out)
         except (DaeError, OSError) as e:
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             if isinstance(e, OSError) and e.strerror:
@@ -451,7 +463,7 @@ def _run_job(
     # The noisy copy is written first and is reproducible (seeded by the file's name): one left by a run that
     # stopped before the output is replaced, so that a rerun finishes the file.
     if job.out.exists() and not force:
-        raise ResourceError(f"{job.src}: output {job.out} exists; pass --force to overwrite")
+        raise OutputExists(job.out)
     x, info = read_image(job.src, max_pixels=max_pixels)  # (C, H, W)
     if noise is not None:
         # Seeded per file by name, so a file's noise does not depend on which other files are in the run.
@@ -474,11 +486,19 @@ OTHER_IMAGE_EXTENSIONS = frozenset(
 
 
 def _plan(
-    inputs: Sequence[str | os.PathLike], out_root: Path, suffix: str, with_noisy: bool, skipped: list[Path]
+    inputs: Sequence[str | os.PathLike],
+    out_root: Path,
+    suffix: str,
+    with_noisy: bool,
+    skipped: list[Path],
+    left_out: list[Path],
 ) -> list[_Job]:
-    """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes."""
+    """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes.
+    Appends to `skipped` the images in formats dae does not write and to `left_out` the images under out_root
+    (inside an input folder) that are not outputs of this run."""
     out_resolved = out_root.resolve()
     pairs: list[tuple[Path, Path]] = []
+    under_output: list[Path] = []
     for item in inputs:
         path = Path(item)
         if not path.exists():
@@ -494,6 +514,8 @@ def _plan(
                 if ext in IMAGE_EXTENSIONS and f.is_file():
                     if skip is None or skip not in f.resolve().parents:
                         pairs.append((f, rel))
+                    else:
+                        under_output.append(f)
                 elif ext in OTHER_IMAGE_EXTENSIONS or not f.exists():
                     skipped.append(f)  # another format, or a link to nothing
         else:
@@ -512,12 +534,15 @@ def _plan(
     source_ids = {_file_id(src) for src, _ in pairs} - {None}  # hard links and other aliases of an input
     jobs: list[_Job] = []
     claimed: dict[Path, Path] = {}
+    noisy_names: set[Path] = set()  # where a noisy copy would go, written by this run or not
     for src, rel in pairs:
         out = out_root / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}")
         # A JPEG noisy copy would lose part of the noise the model saw (~3 dB at gaussian:0.2): PNG keeps it,
         # named a.noisy.jpg.png so that a.jpg and a.png beside it still get a copy each.
         noisy_ext = f"{rel.suffix}.png" if rel.suffix.lower() in (".jpg", ".jpeg") else rel.suffix
-        noisy = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{noisy_ext}") if with_noisy else None
+        noisy_name = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{noisy_ext}")
+        noisy_names.add(noisy_name.resolve())
+        noisy = noisy_name if with_noisy else None
         for target in (out, noisy):
             if target is None:
                 continue
@@ -528,6 +553,10 @@ def _plan(
                 raise UsageError(f"{claimed[resolved]} and {src} would both be written to {target}")
             claimed[resolved] = src
         jobs.append(_Job(src=src, rel=rel, out=out, noisy=noisy))
+    # An earlier run's outputs (and noisy copies) are this run's too; anything else there was put there by
+    # someone else, and is named rather than passed over in silence.
+    ours = claimed.keys() | noisy_names | sources
+    left_out.extend(f for f in under_output if f.resolve() not in ours)
     return jobs
 
 

@@ -643,7 +643,7 @@ def _train(
         Path(cfg.out).name if cfg.out else world.first(f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     )
     run_dir = output_folder(cfg.out or f"runs/{cfg.name}")
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = output_folder(run_dir / "checkpoints")  # a file there failed only at the first save
     _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
     get_loss(t.loss)  # validate names before loading data
     noise = parse_noise(t.noise)

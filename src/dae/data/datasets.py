@@ -905,15 +905,15 @@ def folder(
         raise UsageError(f"unknown split {split!r} for folder; valid splits: train, test, all")
     if channels not in (None, 1, 3):
         raise UsageError(f"channels must be 1 or 3, got {channels}")
-    for name, value in (
-        ("patch_size", patch_size),
-        ("patches_per_image", patches_per_image),
-        ("val_every", val_every),
+    for name, value, least in (
+        ("patch_size", patch_size, 1),
+        ("patches_per_image", patches_per_image, 1),
+        ("val_every", val_every, 2),
     ):
         if not is_whole(value):
             raise UsageError(f"folder: {name} must be an integer, got {value!r}")
-    if patch_size < 1 or patches_per_image < 1 or val_every < 2:
-        raise UsageError("folder needs patch_size >= 1, patches_per_image >= 1 and val_every >= 2")
+        if value < least:  # the one that is wrong, not a list in which a trainer sees a setting it never gave
+            raise UsageError(f"folder: {name} must be >= {least}, got {value}")
     files = list_image_files(folder_root)
     if not files:
         raise ResourceError(f"{folder_root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
