@@ -88,6 +88,7 @@ def test_an_empty_value_is_refused_not_ignored(argv, capsys, tmp_path, monkeypat
         (["--model", "fc"], "--model.name=strided"),
         (["--steps", "1"], "--train.steps=2"),
         (["--epochs", "1"], "--train.epochs=1"),
+        (["--steps", "1"], "---train.steps=2"),  # parse_override takes any number of dashes
     ],
 )
 def test_a_flag_and_its_dotted_alias_together_are_refused(flag, alias, capsys, tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_a_flag_and_its_dotted_alias_together_are_refused(flag, alias, capsys, t
     bound = [] if flag[0] == "--steps" else ["--steps", "1"]
     assert main(["train", *bound, *flag, alias]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"dae: {alias.split('=')[0]} and {flag[0]} both given; give one of them"
+    assert err == f"dae: --{alias.split('=')[0].lstrip('-')} and {flag[0]} both given; give one of them"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -454,6 +455,11 @@ def test_a_stop_flag_replaces_the_config_files_stop(stop, tmp_path, data_dir, ca
         ("train: {time_budget: 2 weeks}\n", "bad duration"),
         ("model: 5\n", "model"),
         ("trian: {lr: 0.1}\n", "trian"),
+        ("model: {name: nosuch}\n", "unknown model 'nosuch'"),
+        ("model: {name: dncnn, kwargs: {bogus: 1}}\n", "bogus"),
+        ("train: {noise: 'bogus:1'}\n", "bogus"),
+        ("train: {loss: nosuch}\n", "nosuch"),
+        ("recipe: nosuch\n", "unknown recipe 'nosuch'"),
     ],
 )
 def test_an_error_in_a_config_file_names_the_file(text, message, tmp_path, capsys, monkeypatch):
@@ -507,3 +513,92 @@ sys.exit(code)
     assert proc.stdout.splitlines() == [
         "torch complete: True"
     ]  # no command output: it stopped before its work
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone (`dae eval ... | head -1`), or (errno) one on a full disk."""
+
+    def __init__(self, error: OSError):
+        self.error = error
+
+    def write(self, text):
+        raise self.error
+
+    def flush(self):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(BrokenPipeError(32, "Broken pipe"), 0), (OSError(28, "No space left on device"), 5)]
+)
+def test_eval_writes_its_files_when_stdout_fails(data_dir, tmp_path, monkeypatch, capsys, error, code):
+    from dae.cli import main
+
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe(error))
+    argv = ["eval", "--baselines", "median", "--limit", "5", "--levels", "0.5", "--data-dir", str(data_dir)]
+    assert main([*argv, "--out", str(tmp_path / "eval"), "--quiet"]) == code
+    # Printing first (so that a full disk keeps the tables) had made a closed pipe lose the files, exit 0.
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "psnr_vs_noise.png",
+        "results.csv",
+        "results.json",
+    ]
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        ""
+        if code == 0
+        else f"dae: cannot print the results (No space left on device); they are in {tmp_path / 'eval'}"
+    )
+
+
+@pytest.mark.parametrize("signal_error", [KeyboardInterrupt, "Terminated"])
+def test_a_signal_while_the_parser_is_built_is_handled(signal_error, monkeypatch, capsys):
+    import dae.cli
+    from dae.errors import Terminated
+
+    error = Terminated if signal_error == "Terminated" else signal_error
+
+    def interrupted():
+        raise error
+
+    monkeypatch.setattr(dae.cli, "build_parser", interrupted)
+    # Was a traceback and exit 1: the parser was built before the try that handles signals.
+    assert dae.cli.main(["noises"]) == (130 if error is KeyboardInterrupt else 143)
+    assert capsys.readouterr().err.strip() in ("dae: interrupted", "dae: terminated (SIGTERM)")
+
+
+@pytest.mark.parametrize(("device", "code"), [("", 2), ("cuda:3", 5), ("npu", 2)])
+def test_a_baseline_with_a_bad_device_is_one_error_not_one_per_file(device, code, tmp_path, capsys):
+    from PIL import Image
+
+    from dae.cli import main
+
+    for name in ("a", "b"):
+        Image.new("L", (12, 12), 40).save(tmp_path / f"{name}.png")
+    # Was exit 7 with the same line for every file.
+    assert (
+        main(
+            [
+                "denoise",
+                str(tmp_path),
+                "--baseline",
+                "identity",
+                "-o",
+                str(tmp_path / "out"),
+                "--device",
+                device,
+            ]
+        )
+        == code
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "device" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_of_an_empty_run_dir_is_refused(tmp_path, monkeypatch, capsys):
+    from dae.cli import main
+
+    monkeypatch.chdir(tmp_path)  # "" was read as the current folder
+    assert main(["report", ""]) == 2
+    assert "argument run_dir: an empty path" in capsys.readouterr().err

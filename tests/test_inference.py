@@ -663,6 +663,57 @@ def test_a_rerun_keeps_the_outputs_it_finds_and_does_the_rest(tmp_path: Path) ->
     assert (out / "0.png").read_bytes() == b"keep me"
 
 
+def test_a_link_to_nothing_at_an_output_name_is_a_failure_not_kept(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(2):
+        save(src / f"{i}.png", u8((10, 12), seed=i))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.png").symlink_to(tmp_path / "nowhere.png")
+    report = denoise_files([src], TinyConv(), out)
+    # Taken for an output another run had written meanwhile ("kept"), exit 0, and the link left in place.
+    assert report.kept == [] and [p.name for p in report.written] == ["1.png"]
+    assert report.failed == [
+        (
+            src / "0.png",
+            f"{src / '0.png'}: output {out / '0.png'} is a link to nothing; pass --force to overwrite",
+        )
+    ]
+    again = denoise_files([src], TinyConv(), out, force=True)
+    assert again.ok and (out / "0.png").is_file() and not (out / "0.png").is_symlink()
+
+
+@pytest.mark.parametrize("out_name", [".", "scans"])
+def test_an_output_folder_that_holds_the_input_folder_is_not_taken_for_one_inside_it(
+    tmp_path, monkeypatch, out_name
+):
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "scans" / "raw" / "a.png", u8((10, 12)))
+    save(tmp_path / "scans" / "raw" / "deep" / "c.png", u8((10, 12), seed=1))
+    # Every input lies under the output folder: all were left out, and "no .png files found" was the error.
+    report = denoise_files(["scans/raw"], TinyConv(), out_name)
+    assert sorted(p.as_posix() for p in report.written) == sorted(
+        (Path(out_name) / rel).as_posix() for rel in ("a.png", "deep/c.png")
+    )
+    assert report.left_out == []
+
+
+def test_a_folder_whose_only_images_are_in_the_output_folder_says_so(tmp_path: Path) -> None:
+    save(tmp_path / "imgs" / "sub" / "b.png", u8((10, 12)))
+    with pytest.raises(
+        ResourceError, match=r"found in .*imgs \(1 left out: they are in the output folder .*sub\)"
+    ):
+        denoise_files([tmp_path / "imgs"], TinyConv(), tmp_path / "imgs" / "sub")
+
+
+def test_an_image_left_out_is_named_once_when_its_folder_is_given_twice(tmp_path: Path) -> None:
+    src = tmp_path / "imgs"
+    save(src / "a.png", u8((10, 12)))
+    save(src / "sub" / "mine.png", u8((10, 12), seed=1))
+    report = denoise_files([src, tmp_path / "imgs" / "sub" / ".."], TinyConv(), src / "sub")
+    assert report.left_out == [src / "sub" / "mine.png"]
+
+
 def test_an_output_another_run_writes_meanwhile_is_kept_not_a_failure(tmp_path: Path, monkeypatch) -> None:
     # Two `dae denoise` runs into one folder at once: both exited 7, each failing on what the other wrote.
     src = tmp_path / "in"

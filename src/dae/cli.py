@@ -50,15 +50,36 @@ _FLAG_ALIASES = {
 }
 
 
+def _check_config_file(own: dict[str, Any]) -> None:
+    """The names a config file gives checked alone, so that an error in one names the file: its fields and
+    their kinds, and the recipe, model (with its kwargs), noise and loss it names."""
+    from dae.config import build_config
+    from dae.data.noise import parse_noise
+    from dae.losses import get_loss
+    from dae.models import MODELS
+    from dae.recipes import get_recipe
+
+    cfg = build_config(own)
+    if own.get("recipe"):
+        get_recipe(cfg.recipe)
+    model, train = own.get("model") or {}, own.get("train") or {}
+    if model.get("name"):
+        MODELS.builder(cfg.model.name, cfg.model.kwargs)
+    if train.get("noise"):
+        parse_noise(cfg.train.noise)
+    if train.get("loss"):
+        get_loss(cfg.train.loss)
+
+
 def _train_config(args: argparse.Namespace, overrides: list[str]):
-    from dae.config import build_config, load_config_file, merge, parse_duration, parse_override
+    from dae.config import load_config_file, merge, parse_duration, parse_override
     from dae.train import naming_every_stop, resolve_config
 
     # The file, then the flags, then dotted overrides; resolve_config lays them over the resumed run's saved
     # config and the recipe, exactly as for a library caller.
     own = load_config_file(args.config) if args.config else {}
     try:
-        build_config(own)  # the file's own fields checked alone, so that an error in it names the file
+        _check_config_file(own)
     except UsageError as e:
         raise UsageError(f"config file {args.config}: {e}") from None
     flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
@@ -86,7 +107,7 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
         flags["name"] = args.name
     given: dict[str, Any] = flags
     for item in overrides:
-        key = item.partition("=")[0]
+        key = item.partition("=")[0].lstrip("-")  # parse_override reads ---train.steps as train.steps
         section, _, name = key.partition(".")
         if key in _FLAG_ALIASES and name in flags.get(section, {}):
             # Which one wins would be a guess about what was meant (the dotted one did, silently).
@@ -167,13 +188,24 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         device=args.device,
         verbose=not args.quiet,
     )
-    # The tables first: a full disk at the end of a long evaluation must not take its numbers with it.
-    for note in result.notes:
-        print(f"note: {note}")
-    print(format_table(result.records, "psnr"))
-    print()
-    print(format_table(result.records, "ssim"), flush=True)
+    # The tables first: a full disk at the end of a long evaluation must not take its numbers with it. Nor
+    # may a stdout that fails (`| head` closing the pipe, a full log file) take the files.
+    unprinted = None
+    try:
+        for note in result.notes:
+            print(f"note: {note}")
+        print(format_table(result.records, "psnr"))
+        print()
+        print(format_table(result.records, "ssim"), flush=True)
+    except OSError as e:
+        unprinted = e
     files = write_results(result, Path(out))
+    if isinstance(unprinted, BrokenPipeError):
+        raise unprinted  # the reader has gone, as for every command
+    if unprinted is not None:
+        raise ResourceError(
+            f"cannot print the results ({unprinted.strerror or unprinted}); they are in {out}"
+        )
     print(f"wrote: {', '.join(str(f) for f in files)}")
     return 0
 
@@ -434,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_denoise)
 
     r = sub.add_parser("report", help="write RUN_DIR/report.html")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", type=_nonempty)
     r.add_argument("--data-dir", type=_nonempty)
     r.set_defaults(func=cmd_report)
 
@@ -563,10 +595,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    _log_to_stderr()
-    _ARGV[:] = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    try:
+    try:  # all of it: a signal in the first milliseconds (while the parser is built) is handled too
+        _log_to_stderr()
+        _ARGV[:] = sys.argv[1:] if argv is None else argv
+        parser = build_parser()
         args, rest = parser.parse_known_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

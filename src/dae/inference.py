@@ -422,15 +422,15 @@ def denoise_files(
             continue
         try:
             _run_job(job, model, noise, seed, force, device, tile, overlap, max_pixels, report)
-        except OutputExists:
-            if single:
-                raise ResourceError(
-                    f"{job.src}: output {job.out} exists; pass --force to overwrite"
-                ) from None
-            # Another run into the same folder (two at once) wrote it first: as if it had been there before.
-            report.kept.append(job.out)
         except (DaeError, OSError) as e:
+            if isinstance(e, OutputExists) and not single and job.out.exists():
+                # Another run into the same folder (two at once) wrote it first: as if it had been there before.
+                report.kept.append(job.out)
+                continue
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, OutputExists):
+                there = "is a link to nothing" if not job.out.exists() else "exists"
+                message = f"{job.src}: output {job.out} {there}; pass --force to overwrite"
             if isinstance(e, OSError) and e.strerror:
                 message = e.strerror
                 if e.filename is not None and str(e.filename) != str(job.src):
@@ -504,8 +504,9 @@ def _plan(
         if not path.exists():
             raise ResourceError(f"{path}: no such file or folder")
         if path.is_dir():
-            # An output folder inside the input folder is skipped, so a re-run does not denoise its outputs.
-            skip = out_resolved if out_resolved != path.resolve() else None
+            # An output folder inside the input folder is skipped, so a re-run does not denoise its outputs. One
+            # that holds the input folder (`dae denoise scans/raw -o scans`) is not: it would skip everything.
+            skip = out_resolved if path.resolve() in out_resolved.parents else None
             for f in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
                 rel, ext = f.relative_to(path), f.suffix.lower()
                 hidden = any(part.startswith(".") for part in rel.parts)  # ._x.png, .tmp files, .git
@@ -521,8 +522,13 @@ def _plan(
         else:
             pairs.append((path, Path(path.name)))
     if not pairs:
+        inside = (
+            f" ({len(under_output)} left out: they are in the output folder {out_root})"
+            if under_output
+            else ""
+        )
         raise ResourceError(
-            f"no .png/.jpg/.jpeg/.tif/.tiff/.bmp files found in {', '.join(str(i) for i in inputs)}"
+            f"no .png/.jpg/.jpeg/.tif/.tiff/.bmp files found in {', '.join(str(i) for i in inputs)}{inside}"
         )
 
     # The same file named twice (a folder and a file in it, or one path given twice) is denoised once, under
@@ -556,7 +562,11 @@ def _plan(
     # An earlier run's outputs (and noisy copies) are this run's too; anything else there was put there by
     # someone else, and is named rather than passed over in silence.
     ours = claimed.keys() | noisy_names | sources
-    left_out.extend(f for f in under_output if f.resolve() not in ours)
+    named: dict[Path, Path] = {}  # a folder given twice finds its files twice
+    for f in under_output:
+        if f.resolve() not in ours:
+            named.setdefault(f.resolve(), f)
+    left_out.extend(named.values())
     return jobs
 
 
@@ -579,6 +589,10 @@ def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
         return load_model(checkpoint_or_model, device=select_device(str(device)))
     if not callable(getattr(checkpoint_or_model, "denoise", None)):
         raise UsageError(f"{type(checkpoint_or_model).__name__} is neither a checkpoint path nor a denoiser")
+    if device is not None:
+        from dae.train import select_device
+
+        select_device(str(device))  # refused once, here, rather than by every file in turn
     return checkpoint_or_model
 
 
