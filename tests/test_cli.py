@@ -501,6 +501,9 @@ class SignalAtTorch:
             os.kill(os.getpid(), signal.{signame})
         return None
 
+# As started from a terminal: a shell starts background jobs (CI's among them) with SIGINT ignored, and Python
+# then leaves it ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.meta_path.insert(0, SignalAtTorch())
 from dae.cli import main
 code = main(["noises"])
