@@ -247,22 +247,26 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
         + (f"; {len(report.failed)} failed" if report.failed else "")
     )
     if report.skipped:
-        names = ", ".join(str(p) for p in report.skipped[:5]) + (", ..." if len(report.skipped) > 5 else "")
         print(
             f"dae: skipped {len(report.skipped)} file(s) dae cannot read or write (webp, gif, ...) or that "
-            f"link to nothing: {names}",
+            f"link to nothing: {_first_few(report.skipped)}",
             file=sys.stderr,
         )
     if report.left_out:
-        names = ", ".join(str(p) for p in report.left_out[:5]) + (", ..." if len(report.left_out) > 5 else "")
         print(
             f"dae: left out {len(report.left_out)} image(s) already in the output folder {args.output}, "
-            f"which dae does not denoise (choose an output folder outside the inputs to include them): {names}",
+            "which dae does not denoise (choose an output folder outside the inputs to include them): "
+            f"{_first_few(report.left_out)}",
             file=sys.stderr,
         )
     if report.failed:
         raise PartialFailure(f"{len(report.failed)} of {report.total} input file(s) failed (listed above)")
     return 0
+
+
+def _first_few(paths: list[Path], shown: int = 5) -> str:
+    """The first `shown` paths, comma-separated, and "..." when there are more: a line, not a listing."""
+    return ", ".join(str(p) for p in paths[:shown]) + (", ..." if len(paths) > shown else "")
 
 
 # ------------------------------------------------------------------------------------------------ misc

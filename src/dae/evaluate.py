@@ -37,7 +37,7 @@ RECORD_COLUMNS = [
 ]
 
 
-# Every file write_results may write, so a rerun can remove what it did not replace.
+# Every file write_results may write: all are removed before a new evaluation's are written.
 RESULT_FILES = ("results.csv", "results.json", "psnr_vs_noise.png", "matrix.csv", "matrix.png")
 
 
