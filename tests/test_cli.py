@@ -1,6 +1,7 @@
 """The command line end to end: exit codes, one-line errors, real (tiny) runs."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -169,6 +170,8 @@ def test_train_eval_denoise_round_trip(tmp_path, data_dir):
         "--train.batch_size=32",
     )
     assert code == 0, err
+    # What precision "auto" resolved to on this machine is said, not only the "auto" asked for.
+    assert re.search(r"time: \d+\.\ds \((bf16|fp32) on cpu\)  best val PSNR", out), out
     ckpt = run / "checkpoints" / "best.safetensors"
     assert ckpt.exists()
     code, out, err = dae(

@@ -96,6 +96,7 @@ def make_synthetic_run(
     metrics: bool = True,
     checkpoint: bool = True,
     trained: torch.nn.Module | None = None,
+    trained_with: dict | None = None,
 ) -> Path:
     """A run directory as documented: config.yaml, metrics.csv, checkpoints/best.*, eval/results.*."""
     run = root / name
@@ -139,7 +140,11 @@ def make_synthetic_run(
         torch.manual_seed(0)
         net = trained if trained is not None else create_model(model)
         save_checkpoint(
-            net, run / "checkpoints" / "best.safetensors", config=config, metrics={"val_psnr": 21.0}
+            net,
+            run / "checkpoints" / "best.safetensors",
+            config=config,
+            metrics={"val_psnr": 21.0},
+            trained_with=trained_with,
         )
     if eval:
         records = []
@@ -767,3 +772,26 @@ def test_report_levels_its_noise_does_not_take_are_refused(tmp_path, train_noise
     (run / "checkpoints" / "best.safetensors").unlink()  # no model to draw: still refused, not ignored
     with pytest.raises(UsageError, match=message):
         write_report(run, levels=levels)
+
+
+@pytest.mark.parametrize(
+    "run_on, row",
+    [
+        (
+            {"device": "cpu", "precision": "bf16", "processes": 1, "threads": 2, "torch": "2.13.0+cpu"},
+            "bf16 (asked: auto) on cpu, 1 process x 2 threads, torch 2.13.0+cpu",
+        ),
+        (
+            {"device": "cuda:1", "precision": "fp32", "processes": 4, "threads": 1},
+            "fp32 (asked: auto) on cuda:1, 4 processes x 1 thread",
+        ),
+        (None, "\u2014"),  # a checkpoint from before dae recorded it
+    ],
+)
+def test_summary_says_what_the_training_ran_with(tmp_path, run_on, row):
+    run = make_synthetic_run(tmp_path, eval=False, trained_with=run_on)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["precision"] = "auto"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    page = write_report(run, images=digits(4), levels=LEVELS, n_images=4).read_text()
+    assert f"<tr><th>trained with</th><td>{row}</td></tr>" in page

@@ -1003,3 +1003,23 @@ def test_a_full_disk_at_the_run_lock_is_a_missing_resource(tmp_path, data_dir, m
     monkeypatch.setattr(train_module, "open", fake_open, raising=False)
     with pytest.raises(ResourceError, match=r"cannot write .*run/\.lock: No space left on device"):
         train(small_config(tmp_path, data_dir, steps=1), progress=False)
+
+
+@pytest.mark.parametrize("native_bf16, resolved", [(True, "bf16"), (False, "fp32")])
+def test_checkpoints_record_what_precision_auto_resolved_to(
+    tmp_path, data_dir, monkeypatch, native_bf16, resolved
+):
+    """The config keeps "auto" (a resume elsewhere resolves it there); the checkpoints say what it was here."""
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native_bf16)
+    result = train(small_config(tmp_path, data_dir, steps=2, precision="auto"), progress=False)
+    expected = {
+        "device": "cpu",
+        "precision": resolved,
+        "processes": 1,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    assert result.trained_with == expected
+    for name in ("best.safetensors", result.last_checkpoint.name):
+        assert load_checkpoint(result.run_dir / "checkpoints" / name).record["trained_with"] == expected
+    assert "precision: auto" in (result.run_dir / "config.yaml").read_text()

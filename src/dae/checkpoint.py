@@ -72,8 +72,12 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     step: int | None = None,
     epoch: int | None = None,
+    trained_with: dict[str, Any] | None = None,
 ) -> Path:
     """Write `path` (.safetensors) plus its JSON record (and training state if given); returns the weights path.
+
+    `trained_with` says what the training ran on (device, precision as resolved, processes, threads): the
+    config records what was asked for (e.g. precision "auto"), which a resume elsewhere resolves anew.
 
     Example:
         >>> save_checkpoint(model, "runs/x/checkpoints/best.safetensors", metrics={"val_psnr": 21.3})
@@ -107,6 +111,7 @@ def save_checkpoint(
         "metrics": metrics or {},
         "step": step,
         "epoch": epoch,
+        **({"trained_with": trained_with} if trained_with else {}),
     }
     try:
         return _write_generation(tensors, record, train_state, weights_path, state_path, record_path)

@@ -147,7 +147,8 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     if _torchrun_rank() != 0:
         return 0  # under torchrun the first process speaks for the run
     print(
-        f"run: {result.run_dir}  steps: {result.step}  time: {result.elapsed_s:.1f}s  "
+        f"run: {result.run_dir}  steps: {result.step}  time: {result.elapsed_s:.1f}s "
+        f"({result.trained_with['precision']} on {result.trained_with['device']})  "
         f"best val PSNR: {result.best_val_psnr:.2f} dB"
     )
     print(f"best checkpoint: {result.best_checkpoint}")

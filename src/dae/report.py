@@ -222,6 +222,22 @@ def is_run_dir(path: str | Path) -> bool:
     return p.is_dir() and (any((p / m).exists() for m in markers) or _is_dae_config(p / "config.yaml"))
 
 
+def _trained_with(run_on: Any, asked: Any) -> str | None:
+    """'bf16 (asked: auto) on cpu, 1 process x 2 threads, torch 2.13.0' from a checkpoint's trained_with
+    record (what the segment that wrote it ran on; None for checkpoints from before dae recorded it)."""
+    if not isinstance(run_on, dict) or not run_on.get("precision"):
+        return None
+    precision = str(run_on["precision"])
+    text = precision + (f" (asked: {asked})" if asked and str(asked) != precision else "")
+    procs, threads = run_on.get("processes"), run_on.get("threads")
+    text += f" on {run_on.get('device', '?')}"
+    if isinstance(procs, int) and isinstance(threads, int):
+        text += (
+            f", {procs} process{'es' if procs != 1 else ''} x {threads} thread{'s' if threads != 1 else ''}"
+        )
+    return text + (f", torch {run_on['torch']}" if run_on.get("torch") else "")
+
+
 def _is_dae_config(path: Path) -> bool:
     """A config.yaml that `dae train` wrote (a model and a train section), not another tool's."""
     try:
@@ -520,6 +536,7 @@ def write_report(
             "throughput",
             f"{_num(last.get('images_per_s')):,.0f} images/s" if last.get("images_per_s") else None,
         ),
+        ("trained with", _trained_with(record.get("trained_with"), _get(config, "train.precision"))),
         (
             "best val PSNR",
             None

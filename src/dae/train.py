@@ -67,6 +67,8 @@ class TrainResult:
     elapsed_s: float
     best_val_psnr: float
     history: list[dict[str, float]] = field(default_factory=list)
+    # What this process trained on, as resolved (precision "auto" -> "bf16" or "fp32"): see trained_with().
+    trained_with: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -651,6 +653,7 @@ def _train(
     amp, precision = autocast_for(device, t.precision)
     if t.threads:
         torch.set_num_threads(t.threads)
+    run_on = trained_with(device, precision, world.size)
     torch.manual_seed(cfg.seed)  # model initialisation
 
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
@@ -819,7 +822,13 @@ def _train(
             "best_val_psnr": best_psnr,
             "val_set": val_set,
         }
-        meta = {"config": cfg.to_dict(), "metrics": metrics, "step": step, "epoch": epoch}
+        meta = {
+            "config": cfg.to_dict(),
+            "metrics": metrics,
+            "step": step,
+            "epoch": epoch,
+            "trained_with": run_on,
+        }
         try:
             save_checkpoint(model, path, train_state=state, **meta)
         except ResourceError as e:
@@ -975,7 +984,20 @@ def _train(
         elapsed_s=elapsed(),
         best_val_psnr=best_psnr,
         history=history,
+        trained_with=run_on,
     )
+
+
+def trained_with(device: torch.device, precision: str, processes: int) -> dict[str, Any]:
+    """What a training segment ran on, for its checkpoints and the report: the config keeps what was asked for
+    (precision "auto"), so that a resume on another machine resolves it there; this is what it resolved to."""
+    return {
+        "device": str(device),
+        "precision": precision,
+        "processes": processes,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 def _progress_bar(enabled: bool, total_steps: float, initial: int):
