@@ -14,13 +14,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+# The tests run the real BM3D baseline. It is an optional extra under a non-commercial licence, so only `make
+# test` installs it; `make demo` and a plain `pip install dae` do not.
+$(VENV)/.installed-bm3d: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,bm3d]'
+	touch $@
+
 demo: $(VENV)/.installed
 	rm -rf runs/demo
 	$(VENV)/bin/dae train --time-budget 2m --out runs/demo
 	$(VENV)/bin/dae eval --checkpoint runs/demo/checkpoints/best.safetensors --baselines median,tv,wavelet --limit 1000 --out runs/demo/eval
 	$(VENV)/bin/dae report runs/demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-bm3d
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
