@@ -785,6 +785,25 @@ def test_a_first_checkpoint_that_cannot_be_written_leaves_nothing_behind(tmp_pat
     assert train(small_config(tmp_path, data_dir, steps=4, val_every=2), progress=False).step == 4
 
 
+def test_a_damaged_generation_older_than_the_first_new_one_is_not_kept(tmp_path, data_dir):
+    """Resumed from step 2 past a damaged step 3, the first new generation (4) counted the damaged 3 among the
+    two kept and pruned the good 2: a second damaged generation then left nothing to resume from."""
+    cfg = small_config(tmp_path, data_dir, steps=3, val_every=1, keep_last=2)
+    first = train(cfg, progress=False)
+    ckpts = first.run_dir / "checkpoints"
+    damaged = ckpts / "step-00000003.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-50])
+    cfg["train"].update(steps=4, val_every=4)
+    assert train(cfg, resume=True, progress=False).step == 4
+    assert sorted(p.name for p in ckpts.glob("step-*")) == [
+        f"step-0000000{s}.{ext}" for s in (2, 4) for ext in ("json", "safetensors", "state.pt")
+    ]
+    newest = ckpts / "step-00000004.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-50])
+    cfg["train"].update(steps=5, val_every=5)
+    assert train(cfg, resume=True, progress=False).step == 5  # from step 2 (was: no good checkpoint, exit 4)
+
+
 def test_a_resume_past_a_damaged_generation_keeps_the_good_ones(tmp_path, data_dir):
     cfg = small_config(tmp_path, data_dir, steps=4, val_every=2, keep_last=2)
     first = train(cfg, progress=False)

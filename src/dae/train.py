@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,17 +400,26 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     )
 
 
-def prune_generations(ckpt_dir: Path, keep: int, step: int | None = None) -> None:
+def prune_generations(
+    ckpt_dir: Path, keep: int, step: int | None = None, abandoned: Collection[str] = ()
+) -> None:
     """Keep the newest `keep` step-* generations up to `step` (best.* is separate); the JSON goes first so a
     half-deleted generation is never mistaken for a complete one.
 
     Generations after `step` go first: a resume that fell back past damaged ones trains a new timeline, and
     the damaged generations must not count among those kept (they would crowd out the good ones). Files of a
     generation whose write never finished (no JSON: a crash or a full disk) go too: pruning runs after a
-    complete write, under the run's lock."""
+    complete write, under the run's lock.
+
+    `abandoned` names the records (step-*.json) of the damaged generations a resume skipped: those older than
+    `step` are not kept either (a resume from step 2 past a damaged 3 that saves next at 4 kept 4 and the
+    damaged 3, and pruned the good 2). Give them at the first save after the resume only: a later save may
+    have rewritten one of those names with a good generation of the new timeline."""
     records = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
     last = f"step-{step:08d}.json" if step is not None else None
-    kept = [r for r in records if last is None or r.name <= last][:keep]
+    kept = [
+        r for r in records if (last is None or r.name <= last) and (r.name == last or r.name not in abandoned)
+    ][:keep]
     for record in records:
         if record not in kept:
             for p in (record, *paths_for(record)[:2]):
@@ -687,6 +696,12 @@ def _train(
     if claim_early:
         _claim_run(run_dir, resume, world, held)
     ck = latest_good_generation(ckpt_dir) if resume else None
+    # The damaged generations a resume skipped: newer than the one it resumed from (see prune_generations).
+    abandoned = (
+        {r.name for r in ckpt_dir.glob("step-*.json") if r.name > paths_for(ck.path)[2].name}
+        if ck is not None
+        else set()
+    )
     if ck is not None and ck.model.dae_name == cfg.model.name:
         saved, given = ck.model.dae_kwargs, json.loads(json.dumps(kwargs))  # tuples compared as JSON lists
         if all(saved.get(k) == v for k, v in given.items()):
@@ -801,7 +816,7 @@ def _train(
     writer = _tensorboard(run_dir) if world.main else None
 
     def save_generation(metrics: dict[str, float]) -> Path:
-        nonlocal best_psnr, config_pending
+        nonlocal best_psnr, config_pending, abandoned
         is_best = metrics.get("val_psnr", -math.inf) > best_psnr
         best_psnr = max(best_psnr, metrics.get("val_psnr", -math.inf))
         path = ckpt_dir / f"step-{step:08d}.safetensors"
@@ -850,7 +865,8 @@ def _train(
                 raise ResourceError(
                     f"{e}; stopped at step {step}; {path} is complete (resume from it)"
                 ) from None
-        prune_generations(ckpt_dir, t.keep_last, step)
+        prune_generations(ckpt_dir, t.keep_last, step, abandoned)
+        abandoned = set()  # from here on, those names may hold this run's own generations
         return path
 
     start = time.perf_counter()
