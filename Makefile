@@ -7,10 +7,15 @@ export DAE_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/mnist),$(DATA_DIR),)
 
 .PHONY: demo test bench lint study clean
 
+# PyPI's torch for Linux is the CUDA build, which pulls several GB of CUDA packages; the quick start runs on the
+# CPU, so the CPU build comes from PyTorch's own index. With a GPU: make demo TORCH=torch==2.13.0 TORCH_INDEX=
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

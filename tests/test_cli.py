@@ -24,6 +24,21 @@ def test_unknown_flag_is_usage_error():
     assert err.startswith("dae: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["nosuchcmd"], "dae: argument COMMAND: invalid choice: 'nosuchcmd'"),
+        (
+            ["eval", "--limit", "abc"],
+            "dae: argument --limit: invalid int value: 'abc' (see 'dae eval --help')",
+        ),
+    ],
+)
+def test_a_parser_error_says_dae_once(args, line):
+    code, _, err = dae(*args)
+    assert code == 2 and err.startswith(line), err  # was "dae: dae eval: argument --limit: ..."
+
+
 @pytest.mark.parametrize("argv", [["study", "--budget", "-5s"], ["train", "--time-budget", "-1m"]])
 def test_a_value_that_looks_like_an_option_gets_a_hint(argv, capsys):
     from dae.cli import main

