@@ -90,6 +90,16 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path, data_dir, capsys):
     assert (tmp_path / "run" / "config.yaml").read_text() == saved  # not rewritten with steps it never ran
 
 
+def test_resume_of_a_finished_run_reports_what_it_trained_on(tmp_path, data_dir, monkeypatch):
+    """Not what this process would have resolved "auto" to: it trained nothing."""
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    done = train(small_config(tmp_path, data_dir, steps=2, precision="auto"), progress=False)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    again = train(small_config(tmp_path, data_dir, steps=2, precision="auto"), resume=True, progress=False)
+    assert again.step == done.step == 2
+    assert again.trained_with == done.trained_with and again.trained_with["precision"] == "bf16"
+
+
 def test_resume_with_another_model_is_a_usage_error(tmp_path, data_dir):
     from dae.errors import UsageError
 

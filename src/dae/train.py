@@ -806,6 +806,11 @@ def _train(
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
+    if done and ck is not None:
+        # Nothing trains here, so the result says what the run last trained on, not what this process would have
+        # (a finished bf16 run resumed on a machine without bf16 printed "fp32"); checkpoints saved before
+        # trained_with was recorded leave this process's.
+        run_on = ck.record.get("trained_with") or run_on
     # A fresh run records its config now, a resume with its first checkpoint: settings that fail before one (a
     # learning rate that diverges) must not become the run's, for the next plain --resume to fail on again.
     config_pending = world.main and not done and resume
