@@ -46,3 +46,19 @@ def traced_peak():
             tracemalloc.stop()
 
     return trace
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """`unreadable(folder)` makes listing that folder fail with EACCES, as chmod 0 does for a user other than
+    root (the tests may run as root, whom permissions do not stop)."""
+    locked: set[Path] = set()
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(os.fsdecode(path)).resolve() in locked:
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return lambda folder: locked.add(Path(folder).resolve())

@@ -274,3 +274,14 @@ def test_as_denoiser_rejects_other_objects():
         as_denoiser(3)
     with pytest.raises(UsageError, match="cannot use Conv2d"):
         as_denoiser(nn.Conv2d(1, 1, 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 1), (1, 1, 1, 1), (1, 1, 2, 2), (1, 1, 3, 4)])
+def test_sigma_of_a_tiny_grey_picture_is_estimated_without_skimages_colour_warning(shape):
+    """skimage took the few columns for colour channels and said so, with advice that does not apply."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (sigma,) = estimate_sigma(torch.rand(shape, generator=torch.Generator().manual_seed(0)))
+    assert sigma >= 0

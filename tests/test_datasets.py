@@ -784,3 +784,51 @@ def test_a_home_folder_that_cannot_be_expanded_is_a_usage_error(how, monkeypatch
         monkeypatch.setenv(how, path)
     with pytest.raises(UsageError, match=f"{'data dir' if how == 'root' else how} {path}: cannot expand"):
         D.create_dataset("mnist", "test", root=path if how == "root" else None, download=False)
+
+
+def test_a_folder_that_cannot_be_read_is_an_error_not_left_out(tmp_path, unreadable):
+    root = make_folder(tmp_path / "imgs")
+    unreadable(root / "sub")
+    for load in (
+        lambda: D.list_image_files(root),
+        lambda: D.check_dataset("folder", root=root),
+        lambda: D.create_dataset("folder", "all", root=root, patch_size=8),
+    ):
+        with pytest.raises(ResourceError, match=r"imgs/sub: cannot read this folder \(Permission denied\)"):
+            load()
+    unreadable(root)
+    with pytest.raises(ResourceError, match=r"imgs: cannot read this folder"):
+        D.list_image_files(root)
+
+
+def test_a_linked_copy_is_one_picture(tmp_path):
+    """Listed twice, one picture could be in both the training and the test split."""
+    root = make_folder(tmp_path / "imgs")
+    (root / "z_link.png").symlink_to(root / "a_gray.png")
+    (root / "linked_folder").symlink_to(root / "sub", target_is_directory=True)  # not followed, as before
+    files = D.list_image_files(root)
+    assert [f.relative_to(root).as_posix() for f in files] == [
+        "a_gray.png",
+        "b_tiny.bmp",
+        "sub/c_rgb.png",
+        "sub/d_rgb.jpg",
+        "sub/e_rgba.tiff",
+    ]
+
+
+def test_training_refuses_the_files_dae_denoise_refuses(tmp_path):
+    """One reader for both: a multi-page TIFF is not cut to its first page, 32-bit samples are not clipped."""
+    root = make_folder(tmp_path / "imgs")
+    pages = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (10, 20, 30)]
+    pages[0].save(root / "pages.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.array([[0, 199715]], np.int32)).save(root / "wide.tif")
+    with pytest.raises(DataError, match=r"pages\.tif: holds 3 frames"):
+        D.read_image(root / "pages.tif")
+    with pytest.raises(DataError, match=r"wide\.tif: 32-bit integer samples"):
+        D.read_image(root / "wide.tif")
+    with pytest.raises(DataError, match=r"^2 of 7 images in .* cannot be used: .*pages\.tif.*; .*wide\.tif"):
+        D.check_dataset("folder", root=root)
+    with pytest.raises(
+        DataError, match=r"holds 3 frames.*; `dae data check folder --data-dir .*` lists every"
+    ):
+        D.create_dataset("folder", "all", root=root, patch_size=8)

@@ -344,3 +344,43 @@ def test_resolution_is_written_back(tmp_path: Path, ext: str) -> None:
     out = write_image(tmp_path / f"back{ext}", x, info)
     with Image.open(out) as im:
         assert tuple(round(float(v)) for v in im.info["dpi"]) == (300, 300)  # was dropped
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_a_file_without_a_resolution_gets_none_written(tmp_path: Path, ext: str) -> None:
+    """Pillow says 1 dpi for a TIFF without one; written back, that sized a 30-pixel image at 30 inches."""
+    src = tmp_path / f"plain{ext}"
+    Image.fromarray(rng_array((H, W))).save(src)
+    x, info = read_image(src)
+    assert info.dpi is None
+    with Image.open(write_image(tmp_path / f"back{ext}", x, info)) as im:
+        assert "dpi" not in im.info or ext == ".tif"  # Pillow reads TIFF's default back as (1, 1) ...
+        assert 282 not in getattr(im, "tag_v2", {})  # ... but no resolution tag is written
+
+
+def test_sixteen_bit_grey_with_alpha_stays_grey(tmp_path: Path) -> None:
+    """Pillow reads it as 8-bit RGBA; it came back as a colour file."""
+    import struct
+    import zlib
+
+    w, h = 3, 2
+    rows = b"".join(
+        b"\0" + b"".join(struct.pack(">HH", 20000 * i, 40000) for i in range(w)) for _ in range(h)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)  # 16 bits, colour type 4: grey and alpha
+    src = tmp_path / "la16.png"
+    src.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    x, info = read_image(src)
+    assert x.shape == (1, h, w) and info.alpha is not None and (info.alpha == 40000 >> 8).all()
+    assert x[0, 0].mul(255).round().tolist() == [0, 20000 >> 8, 40000 >> 8]
+    with Image.open(write_image(tmp_path / "back.png", x, info)) as im:
+        assert im.mode == "LA"

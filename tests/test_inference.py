@@ -321,6 +321,25 @@ def test_folder_run_writes_good_and_reports_bad(mixed: Path, tmp_path: Path) -> 
     assert info.value.exit_code == 7 and "2 of 4 files failed" in str(info.value)
 
 
+def test_a_folder_that_cannot_be_read_fails_like_a_file(tmp_path: Path, unreadable) -> None:
+    """Path.rglob passed over it without a word: its images were missing and the run reported success."""
+    save(tmp_path / "in" / "a.png", u8((8, 8)))
+    save(tmp_path / "in" / "locked" / "x.png", u8((8, 8)))
+    unreadable(tmp_path / "in" / "locked")
+    report = denoise_files([tmp_path / "in"], TinyConv(), tmp_path / "out")
+    assert report.written == [tmp_path / "out" / "a.png"]
+    assert report.failed == [
+        (
+            tmp_path / "in" / "locked",
+            f"{tmp_path / 'in' / 'locked'}: cannot read this folder (Permission denied); the images in it were "
+            "not denoised",
+        )
+    ]
+    unreadable(tmp_path / "in")  # nothing else to do: the folder is the error, not "no files found"
+    with pytest.raises(ResourceError, match=r"in: cannot read this folder \(Permission denied\)$"):
+        denoise_files([tmp_path / "in"], TinyConv(), tmp_path / "out2")
+
+
 def test_existing_output_kept_without_force_and_replaced_with_it(tmp_path: Path) -> None:
     src = tmp_path / "in"
     save(src / "a.png", u8((10, 12)))
@@ -511,6 +530,19 @@ def test_add_noise_with_the_real_noise_models(tmp_path: Path) -> None:
         denoise_files([a], TinyConv(), tmp_path / "out2", add_noise="no-such-noise:1")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")
+def test_add_noise_takes_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Python keeps such a name's bytes as surrogates, which str.encode() refuses: the noise seed hashed it."""
+    pytest.importorskip("dae.data.noise")
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1, as old archives hold them
+    a = save(tmp_path / "in" / name, np.full((16, 16), 128, np.uint8))
+    b = save(tmp_path / "in" / "z.png", np.full((16, 16), 128, np.uint8))
+    report = denoise_files([tmp_path / "in"], TinyConv(), tmp_path / "out", add_noise="gaussian:0.2")
+    assert report.ok and sorted(report.written) == sorted(
+        [tmp_path / "out" / a.name, tmp_path / "out" / b.name]
+    )
+
+
 def test_checkpoint_path_is_loaded_with_load_model(tmp_path: Path, monkeypatch) -> None:
     loaded = []
 
@@ -576,7 +608,7 @@ def test_a_jpeg_and_a_png_of_one_name_each_get_a_noisy_copy(tmp_path: Path) -> N
     assert report.ok and sorted(p.name for p in report.noisy) == ["a.noisy.jpg.png", "a.noisy.png"]
 
 
-@pytest.mark.parametrize("where", ["file-parent", "unwritable"])
+@pytest.mark.parametrize("where", ["file-parent", "unwritable", "unwritable-itself"])
 def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path: Path, where, monkeypatch):
     a = save(tmp_path / "a.png", u8((8, 8)))
     if where == "file-parent":
@@ -588,6 +620,8 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_pat
         (tmp_path / "ro").mkdir()
         monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro")  # root ignores chmod
         out, match = tmp_path / "ro" / "out", r"ro/out: cannot create the output folder: .*ro is not writable"
+        if where == "unwritable-itself":  # there already: "cannot create" it was wrong
+            out, match = tmp_path / "ro", r"ro: the output folder is not writable$"
     monkeypatch.setattr(inference, "_load", lambda *a: pytest.fail("loaded the model first"))
     with pytest.raises(UsageError if where == "file-parent" else ResourceError, match=match):
         denoise_files([a], TinyConv(), out)

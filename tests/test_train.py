@@ -596,6 +596,22 @@ def test_training_names_the_pictures_padded_up_to_a_crop(tmp_path, capsys):
     assert "1 picture(s) smaller than the 12x12 crops are padded by reflection" in err and "strip.png" in err
 
 
+@pytest.mark.parametrize("pictures, shared", [(2, True), (3, False)])
+def test_training_says_when_its_one_picture_is_also_the_validation_picture(
+    tmp_path, capsys, pictures, shared
+):
+    root = _photos(tmp_path / "photos", n=pictures, size=(30, 34))  # the first is the test split
+    cfg = {
+        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12},
+        "model": {"name": "strided"},
+        "train": {"steps": 1},
+        "out": str(tmp_path / "run"),
+    }
+    train(cfg, progress=False)
+    said = "the folder's training split is one picture" in capsys.readouterr().err
+    assert said == shared
+
+
 def test_a_folder_run_resumed_after_its_first_epoch_matches_an_uninterrupted_one(tmp_path):
     root = _photos(tmp_path / "photos", n=6, size=(30, 34))
 

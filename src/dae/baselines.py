@@ -89,8 +89,10 @@ def estimate_sigma(x: Tensor) -> list[float]:
         img, axis = _image_view(a)
         # skimage gives NaN for an image with no fine detail at all (a digit a block erased), with numpy's
         # "Mean of empty slice" warnings on the way: there is no noise to see.
+        # A grey picture a few pixels wide makes skimage guess it is a colour image and say so: it is not.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", "image is size .* on the last axis", UserWarning)
             s = float(_est(img, channel_axis=axis, average_sigmas=True))
         out.append(s if math.isfinite(s) else 0.0)
     return out

@@ -262,7 +262,7 @@ def cmd_denoise(args: argparse.Namespace, rest: list[str]) -> int:
             file=sys.stderr,
         )
     if report.failed:
-        raise PartialFailure(f"{len(report.failed)} of {report.total} input file(s) failed (listed above)")
+        raise PartialFailure(f"{len(report.failed)} of {report.total} input(s) failed (listed above)")
     return 0
 
 
@@ -438,9 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise image files or folders",
         description="Denoise image files, and folders searched recursively for .png, .jpg, .jpeg, .tif, .tiff "
         "and .bmp files (other images are listed as skipped). Outputs keep each file's name, relative folder, "
-        "format and bit depth. Outputs already there are kept, so a rerun finishes an interrupted folder; "
-        "after changing the checkpoint or --add-noise, pass --force to replace them. For one file given alone, "
-        "an existing output is an error.",
+        "format and bit depth (16-bit colour, and 16-bit grey with alpha, come back 8-bit: Pillow reads them "
+        "so). A folder that cannot be read fails like a file (exit 7). Outputs already there are kept, so a "
+        "rerun finishes an interrupted folder; after changing the checkpoint or --add-noise, pass --force to "
+        "replace them. For one file given alone, an existing output is an error.",
     )
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     method = d.add_mutually_exclusive_group(required=True)

@@ -1,4 +1,5 @@
-"""Atomic, durable file writes: the one helper behind checkpoints, datasets, images, figures and reports.
+"""Atomic, durable file writes: the one helper behind checkpoints, datasets, images, figures and reports;
+and the folder walk behind image folders, which names the folders it could not read.
 
 A write goes to a temp file in the target's directory, is flushed and fsynced, then renamed over the target
 and the directory fsynced, so a reader (or a crash) sees the old file or the whole new one, never a mix.
@@ -51,8 +52,29 @@ def output_folder(path: str | Path) -> Path:
     if ancestor.exists() and not ancestor.is_dir():
         raise UsageError(f"{path}: cannot create the output folder: {ancestor} is a file")
     if ancestor.is_dir() and not os.access(ancestor, os.W_OK | os.X_OK):
+        if ancestor == path:
+            raise ResourceError(f"{path}: the output folder is not writable")
         raise ResourceError(f"{path}: cannot create the output folder: {ancestor} is not writable")
     return path
+
+
+def walk_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Everything under `root` but folders (files, and links to files or to nothing), unsorted, leaving out
+    hidden names and whatever hidden folders hold; and each folder that could not be read, with the reason.
+
+    Path.rglob passes over a folder it cannot read without a word, so its images would go missing from a
+    dataset or a denoise run that then reports success. Links to folders are not followed (as rglob).
+    """
+    unreadable: list[tuple[Path, str]] = []
+
+    def refused(e: OSError) -> None:
+        unreadable.append((Path(e.filename) if e.filename is not None else root, e.strerror or str(e)))
+
+    found: list[Path] = []
+    for folder, subfolders, names in os.walk(root, onerror=refused):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # ._x.png, .git, .tmp folders
+        found += [Path(folder, n) for n in names if not n.startswith(".")]
+    return found, unreadable
 
 
 def make_folder(path: str | Path) -> Path:

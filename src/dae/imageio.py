@@ -12,7 +12,8 @@ Rules (what a file becomes, and what is written back):
     drop it.
   - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Floating-point (mode F) input is written back
     as a 32-bit float TIFF on its own scale ([0, 1] or [0, 255]), and as 16-bit PNG. Pillow reads 16-bit colour
-    PNG/TIFF as 8 bits per channel, so colour output is always 8-bit. JPEG is written with quality 95.
+    PNG/TIFF, and 16-bit grey with alpha, as 8 bits per channel, so those come back 8-bit (grey with alpha
+    stays grey). JPEG is written with quality 95.
   - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
     displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
     its colour space (CMYK, LAB, YCbCr and HSV are read as RGB), and so is the resolution (dpi).
@@ -112,12 +113,19 @@ def _read(path: Path, max_pixels: int | None, lift: bool) -> tuple[Tensor, Image
                     )
                 fmt = im.format
                 src_mode = im.mode
-                dpi = _dpi(im.info.get("dpi"))
+                # Pillow reports 1 dpi for a TIFF without a resolution tag (282): written back, a print would
+                # size each pixel at an inch.
+                no_resolution = fmt == "TIFF" and 282 not in getattr(im, "tag_v2", {})
+                dpi = None if no_resolution else _dpi(im.info.get("dpi"))
                 # The profile describes the file's colour space; pixels converted out of it (CMYK, LAB,
                 # YCbCr, HSV to RGB) would be mis-rendered under it.
                 icc = im.info.get("icc_profile") if src_mode not in _CONVERTED_MODES else None
+                # Pillow reads a 16-bit grey-and-alpha PNG as 8-bit RGBA: keep it grey (its depth is lost).
+                gray_alpha = fmt == "PNG" and bool(im.tile) and getattr(im.tile[0], "args", None) == "LA;16B"
                 im.load()  # decode now so truncation surfaces here, as OSError
                 im = ImageOps.exif_transpose(im)
+                if gray_alpha and im.mode == "RGBA":
+                    im = im.convert("LA")  # R = G = B, so exact
                 x, bit_depth, alpha, scale = _to_array(im, path)
     except DataError:
         raise

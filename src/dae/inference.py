@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dae.checks import is_whole
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
-from dae.fileio import make_folder, output_folder
+from dae.fileio import make_folder, output_folder, walk_files
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, OutputExists, read_image, write_image
 from dae.models.base import module_device
 
@@ -366,7 +366,8 @@ def denoise_files(
     Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files are
     passed over; anything already under out_dir is left out, and listed in `report.left_out` unless it is an
     output of this run; images in other formats such as .webp and links to nothing are listed in
-    `report.skipped`) and keep their relative layout under out_dir. Each output is
+    `report.skipped`; a folder that cannot be read is in `report.failed`) and keep their relative layout under
+    out_dir. Each output is
     `<stem><suffix><ext>`, written atomically. An existing output is kept unless force=True: listed in
     `report.kept` when the run has several inputs (so a rerun after an interrupt does the rest), an error for
     one explicit file. An output that would be an input is a UsageError before anything runs.
@@ -403,12 +404,20 @@ def denoise_files(
     single = len(inputs) == 1 and Path(inputs[0]).is_file()
     skipped: list[Path] = []
     left_out: list[Path] = []
-    jobs = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, skipped, left_out)
+    unreadable: list[tuple[Path, str]] = []
+    jobs = _plan(
+        inputs, out_root, suffix, add_noise is not None and save_noisy, skipped, left_out, unreadable
+    )
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
     # Folders are made as each output is written (_run_job), so a run in which every file fails leaves none.
 
     report = DenoiseReport(out_dir=out_root, skipped=skipped, left_out=left_out)
+    # A folder that could not be searched fails like a file: its images are missing from the outputs.
+    report.failed += [
+        (folder, f"{folder}: cannot read this folder ({reason}); the images in it were not denoised")
+        for folder, reason in unreadable
+    ]
     if progress is None:
         progress = sys.stderr.isatty()
     iterator: Any = jobs
@@ -467,7 +476,8 @@ def _run_job(
     x, info = read_image(job.src, max_pixels=max_pixels)  # (C, H, W)
     if noise is not None:
         # Seeded per file by name, so a file's noise does not depend on which other files are in the run.
-        name_hash = zlib.crc32(job.rel.as_posix().encode())
+        # fsencode: a name that is not UTF-8 (an old Latin-1 archive) holds surrogates that .encode() refuses.
+        name_hash = zlib.crc32(os.fsencode(job.rel.as_posix()))
         generator = torch.Generator().manual_seed((seed * 1_000_003 + name_hash) % 2**63)
         x = noise(x[None], generator)[0].clamp(0.0, 1.0)
     y = denoise(model, x, device=device, tile=tile, overlap=overlap)
@@ -492,10 +502,12 @@ def _plan(
     with_noisy: bool,
     skipped: list[Path],
     left_out: list[Path],
+    unreadable: list[tuple[Path, str]],
 ) -> list[_Job]:
     """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes.
-    Appends to `skipped` the images in formats dae does not write and to `left_out` the images under out_root
-    (inside an input folder) that are not outputs of this run."""
+    Appends to `skipped` the images in formats dae does not write, to `left_out` the images under out_root
+    (inside an input folder) that are not outputs of this run, and to `unreadable` the folders (with the
+    reason) that could not be searched; with nothing else found, the first of those is the error."""
     out_resolved = out_root.resolve()
     pairs: list[tuple[Path, Path]] = []
     under_output: list[Path] = []
@@ -507,10 +519,11 @@ def _plan(
             # An output folder inside the input folder is skipped, so a re-run does not denoise its outputs. One
             # that holds the input folder (`dae denoise scans/raw -o scans`) is not: it would skip everything.
             skip = out_resolved if path.resolve() in out_resolved.parents else None
-            for f in sorted(path.rglob("*"), key=lambda p: p.relative_to(path).as_posix()):
+            files, refused = walk_files(path)
+            unreadable += refused
+            for f in sorted(files, key=lambda p: p.relative_to(path).as_posix()):
                 rel, ext = f.relative_to(path), f.suffix.lower()
-                hidden = any(part.startswith(".") for part in rel.parts)  # ._x.png, .tmp files, .git
-                if hidden or ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS:
+                if ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS:
                     continue
                 if ext in IMAGE_EXTENSIONS and f.is_file():
                     if skip is None or skip not in f.resolve().parents:
@@ -521,6 +534,9 @@ def _plan(
                     skipped.append(f)  # another format, or a link to nothing
         else:
             pairs.append((path, Path(path.name)))
+    if not pairs and unreadable:
+        folder, reason = unreadable[0]
+        raise ResourceError(f"{folder}: cannot read this folder ({reason})")
     if not pairs:
         inside = (
             f" ({len(under_output)} left out: they are in the output folder {out_root})"

@@ -200,6 +200,8 @@ class TrainingData(NamedTuple):
     # A folder's: the training crops of an epoch (N of them, like `train`); None: `train` serves every epoch.
     redraw: Callable[[int], Tensor] | None = None
     padded: tuple[Path, ...] = ()  # a folder's pictures smaller than a crop
+    # A folder whose training split is one picture: it is also the validation picture, so say so.
+    val_is_train: Path | None = None
 
 
 def load_train_val(cfg: Config) -> TrainingData:
@@ -241,7 +243,8 @@ def load_train_val(cfg: Config) -> TrainingData:
         crops = folder.crops(derive_seed("crops", cfg.seed, epoch), train_pictures)
         return crops if d.limit is None else crops[: d.limit].clone()  # a view would keep every crop
 
-    return TrainingData(redraw(0), val, redraw, tuple(folder.padded))
+    shared = folder.files[val_pictures[0]] if val_pictures == train_pictures else None
+    return TrainingData(redraw(0), val, redraw, tuple(folder.padded), shared)
 
 
 def _continue_stream(generator: torch.Generator, state: Tensor | None, fresh_seed: int) -> bool:
@@ -676,6 +679,12 @@ def _train(
             f"are padded by reflection, e.g. {data.padded[0]}; a smaller --data.patch_size pads fewer",
             file=sys.stderr,
         )
+    if data.val_is_train is not None and world.main:
+        print(
+            f"dae: the folder's training split is one picture, {data.val_is_train}, so it also serves for "
+            "validation: the validation PSNR scores a picture the model trains on; add pictures to hold one out",
+            file=sys.stderr,
+        )
     n_train = train_u8.shape[0]
     in_channels = train_u8.shape[1]
     train_u8 = train_u8.to(device)
@@ -901,7 +910,8 @@ def _train(
                 train_u8 = None  # let the last epoch's crops go before drawing the next
                 try:
                     train_u8, drawn_epoch = data.redraw(epoch).to(device), epoch
-                except DataError as e:  # a picture not held in memory, changed or removed since the start
+                # A picture not held in memory, changed (DataError) or removed (ResourceError) since the start.
+                except (DataError, ResourceError) as e:
                     raise DataError(
                         f"{e}; the image folder changed during training: stopped at step {step} (epoch {epoch}); "
                         f"restore it and --resume from {last_path or 'the run'}"

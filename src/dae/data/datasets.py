@@ -7,6 +7,7 @@ mirrors into the cache. Every file is checked against the SHA-256 of the officia
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -32,7 +33,8 @@ import torch
 from dae.checks import is_whole, machine_memory
 from dae.data.idx import idx_bytes, read_idx_with_digest, write_atomic
 from dae.errors import DataError, ResourceError, UsageError
-from dae.fileio import expand_user
+from dae.fileio import expand_user, walk_files
+from dae.imageio import IMAGE_EXTENSIONS
 from dae.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,7 @@ def check_dataset(
         for path in files:  # every file is checked, so one run names every bad one
             try:
                 pixels, gray = read_image(path)
-            except DataError as e:
+            except (DataError, ResourceError) as e:  # ResourceError: a file that cannot be read at all
                 bad.append(str(e))
                 continue
             kind = "grayscale" if gray else "colour"
@@ -702,27 +704,39 @@ def fashion_mnist(
 
 # ---------------------------------------------------------------------------------------------- image folders
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the files `dae denoise` takes: what trains is what it denoises
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
 def list_image_files(root: Path) -> list[Path]:
-    """Image files under `root` (recursive, by suffix, hidden files skipped), sorted by path."""
-    files = [
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
-    return sorted(files)
+    """Image files under `root` (recursive, by suffix, hidden files skipped), sorted by path; a file reached by
+    several names (a link beside its target) once, under its first name, so it cannot land in both splits.
+    A folder that cannot be read is a ResourceError: its images would otherwise be left out without a word."""
+    found, unreadable = walk_files(root)
+    if unreadable:
+        folder, reason = unreadable[0]
+        raise ResourceError(
+            f"{folder}: cannot read this folder ({reason}); make it readable, or move it out of {root}"
+        )
+    files: dict[Path, Path] = {}
+    for p in sorted(found):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            files.setdefault(p.resolve(), p)
+    return list(files.values())
 
 
 def _open_image(path: Path):  # -> PIL.Image.Image
-    from PIL import Image
+    """Open (not decode) an image for its header, failing as dae.imageio.read_image does."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         return Image.open(path)
+    except (PermissionError, IsADirectoryError) as e:
+        raise ResourceError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnidentifiedImageError:  # its message repeats the path
+        raise DataError(
+            f"{path}: not a readable image (not one Pillow can identify: other format or damaged)"
+        ) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
@@ -749,45 +763,18 @@ def image_is_gray(path: Path) -> bool:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
     """Decode an image file to uint8 (H, W, C) with C 1 (grayscale) or 3 (colour); alpha is dropped.
 
+    Decoded by dae.imageio.read_image, the reader `dae denoise` uses, so that training takes and refuses a file
+    as denoising does (a multi-page TIFF or 32-bit integer samples beyond 16 bits are errors, not cut down).
     EXIF orientation is applied; 16-bit images are scaled to 8 bit (v / 257, rounded).
 
     Example:
         >>> pixels, gray = read_image("photo.jpg")  # (H, W, 3) uint8, False
     """
-    from PIL import Image, ImageOps
+    from dae.imageio import read_image as read_file
 
-    path = Path(path)
-    try:
-        with _open_image(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return _to_uint8(im)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
-
-
-def _to_uint8(im) -> tuple[np.ndarray, bool]:
-    mode = im.mode
-    if mode.startswith("I"):  # 16-bit grayscale (I;16*) or 32-bit int holding 16-bit values
-        a = np.asarray(im).astype(np.float64)
-        return np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)[..., None], True
-    if mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64))
-        if a.max(initial=0.0) <= 1.0:  # float images are conventionally [0, 1]
-            a = a * 255.0
-        return np.clip(np.round(a), 0, 255).astype(np.uint8)[..., None], True
-    if mode in ("1", "L", "LA", "La"):
-        return np.asarray(im.convert("L"))[..., None], True
-    if mode in ("P", "PA"):
-        gray = _palette_is_gray(im)
-        rgb = np.asarray(im.convert("RGBA"))[..., :3]  # palette transparency becomes alpha, then dropped
-        return (np.ascontiguousarray(rgb[..., :1]) if gray else np.ascontiguousarray(rgb)), gray
-    if mode == "RGB":
-        return np.asarray(im), False
-    if mode in ("RGBA", "RGBa", "RGBX"):
-        return np.ascontiguousarray(np.asarray(im)[..., :3]), False
-    return np.asarray(im.convert("RGB")), False  # CMYK, YCbCr, ...
+    x, _ = read_file(path)  # (C, H, W) float32 in [0, 1]
+    pixels = x.mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(pixels), x.shape[0] == 1
 
 
 # A folder dataset's crops are held in memory as uint8; more than half the machine's memory cannot train.
@@ -965,8 +952,9 @@ def folder(
     if not files:
         raise ResourceError(f"{folder_root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if channels is None:
-        # Decided over all files, not only this split's, so train and test always agree.
-        channels = 1 if all(image_is_gray(f) for f in files) else 3
+        with _check_hint(folder_root, files):
+            # Decided over all files, not only this split's, so train and test always agree.
+            channels = 1 if all(image_is_gray(f) for f in files) else 3
     if split == "all":
         chosen = files
     else:
@@ -986,7 +974,21 @@ def folder(
             "use a smaller patch_size (--data.patch_size), fewer patches_per_image (--data.patches_per_image) or fewer "
             "images"
         )
-    return FolderDataset(chosen, split, folder_root, channels, patch_size, patches_per_image, seed)
+    with _check_hint(folder_root, files):
+        return FolderDataset(chosen, split, folder_root, channels, patch_size, patches_per_image, seed)
+
+
+@contextlib.contextmanager
+def _check_hint(folder_root: Path, files: list[Path]):
+    """The first bad file stops a folder's load: say how to list them all, or fixing one takes a rerun each."""
+    try:
+        yield
+    except (DataError, ResourceError) as e:  # ResourceError: a file that cannot be read at all
+        if len(files) == 1:
+            raise
+        raise type(e)(
+            f"{e}; `dae data check folder --data-dir {folder_root}` lists every file that cannot be used"
+        ) from None
 
 
 __all__ = [
