@@ -71,7 +71,8 @@ def test_resume_of_a_run_whose_noise_was_drawn_on_another_device(tmp_path, data_
 
     def from_a_gpu(*args, **kwargs):
         ck = load(*args, **kwargs)
-        ck.state["noise_rng"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0] + [0] * 8, dtype=torch.uint8)
+        if ck.state is not None:  # the training state, not the best checkpoint's check
+            ck.state["noise_rng"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0] + [0] * 8, dtype=torch.uint8)
         return ck
 
     monkeypatch.setattr(train_module, "load_checkpoint", from_a_gpu)
@@ -177,6 +178,49 @@ def test_resume_where_no_run_was_made_is_a_missing_resource(tmp_path, data_dir):
     # Nothing is corrupt (exit 4): there is nothing to continue (exit 5).
     with pytest.raises(ResourceError, match="no checkpoint to resume from .* start the run without --resume"):
         train(small_config(tmp_path, data_dir, steps=2), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_resume_replaces_a_damaged_or_missing_best_checkpoint(tmp_path, data_dir, capsys, damage):
+    """It was reported as the run's best (exit 0), and `dae eval` on the run then failed."""
+    first = train(small_config(tmp_path, data_dir, steps=2, val_every=1), progress=False)
+    best = first.run_dir / "checkpoints" / "best.safetensors"
+    if damage == "truncated":
+        best.write_bytes(best.read_bytes()[:500])
+    else:
+        best.unlink()
+    finished = train(small_config(tmp_path, data_dir, steps=2), resume=True, progress=False)
+    assert finished.best_checkpoint is None  # nothing trained, so nothing better to offer
+    assert "the next validation saves a new best checkpoint" in capsys.readouterr().err
+    again = train(small_config(tmp_path, data_dir, steps=3, val_every=1), resume=True, progress=False)
+    assert again.best_checkpoint == best and load_model(best) is not None
+    assert again.best_val_psnr == load_checkpoint(best).record["metrics"]["val_psnr"]
+
+
+def test_a_fresh_start_does_not_replace_a_best_checkpoint_left_alone(tmp_path, data_dir):
+    first = train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    for record in (first.run_dir / "checkpoints").glob("step-*"):
+        record.unlink()  # the training state is gone; the best model is still there
+    kept = (first.run_dir / "checkpoints" / "best.safetensors").read_bytes()
+    with pytest.raises(ResourceError, match="already holds checkpoints"):
+        train(small_config(tmp_path, data_dir, steps=2), progress=False)
+    with pytest.raises(
+        ResourceError, match=r"no training state \(step-\*\.json\) is left .* another directory"
+    ):
+        train(small_config(tmp_path, data_dir, steps=2), resume=True, progress=False)
+    assert (first.run_dir / "checkpoints" / "best.safetensors").read_bytes() == kept
+
+
+def test_an_out_under_home_is_the_home_folder_not_a_folder_named_tilde(tmp_path, data_dir, monkeypatch):
+    """`out: ~/runs/x` made ./~/runs/x, for an `rm -rf ~` to clean up."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    cfg["out"] = "~/runs/x"
+    result = train(cfg, progress=False)
+    assert result.run_dir == tmp_path / "home" / "runs" / "x" and not (tmp_path / "~").exists()
+    assert train(cfg, resume=True, progress=False).step == 2  # reads the same folder's config
+    assert load_model("~/runs/x") is not None
 
 
 def test_existing_run_needs_resume(tmp_path, data_dir):

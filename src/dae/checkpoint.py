@@ -31,7 +31,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dae.errors import CheckpointError, ResourceError, TrainingError, UsageError
-from dae.fileio import WriteError, atomic_write_bytes
+from dae.fileio import WriteError, atomic_write_bytes, expand_user
 
 FORMAT = "dae-checkpoint"
 FORMAT_VERSION = 1
@@ -171,7 +171,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UsageError(f"a checkpoint is a path (file or run folder), got {type(path).__name__}")
     if not os.fspath(path):  # Path("") is the current folder, whose checkpoints/ would load without a word
         raise UsageError("the checkpoint path is empty; pass a checkpoint file or run folder")
-    p = Path(path)
+    p = expand_user(path, "checkpoint")  # ~/runs/x from a config or the library, as a shell would
     if p.is_dir():
         for candidate in (p / "checkpoints" / "best.safetensors", p / "best.safetensors"):
             if candidate.exists():

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dae.checks import is_whole
 from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
-from dae.fileio import make_folder, output_folder, walk_files
+from dae.fileio import expand_user, make_folder, output_folder, walk_files
 from dae.imageio import DEFAULT_MAX_PIXELS, FORMATS, IMAGE_EXTENSIONS, OutputExists, read_image, write_image
 from dae.models.base import module_device
 
@@ -512,7 +512,7 @@ def _plan(
     pairs: list[tuple[Path, Path]] = []
     under_output: list[Path] = []
     for item in inputs:
-        path = Path(item)
+        path = expand_user(item, "input")
         if not path.exists():
             raise ResourceError(f"{path}: no such file or folder")
         if path.is_dir():

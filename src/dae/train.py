@@ -391,6 +391,11 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
     """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
     if not generations:
+        if _holds_checkpoints(ckpt_dir):  # a fresh start there would overwrite them (and is refused)
+            raise ResourceError(
+                f"no checkpoint to resume from in {ckpt_dir}: no training state (step-*.json) is left beside its "
+                "other checkpoints; train into another directory (--out), or move this one away first"
+            )
         raise ResourceError(f"no checkpoint to resume from in {ckpt_dir}; start the run without --resume")
     for record in generations:
         try:
@@ -529,7 +534,7 @@ def naming_every_stop(layer: dict[str, Any]) -> dict[str, Any]:
 
 def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
-    run_dir = Path(run_dir)
+    run_dir = expand_user(run_dir, "run folder")  # as output_folder reads the same `out`
     saved = load_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
     # An emptied config.yaml says nothing: it must not make a strided run resume as the default unet.
     if saved:
@@ -579,8 +584,14 @@ def train(
             release_freed_memory()
 
 
+def _holds_checkpoints(ckpt_dir: Path) -> bool:
+    """A finished generation (its record, written last), or a best model: a fresh start would replace them.
+    A generation's weights without its record are an unfinished one, which a fresh start may clear."""
+    return any(ckpt_dir.glob("step-*.json")) or (ckpt_dir / "best.safetensors").exists()
+
+
 def _refuse_a_fresh_start_over_checkpoints(run_dir: Path, resume: bool) -> None:
-    if not resume and any((run_dir / "checkpoints").glob("step-*.json")):
+    if not resume and _holds_checkpoints(run_dir / "checkpoints"):
         raise ResourceError(
             f"run directory {run_dir} already holds checkpoints; resume it (--resume, or resume=True) or "
             "train into another directory (--out, or the config's out)"
@@ -760,6 +771,7 @@ def _train(
     if not claim_early:  # the run folder's first write comes next
         _claim_run(run_dir, resume, world, held)
     step, epoch, batch_index, elapsed_before, best_psnr = 0, 0, 0, 0.0, -math.inf
+    best_sound = True  # False while best.safetensors is a damaged or missing one a resume found
     if ck is not None:
         try:
             model.load_state_dict(ck.model.state_dict())
@@ -812,6 +824,12 @@ def _train(
                     "eval_seed or the data changed): the best checkpoint is chosen afresh from here",
                     file=sys.stderr,
                 )
+        elif (damage := _best_damage(ckpt_dir / "best.safetensors")) is not None:
+            # Kept as it was, it would be reported as the run's best, and a better score would be needed to
+            # replace it: the next validation saves a new one.
+            best_psnr, best_sound = -math.inf, False
+            if world.main:
+                print(f"dae: {damage}: the next validation saves a new best checkpoint", file=sys.stderr)
     # A resumed run that had already reached its stop condition trains no further step, and keeps the config
     # it ran under rather than recording stop settings it never ran with.
     done = resume and (step >= total_steps or (t.time_budget is not None and elapsed_before >= t.time_budget))
@@ -830,7 +848,7 @@ def _train(
     writer = _tensorboard(run_dir) if world.main else None
 
     def save_generation(metrics: dict[str, float]) -> Path:
-        nonlocal best_psnr, config_pending, abandoned
+        nonlocal best_psnr, config_pending, abandoned, best_sound
         is_best = metrics.get("val_psnr", -math.inf) > best_psnr
         best_psnr = max(best_psnr, metrics.get("val_psnr", -math.inf))
         path = ckpt_dir / f"step-{step:08d}.safetensors"
@@ -875,6 +893,7 @@ def _train(
         if is_best:
             try:
                 save_checkpoint(model, ckpt_dir / "best.safetensors", **meta)
+                best_sound = True
             except ResourceError as e:  # the step's generation is complete: a resume continues from it
                 raise ResourceError(
                     f"{e}; stopped at step {step}; {path} is complete (resume from it)"
@@ -1008,7 +1027,7 @@ def _train(
     best = ckpt_dir / "best.safetensors"
     return TrainResult(
         run_dir=run_dir,
-        best_checkpoint=best if best.exists() else None,
+        best_checkpoint=best if best.exists() and best_sound else None,
         last_checkpoint=last_path,
         step=step,
         epoch=epoch,
@@ -1017,6 +1036,17 @@ def _train(
         history=history,
         trained_with=run_on,
     )
+
+
+def _best_damage(path: Path) -> str | None:
+    """Why a run's best checkpoint cannot serve (missing, or failing its own checks); None when it can."""
+    if not path.exists():
+        return f"{path} is missing"
+    try:
+        load_checkpoint(path)
+    except (CheckpointError, ResourceError) as e:
+        return str(e)
+    return None
 
 
 def trained_with(device: torch.device, precision: str, processes: int) -> dict[str, Any]:
