@@ -384,3 +384,20 @@ def test_a_record_asking_for_a_huge_model_is_refused_before_memory_is_spent(tmp_
     monkeypatch.setattr(dae.models, "create_model", real)
     model.dae_kwargs = {**model.dae_kwargs, "channels": [16, 32]}
     assert load_model(save_checkpoint(model, tmp_path / "ok.safetensors")).dae_kwargs["channels"] == [16, 32]
+
+
+@pytest.mark.parametrize("sidecar", ["{not json", "", "\xff"])
+def test_weights_that_vouch_for_themselves_load_past_an_unreadable_sidecar(saved, sidecar):
+    """The record embedded in the weights, with their hash, is what a missing or stale sidecar falls back to."""
+    model, path = saved
+    paths_for(path)[2].write_bytes(sidecar.encode("latin-1"))
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(model.eval()(x), load_model(path)(x))
+
+
+def test_an_unreadable_sidecar_beside_damaged_weights_is_still_an_error(saved):
+    _, path = saved
+    paths_for(path)[2].write_text("{not json")
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="is not valid JSON"):
+        load_model(path)

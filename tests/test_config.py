@@ -186,5 +186,6 @@ def test_time_budget_takes_a_duration_in_files_and_dicts_as_on_the_command_line(
     assert build_config({"train": {"time_budget": " none "}}).train.time_budget is None
     f.write_text("train:\n  time_budget: 1e3\n")  # YAML reads 1e3 as a string; it is still a number
     assert build_config(load_config_file(f)).train.time_budget == 1000
+    assert parse_duration("1e3") == parse_duration("1000") and parse_duration("1.5e1m") == 900  # as overrides
     with pytest.raises(UsageError, match=r"config field train\.time_budget: bad duration 'soon'"):
         build_config({"train": {"time_budget": "soon"}})

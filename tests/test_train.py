@@ -107,8 +107,10 @@ def test_resume_with_another_model_is_a_usage_error(tmp_path, data_dir):
     train(small_config(tmp_path, data_dir, steps=2), progress=False)
     cfg = small_config(tmp_path, data_dir, steps=4)
     cfg["model"] = {"name": "unet"}
-    with pytest.raises(UsageError, match="cannot continue"):
-        train(cfg, resume=True, progress=False)
+    with pytest.raises(
+        UsageError, match=r"holds model strided \{.*\}; this config's unet \(or its optimizer\) cannot"
+    ):
+        train(cfg, resume=True, progress=False)  # was "unet  (or", two spaces
 
 
 def test_keep_last_zero_is_refused(tmp_path, data_dir):
@@ -221,6 +223,24 @@ def test_an_out_under_home_is_the_home_folder_not_a_folder_named_tilde(tmp_path,
     assert result.run_dir == tmp_path / "home" / "runs" / "x" and not (tmp_path / "~").exists()
     assert train(cfg, resume=True, progress=False).step == 2  # reads the same folder's config
     assert load_model("~/runs/x") is not None
+
+
+def test_a_model_built_for_other_channels_is_refused_before_the_run_folder_is_made(tmp_path, data_dir):
+    cfg = small_config(tmp_path, data_dir, steps=2)
+    cfg["model"] = {"name": "dncnn", "kwargs": {"in_channels": 3}}
+    with pytest.raises(UsageError, match="built for 3-channel images and the training images have 1"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # was config.yaml, figures/ and .lock
+
+
+def test_running_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, data_dir):
+    def allocator_refuses(step, loss):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory")
+
+    with pytest.raises(
+        ResourceError, match=r"^out of memory training strided at batch size 64: use a smaller"
+    ):
+        train(small_config(tmp_path, data_dir, steps=2), progress=False, on_step=allocator_refuses)
 
 
 def test_existing_run_needs_resume(tmp_path, data_dir):
@@ -354,7 +374,8 @@ def test_freed_memory_is_given_back_when_training_fails(tmp_path, data_dir, monk
         ("train", "keep_last", 0, ">= 1"),
         ("train", "schedule", "xx", "cosine or constant"),
         ("train", "optimizer", "sgd", "adam or adamw"),
-        ("train", "time_budget", -3.0, "> 0"),
+        ("train", "time_budget", -3.0, "a finite number of seconds > 0"),
+        ("train", "time_budget", float("inf"), "a finite number of seconds > 0"),  # ran until killed
         ("data", "val_size", 0, ">= 1"),
         ("data", "limit", 0, ">= 1"),
     ],

@@ -208,6 +208,11 @@ def _matches(data: bytes, entry: dict[str, Any]) -> bool:
     return len(data) == entry.get("bytes") and sha256_bytes(data) == entry.get("sha256")
 
 
+class _UnreadableRecord(CheckpointError):
+    """A sidecar record that is not JSON at all (cut short, overwritten): the weights may vouch for themselves.
+    One that parses but says the wrong thing (edited by hand) stays an error."""
+
+
 def read_record(weights_path: Path) -> dict[str, Any]:
     """The JSON record beside a weights file; falls back to the copy embedded in the safetensors header."""
     _, _, record_path = paths_for(weights_path)
@@ -215,7 +220,7 @@ def read_record(weights_path: Path) -> dict[str, Any]:
         try:
             record = json.loads(record_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"checkpoint record {record_path} is not valid JSON ({e})") from None
+            raise _UnreadableRecord(f"checkpoint record {record_path} is not valid JSON ({e})") from None
         return _well_formed(record, record_path)
     return _well_formed(_embedded_record(weights_path), weights_path)  # name the file the record came from
 
@@ -311,14 +316,22 @@ def load_checkpoint(
 
     device = _device(device)  # before any reading: a bad device is the caller's mistake, not the file's
     weights_path = resolve_checkpoint(path)
-    record = read_record(weights_path)
+    try:
+        record, damaged_sidecar = read_record(weights_path), None
+    except _UnreadableRecord as e:  # the weights may still vouch for themselves, below
+        record, damaged_sidecar = {}, e
     files = record.get("files", {})
     blob = _read_verified(weights_path, None, "checkpoint weights")  # read once, checked just below
     entry = files.get("weights")
     if entry is None or not _matches(blob, entry):
-        # No sidecar, or a stale one (a crash between replacing weights and record): only the hash embedded
-        # in the weights can vouch for them.
-        record = _self_verified_record(weights_path, blob, entry)
+        # No sidecar, or a stale or damaged one (a crash between replacing weights and record): only the hash
+        # embedded in the weights can vouch for them.
+        try:
+            record = _self_verified_record(weights_path, blob, entry)
+        except CheckpointError as e:
+            raise (damaged_sidecar or e) from None
+        if damaged_sidecar is not None and record.get("tensors_sha256") is None:
+            raise damaged_sidecar  # an older checkpoint, whose weights hold no hash to check them by
         files = record.get("files", {})
     try:
         tensors = st_load(blob)

@@ -92,7 +92,8 @@ def parse_duration(text: str | float | int) -> float:
     """Seconds from '90', '90s', '2m', '1.5h'."""
     if isinstance(text, int | float):
         return float(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|h)?\s*", str(text))
+    # 1e3 too, as the dotted override (a plain number) takes it.
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(s|m|h)?\s*", str(text))
     if not m:
         raise UsageError(f"bad duration {text!r}; use e.g. 90s, 2m or 1h")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]

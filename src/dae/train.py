@@ -155,7 +155,13 @@ def check_settings(cfg: Config) -> None:
         need(value is None or value >= 1, f"train.{name}", ">= 1", value)
     need(t.threads is None or t.threads >= 0, "train.threads", ">= 0 (0 or none: torch's default)", t.threads)
     need(d.limit is None or d.limit >= 1, "data.limit", ">= 1", d.limit)
-    need(t.time_budget is None or t.time_budget > 0, "train.time_budget", "> 0", t.time_budget)
+    # inf ran until killed: "none" is how to say no limit.
+    need(
+        t.time_budget is None or (math.isfinite(t.time_budget) and t.time_budget > 0),
+        "train.time_budget",
+        "a finite number of seconds > 0 (none: no limit)",
+        t.time_budget,
+    )
     need(math.isfinite(t.lr) and t.lr > 0, "train.lr", "a number > 0", t.lr)
     need(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", ">= 0", t.weight_decay)
     need(t.warmup_steps >= 0, "train.warmup_steps", ">= 0", t.warmup_steps)
@@ -576,9 +582,15 @@ def train(
             return _train(cfg, world, resume, progress, on_step, held)
     except RuntimeError as e:
         lost = world.lost_peer(e)  # a collective broken by a process that failed: its error says why
-        if lost is None:
-            raise
-        raise lost from None
+        if lost is not None:
+            raise lost from None
+        if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e):
+            # The CPU allocator's is a plain RuntimeError; the run's last checkpoint, if any, is complete.
+            raise ResourceError(
+                f"out of memory training {cfg.model.name} at batch size {cfg.train.batch_size}: use a smaller "
+                "--train.batch_size (or a smaller model)"
+            ) from None
+        raise
     finally:
         if kept:
             release_freed_memory()
@@ -736,6 +748,13 @@ def _train(
             f"{train_u8.shape[-2]}x{train_u8.shape[-1]}; for a folder give --data.patch_size={h}, or build the "
             "model for that size (--model.kwargs.height=... --model.kwargs.width=...)"
         )
+    built_for = getattr(model, "in_channels", in_channels)
+    if built_for != in_channels:  # found at the first step, after the run folder was made
+        raise UsageError(
+            f"model {cfg.model.name} was built for {built_for}-channel images and the training images have "
+            f"{in_channels}: leave model.kwargs.in_channels out (dae sets it from the data) or set it to "
+            f"{in_channels}"
+        )
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = get_loss(t.loss)
@@ -779,8 +798,8 @@ def _train(
         except (RuntimeError, ValueError, KeyError):
             saved = ck.record.get("model", {})
             raise UsageError(
-                f"{ck.path} holds model {saved.get('name')} {saved.get('kwargs') or ''}; this config's "
-                f"{cfg.model.name} {cfg.model.kwargs or ''} (or its optimizer) cannot continue it; resume "
+                f"{ck.path} holds model {_described(saved.get('name'), saved.get('kwargs'))}; this config's "
+                f"{_described(cfg.model.name, cfg.model.kwargs)} (or its optimizer) cannot continue it; resume "
                 "with the run's own settings or use another --out"
             ) from None
         if "grad_scaler" in ck.state:
@@ -1036,6 +1055,11 @@ def _train(
         history=history,
         trained_with=run_on,
     )
+
+
+def _described(name: Any, kwargs: Any) -> str:
+    """'unet {'width': 8}', or 'unet' alone (not 'unet ' before the next word)."""
+    return f"{name} {kwargs}" if kwargs else str(name)
 
 
 def _best_damage(path: Path) -> str | None:
