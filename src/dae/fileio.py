@@ -38,7 +38,7 @@ def expand_user(path: str | os.PathLike, what: str) -> Path:
 def output_folder(path: str | Path) -> Path:
     """`path` as a folder outputs will go to, checked before any work is done: a file already there, or a
     file or unwritable folder where it would be created, is refused. A leading ~ is the home folder, as in a
-    shell (a config's `out: ~/runs/x` made a folder named "~" beside it, which `rm -rf ~` then...)."""
+    shell: a config's `out: ~/runs/x` made a folder named "~" here, and `rm -rf ~` to clean it up removes home."""
     path = expand_user(path, "output folder")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: output path exists and is not a folder")
