@@ -591,12 +591,7 @@ def test_a_folder_changed_during_training_stops_it_with_where_to_resume(tmp_path
 
     root = _photos(tmp_path / "photos", n=6, size=(30, 34))
     monkeypatch.setattr(D, "MAX_HELD_BYTES", 0)  # decoded again each epoch, as a large folder is
-    cfg = {
-        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12, "patches_per_image": 4},
-        "model": {"name": "strided"},
-        "train": {"epochs": 2, "batch_size": 8},
-        "out": str(tmp_path / "run"),
-    }
+    cfg = _folder_config(root, tmp_path / "run", {"epochs": 2, "batch_size": 8}, patches_per_image=4)
 
     def remove_a_picture(step, loss):
         if step == 2:  # the end of the first epoch
@@ -650,13 +645,7 @@ def test_training_names_the_pictures_padded_up_to_a_crop(tmp_path, capsys):
 
     root = _photos(tmp_path / "photos", n=6, size=(30, 34))
     Image.fromarray(np.zeros((9, 40), np.uint8)).save(root / "strip.png")  # sorted last: a training picture
-    cfg = {
-        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12},
-        "model": {"name": "strided"},
-        "train": {"steps": 1},
-        "out": str(tmp_path / "run"),
-    }
-    train(cfg, progress=False)
+    train(_folder_config(root, tmp_path / "run", {"steps": 1}), progress=False)
     err = capsys.readouterr().err
     assert "1 picture(s) smaller than the 12x12 crops are padded by reflection" in err and "strip.png" in err
 
@@ -666,13 +655,7 @@ def test_training_says_when_its_one_picture_is_also_the_validation_picture(
     tmp_path, capsys, pictures, shared
 ):
     root = _photos(tmp_path / "photos", n=pictures, size=(30, 34))  # the first is the test split
-    cfg = {
-        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12},
-        "model": {"name": "strided"},
-        "train": {"steps": 1},
-        "out": str(tmp_path / "run"),
-    }
-    train(cfg, progress=False)
+    train(_folder_config(root, tmp_path / "run", {"steps": 1}), progress=False)
     said = "the folder's training split is one picture" in capsys.readouterr().err
     assert said == shared
 
@@ -681,12 +664,8 @@ def test_a_folder_run_resumed_after_its_first_epoch_matches_an_uninterrupted_one
     root = _photos(tmp_path / "photos", n=6, size=(30, 34))
 
     def run(name, epochs, resume=False):
-        cfg = {
-            "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12, "patches_per_image": 4},
-            "model": {"name": "strided"},
-            "train": {"epochs": epochs, "batch_size": 8, "schedule": "constant"},
-            "out": str(tmp_path / name),
-        }
+        train_cfg = {"epochs": epochs, "batch_size": 8, "schedule": "constant"}
+        cfg = _folder_config(root, tmp_path / name, train_cfg, patches_per_image=4)
         return train(cfg, resume=resume, progress=False)
 
     straight = run("a", 2)
@@ -947,6 +926,16 @@ def test_a_best_checkpoint_that_cannot_be_written_names_the_complete_step(tmp_pa
 
 
 # ------------------------------------------------------------------------------ training on a folder
+
+
+def _folder_config(root, out, train_cfg, **data):
+    """A strided run on the image folder `root`, in 12x12 crops unless `data` says otherwise."""
+    return {
+        "data": {"dataset": "folder", "data_dir": str(root), "patch_size": 12, **data},
+        "model": {"name": "strided"},
+        "train": train_cfg,
+        "out": str(out),
+    }
 
 
 def _photos(root, n=8, size=(40, 48)):
