@@ -478,6 +478,9 @@ def test_a_stop_flag_replaces_the_config_files_stop(stop, tmp_path, data_dir, ca
         ("train: {noise: 'bogus:1'}\n", "bogus"),
         ("train: {loss: nosuch}\n", "nosuch"),
         ("recipe: nosuch\n", "unknown recipe 'nosuch'"),
+        ("train: {lr: .nan}\n", "train.lr must be a number > 0"),  # checked after reading, once named nothing
+        ("train: {batch_size: 0}\n", "train.batch_size must be >= 1"),
+        ("train: {noise: off}\n", "unknown noise 'off'"),  # YAML 1.1 read False, and the noise "False"
     ],
 )
 def test_an_error_in_a_config_file_names_the_file(text, message, tmp_path, capsys, monkeypatch):
@@ -623,3 +626,110 @@ def test_report_of_an_empty_run_dir_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # "" was read as the current folder
     assert main(["report", ""]) == 2
     assert "argument run_dir: an empty path" in capsys.readouterr().err
+
+
+def _resolved(argv):
+    """The Config `dae train ARGV` would train under, without training."""
+    from dae.cli import _collect_overrides, _train_config, build_parser
+
+    args, rest = build_parser().parse_known_args(["train", *argv])
+    return _train_config(args, _collect_overrides(rest))
+
+
+def test_config_files_lay_over_each_other_in_the_order_given(tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {name: unet, kwargs: {width: 8}}\ntrain: {steps: 3, lr: 0.01}\n")
+    (tmp_path / "b.toml").write_text("[train]\nepochs = 1\nbatch_size = 32\n")
+    cfg = _resolved(["--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.toml")])
+    assert cfg.model.kwargs == {"width": 8} and cfg.train.lr == 0.01 and cfg.train.batch_size == 32
+    assert (cfg.train.epochs, cfg.train.steps) == (1, None)  # the later file's stop replaces the earlier's
+    cfg = _resolved(["--config", str(tmp_path / "b.toml"), "--config", str(tmp_path / "a.yaml")])
+    assert (cfg.train.epochs, cfg.train.steps) == (None, 3)
+
+
+def test_a_config_error_names_the_file_it_is_in_when_there_are_several(tmp_path, capsys):
+    from dae.cli import main
+
+    (tmp_path / "a.yaml").write_text("train: {lr: 0.01}\n")
+    (tmp_path / "b.yaml").write_text("train: {lr: -1}\n")
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "a.yaml"),
+        "--config",
+        str(tmp_path / "b.yaml"),
+        "--steps",
+        "1",
+    ]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"dae: config file {tmp_path / 'b.yaml'}: train.lr")
+
+
+@pytest.mark.parametrize("model", [["--model", "strided"], ["--model.name=strided"]])
+def test_another_model_on_the_command_line_drops_the_files_model_options(model, tmp_path):
+    (tmp_path / "a.yaml").write_text("model: {name: unet, kwargs: {width: 8, convs: 2}}\n")
+    cfg = _resolved(["--config", str(tmp_path / "a.yaml"), *model])
+    assert (cfg.model.name, cfg.model.kwargs) == ("strided", {})  # unet's width is no option of strided
+    cfg = _resolved(["--config", str(tmp_path / "a.yaml"), "--model", "unet"])
+    assert cfg.model.kwargs == {"width": 8, "convs": 2}
+    # Options given with the new model are its own.
+    cfg = _resolved(["--config", str(tmp_path / "a.yaml"), *model, "--model.kwargs.activation=sigmoid"])
+    assert cfg.model.kwargs == {"activation": "sigmoid"}
+
+
+def test_two_recipes_are_refused_and_one_given_twice_is_one(capsys):
+    from dae.cli import main
+
+    assert main(["train", "--recipe", "unet-fast", "--recipe", "tf-upsample-0.5", "--steps", "1"]) == 2
+    assert (
+        capsys.readouterr().err.strip() == "dae: --recipe given twice (unet-fast, tf-upsample-0.5); give one"
+    )
+    assert _resolved(["--recipe", "unet-fast", "--recipe", "unet-fast"]).recipe == "unet-fast"
+
+
+def test_train_help_lists_every_setting_with_its_default(capsys):
+    import dataclasses
+
+    from dae.cli import main
+    from dae.config import Config
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = Config()
+    for section in ("data", "train"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            assert f"{f.name}=" in text, f"{section}.{f.name}"
+    assert "lr=0.003" in text and "kwargs.OPTION=VALUE" in text and "eval_seed=1234" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train: [\n", "is not valid YAML"),
+        ("train: {lr: -1}\n", "the run's config"),
+        ("model: {name: nosuch}\n", "unknown model 'nosuch'"),
+    ],
+)
+def test_a_broken_run_config_names_itself_and_says_how_to_resume(text, message, tmp_path, data_dir, capsys):
+    from dae.cli import main
+
+    run = tmp_path / "run"
+    common = [
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(run),
+        "--quiet",
+        "--data.limit=256",
+        "--data.val_size=64",
+    ]
+    assert main(["train", "--model", "strided", "--steps", "2", *common]) == 0
+    (run / "config.yaml").write_text(text)
+    assert main(["train", "--resume", "--steps", "3", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(run / "config.yaml") in err and message in err, err
+    assert err.endswith("(fix it, or move it away to resume under the config the checkpoints record)")
+    # Moved away, the resume goes on under the config the checkpoint records (strided, as it was trained).
+    (run / "config.yaml").unlink()
+    assert main(["train", "--resume", "--steps", "3", *common]) == 0
+    assert "name: strided" in (run / "config.yaml").read_text()

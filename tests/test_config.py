@@ -189,3 +189,59 @@ def test_time_budget_takes_a_duration_in_files_and_dicts_as_on_the_command_line(
     assert parse_duration("1e3") == parse_duration("1000") and parse_duration("1.5e1m") == 900  # as overrides
     with pytest.raises(UsageError, match=r"config field train\.time_budget: bad duration 'soon'"):
         build_config({"train": {"time_budget": "soon"}})
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("010", 10),  # YAML 1.1 (PyYAML's default) reads octal 8
+        ("0o17", 15),
+        ("0x1f", 31),
+        ("1e-3", 0.001),  # YAML 1.1 reads the string "1e-3"
+        ("off", "off"),  # YAML 1.1 reads False, which `noise: off` turned into the noise spec "False"
+        ("no", "no"),
+        ("true", True),
+        ("2026-11-25", "2026-11-25"),  # YAML 1.1 reads a date
+        (".inf", float("inf")),
+    ],
+)
+def test_config_yaml_reads_scalars_as_yaml_1_2_does(tmp_path, text, value):
+    f = tmp_path / "c.yaml"
+    f.write_text(f"a: {text}\n")
+    assert load_config_file(f) == {"a": value}
+    assert parse_override(f"train.steps={text}") == {"train": {"steps": value}}
+
+
+@pytest.mark.parametrize("text", ["010", "off", "yes", "1e3", "2026-11-25", "0x1f", "true", "1_000", ""])
+def test_written_yaml_reads_back_the_same_here_and_in_yaml_1_1_readers(text):
+    import yaml
+
+    from dae.config import dump_yaml, load_yaml
+
+    written = dump_yaml({"name": text})
+    assert load_yaml(written) == {"name": text}
+    assert yaml.safe_load(written) == {"name": text}
+
+
+def test_a_saved_run_name_that_looks_like_a_number_stays_a_name(tmp_path):
+    cfg = build_config({"name": "1e3", "train": {"noise": "gaussian:0.5"}})
+    save_config(cfg, tmp_path / "config.yaml")
+    assert build_config(load_config_file(tmp_path / "config.yaml")).name == "1e3"
+
+
+def test_a_toml_suffix_in_capitals_is_read_as_toml(tmp_path):
+    f = tmp_path / "C.TOML"
+    f.write_text("seed = 7\n[train]\nlr = 0.01\n")
+    assert load_config_file(f) == {"seed": 7, "train": {"lr": 0.01}}
+
+
+def test_a_config_file_too_large_to_be_one_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    import dae.config
+
+    monkeypatch.setattr(dae.config, "MAX_CONFIG_BYTES", 64)
+    f = tmp_path / "big.yaml"
+    f.write_text("# " + "x" * 100 + "\nseed: 1\n")
+    with pytest.raises(UsageError, match=r"big.yaml is larger than .*not a config file"):
+        load_config_file(f)
+    (tmp_path / "ok.yaml").write_text("seed: 1\n")
+    assert load_config_file(tmp_path / "ok.yaml") == {"seed": 1}

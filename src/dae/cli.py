@@ -51,38 +51,17 @@ _FLAG_ALIASES = {
 }
 
 
-def _check_config_file(own: dict[str, Any]) -> None:
-    """The names a config file gives checked alone, so that an error in one names the file: its fields and
-    their kinds, and the recipe, model (with its kwargs), noise and loss it names."""
-    from dae.config import build_config
-    from dae.data.noise import parse_noise
-    from dae.losses import get_loss
-    from dae.models import MODELS
-    from dae.recipes import get_recipe
-
-    cfg = build_config(own)
-    if own.get("recipe"):
-        get_recipe(cfg.recipe)
-    model, train = own.get("model") or {}, own.get("train") or {}
-    if model.get("name"):
-        MODELS.builder(cfg.model.name, cfg.model.kwargs)
-    if train.get("noise"):
-        parse_noise(cfg.train.noise)
-    if train.get("loss"):
-        get_loss(cfg.train.loss)
-
-
 def _train_config(args: argparse.Namespace, overrides: list[str]):
     from dae.config import load_config_file, merge, parse_duration, parse_override
-    from dae.train import naming_every_stop, resolve_config
+    from dae.train import check_config_layer, lay_over, resolve_config
 
     # The file, then the flags, then dotted overrides; resolve_config lays them over the resumed run's saved
     # config and the recipe, exactly as for a library caller.
-    own = load_config_file(args.config) if args.config else {}
-    try:
-        _check_config_file(own)
-    except UsageError as e:
-        raise UsageError(f"config file {args.config}: {e}") from None
+    own: dict[str, Any] = {}
+    for path in args.config or []:  # several files lay over each other in the order given
+        layer = load_config_file(path)
+        check_config_layer(layer, f"config file {path}")
+        own = lay_over(own, layer)
     flags: dict[str, Any] = {"data": {}, "model": {}, "train": {}}
     if args.recipe:
         flags["recipe"] = args.recipe
@@ -115,8 +94,9 @@ def _train_config(args: argparse.Namespace, overrides: list[str]):
             raise UsageError(f"--{key} and {_FLAG_ALIASES[key]} both given; give one of them")
         given = merge(given, parse_override(item))
     # A stop given on the command line replaces the file's, as it replaces a recipe's and a resumed run's:
-    # `--config RUN/config.yaml --epochs 8` must not stop at the file's steps without a word.
-    return resolve_config(merge(own, naming_every_stop(given)), resume=args.resume)
+    # `--config RUN/config.yaml --epochs 8` must not stop at the file's steps without a word; and --model
+    # strided over a file's unet set-up must not hand strided the unet's options.
+    return resolve_config(lay_over(own, given), resume=args.resume)
 
 
 def _collect_overrides(rest: list[str]) -> list[str]:
@@ -322,6 +302,60 @@ def cmd_list(kind: str):
     return run
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second, different value is an error rather than the last one winning
+    (two recipes are two whole set-ups; which was meant is a guess)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest)
+        if before is not None and before != values:
+            raise UsageError(f"{option_string} given twice ({before}, {values}); give one")
+        setattr(namespace, self.dest, values)
+
+
+def _overrides_help() -> str:
+    """The settings `dae train` takes as dotted overrides, with their defaults, read from the Config dataclasses
+    themselves so that the list cannot fall behind them."""
+    import dataclasses
+    import textwrap
+
+    from dae.config import Config
+
+    def shown(value: Any) -> str:
+        return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    def paragraph(text: str, indent: str = "") -> str:
+        return textwrap.fill(text, 78, initial_indent=indent, subsequent_indent=indent and indent + "    ")
+
+    cfg = Config()
+    sections = ("data", "model", "train")
+    top = [
+        f"{f.name}={shown(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg) if f.name not in sections
+    ]
+    lines = [
+        paragraph(
+            "Settings, with their defaults: each is also --SECTION.FIELD=VALUE after the flags (e.g. "
+            "--train.lr=1e-3), and a section of a --config file; dae/config.py says what each does."
+        )
+    ]
+    for section in sections:
+        part = getattr(cfg, section)
+        values = [
+            f"{f.name}={shown(getattr(part, f.name))}" for f in dataclasses.fields(part) if f.name != "kwargs"
+        ]
+        if section == "model":
+            values.append("kwargs.OPTION=VALUE (the model's options: dae models)")
+        lines.append(paragraph(f"{section}: " + ", ".join(values), "  "))
+    lines.append(paragraph("no section: " + ", ".join(top), "  "))
+    lines.append(
+        paragraph(
+            "Later layers win: the defaults, a recipe, --config files in order, the flags, the dotted "
+            "overrides. A flag given twice counts once, the last one."
+        )
+    )
+    return "\n".join(lines)
+
+
 def _nonempty(text: str) -> str:
     """A path option's value: an empty one ('--data-dir ""', an unset shell variable) is refused, not read as
     the current folder by one command and as no option at all by another."""
@@ -369,10 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a denoiser (dotted overrides such as --train.lr=1e-3 accepted)",
-        description="Train a denoiser. In several processes or on several GPUs, start it with torchrun: "
+        description="Train a denoiser. In several processes or on several GPUs, start it with torchrun:\n"
         "torchrun --standalone --nproc-per-node N -m dae train ... (the batch size stays the whole batch).",
+        epilog=_overrides_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--config", type=_nonempty, help="YAML or TOML file setting config values")
+    t.add_argument(
+        "--config",
+        type=_nonempty,
+        action="append",
+        help="YAML or TOML file setting config values (as RUN/config.yaml); repeatable, later files win",
+    )
     t.add_argument("--dataset", type=_filled, help="mnist, fashion-mnist or folder (default mnist)")
     t.add_argument(
         "--data-dir",
@@ -380,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory holding the dataset (default $DAE_DATA_DIR, cache, download)",
     )
     t.add_argument("--model", type=_filled, help="model name (see 'dae models'); default: the best model")
-    t.add_argument("--recipe", type=_filled, help="a named preset (see 'dae models --recipes')")
+    t.add_argument("--recipe", type=_filled, action=_Once, help="a named preset (see 'dae models --recipes')")
     t.add_argument("--noise", help="training noise spec, e.g. gaussian:0.5 or gaussian:0.1-0.9")
     t.add_argument("--epochs", type=int)
     t.add_argument("--steps", type=int)

@@ -184,9 +184,15 @@ def _update(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, hints[key], where))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML with repeated keys refused, as the YAML spec says; PyYAML keeps the last one silently, which turns a
-    pasted-twice `lr:` line into a run that trains with a value the user may not have meant."""
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with two changes a config file needs.
+
+    Repeated keys are refused, as the YAML spec says; PyYAML keeps the last one silently, which turns a
+    pasted-twice `lr:` line into a run that trains with a value the user may not have meant.
+    Plain scalars are read as YAML 1.2 reads them, not YAML 1.1 (PyYAML's): only true/false are booleans,
+    so `noise: off` or `name: no` stay words; `010` is ten, not octal eight; `1e-3` is a number, not a
+    string; dates stay strings.
+    """
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -205,9 +211,56 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        # YAML 1.2's octal and hex are 0o17 and 0x1f; a leading zero alone means nothing.
+        return int(text, 0) if text.lstrip("+-")[:2] in ("0o", "0x") else int(text, 10)
+
+
+_TAG = "tag:yaml.org,2002:"
+_YAML11_SCALARS = {_TAG + name for name in ("bool", "int", "float", "timestamp")}
+_YAML12_RESOLVERS = [  # the YAML 1.2 core schema's booleans, integers and floats
+    (_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), "tTfF"),
+    (_TAG + "int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), "-+0123456789"),
+    (
+        _TAG + "float",
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        "-+.0123456789",
+    ),
+]
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML11_SCALARS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _first in _YAML12_RESOLVERS:
+    _Loader.add_implicit_resolver(_tag, _rx, list(_first))
+_Loader.add_constructor(_TAG + "int", _Loader.construct_yaml_int)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 or 1.2 would read as something else ("off", "010", "1e3"), so that
+    what dae writes reads back the same here and in any other YAML tool."""
+
+
+for _tag, _rx, _first in _YAML12_RESOLVERS:
+    _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
+
 
 def _load_yaml(text: str | bytes) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml(text: str | bytes) -> Any:
+    """YAML as dae's config files are read: YAML 1.2 scalars, repeated keys refused (yaml.YAMLError)."""
+    return _load_yaml(text)
+
+
+def dump_yaml(data: Any) -> str:
+    """`data` as YAML that `load_yaml` (and YAML 1.1 readers) read back unchanged, keys in their order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def _parse_problem(e: Exception) -> str:
@@ -219,20 +272,29 @@ def _parse_problem(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
+MAX_CONFIG_BYTES = 2**20
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or TOML config file into a nested dict."""
+    """Read a YAML or TOML (by its .toml suffix, in any case) config file into a nested dict."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        with open(path, "rb") as f:
+            # Read no more than a config can be: `--config /dev/zero` (or a dataset named by mistake) would
+            # otherwise be read whole into memory first.
+            text = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         # A missing or unreadable file, as for every other file dae is given to read.
         raise ResourceError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text.decode()) if path.suffix == ".toml" else _load_yaml(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+    if len(text) > MAX_CONFIG_BYTES:
         raise UsageError(
-            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {_parse_problem(e)}"
-        ) from None
+            f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB: not a config file"
+        )
+    kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
+    try:
+        data = tomllib.loads(text.decode()) if kind == "TOML" else _load_yaml(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {path} is not valid {kind}: {_parse_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -295,4 +357,4 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     from dae.fileio import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, dump_yaml(cfg.to_dict()))

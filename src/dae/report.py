@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor
+from yaml import YAMLError
 
+from dae.config import dump_yaml, load_yaml
 from dae.errors import DaeError, DataError, ResourceError, UsageError
 from dae.fileio import WriteError, make_folder
 
@@ -249,8 +250,8 @@ def _is_dae_config(path: Path) -> bool:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        data = load_yaml(path.read_text())
+    except (OSError, UnicodeDecodeError, YAMLError) as e:
         raise _Skip(f"{path} could not be read ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise _Skip(f"{path} does not hold a mapping")
@@ -668,7 +669,7 @@ def write_report(
 
     # --- configuration
     if config:
-        text = yaml.safe_dump(config, sort_keys=False)
+        text = dump_yaml(config)
         sections.append(
             (
                 "Configuration",

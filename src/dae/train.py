@@ -138,15 +138,18 @@ def lr_at(cfg: Config, step: int, progress: float) -> float:
     raise UsageError(f"unknown schedule {t.schedule!r}; use {' or '.join(SCHEDULES)}")
 
 
-def check_settings(cfg: Config) -> None:
+def check_settings(cfg: Config, only: Collection[str] | None = None) -> None:
     """Refuse settings that cannot train, before any data is loaded or anything is written.
 
     Some would otherwise fail deep inside (a division by a validation set of 0 images), and some would
     train silently wrong (a negative grad_clip flips every gradient, so the loss climbs).
+    `only` limits the checks to those dotted fields (e.g. {"train.lr"}): those one config layer sets.
     """
     t, d = cfg.train, cfg.data
 
     def need(ok: bool, field: str, rule: str, value: Any) -> None:
+        if only is not None and field not in only:
+            return
         if not ok:
             raise UsageError(f"{field} must be {rule}, got {value}")
 
@@ -186,6 +189,40 @@ def check_settings(cfg: Config) -> None:
         value = getattr(cfg, name)
         ok = isinstance(value, int) and -(2**63) <= value <= 2**64 - 2
         need(ok, name, "a whole number from -2**63 to 2**64 - 2", value)
+
+
+def check_config_layer(layer: dict[str, Any], source: str) -> None:
+    """The settings one layer gives (a config file, a run's saved config), checked alone so that an error in one
+    says where it came from: its fields and their kinds and values, and the recipe, model (with its kwargs),
+    noise and loss it names. Errors read "SOURCE: what is wrong"."""
+    from dae.data.noise import parse_noise
+    from dae.models import MODELS
+
+    try:
+        cfg = build_config(layer)
+        check_settings(cfg, only=_dotted_fields(layer))
+        if layer.get("recipe"):
+            get_recipe(cfg.recipe)
+        model, train = layer.get("model") or {}, layer.get("train") or {}
+        if model.get("name"):
+            MODELS.builder(cfg.model.name, cfg.model.kwargs)
+        if train.get("noise"):
+            parse_noise(cfg.train.noise)
+        if train.get("loss"):
+            get_loss(cfg.train.loss)
+    except UsageError as e:
+        raise UsageError(f"{source}: {e}") from None
+
+
+def _dotted_fields(layer: dict[str, Any], prefix: str = "") -> set[str]:
+    """{"train": {"lr": 1}, "seed": 2} -> {"train.lr", "seed"}"""
+    out = set()
+    for key, value in layer.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out |= _dotted_fields(value, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
 
 
 def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -538,10 +575,29 @@ def naming_every_stop(layer: dict[str, Any]) -> dict[str, Any]:
     return layer
 
 
+def lay_over(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` merged over `base` as a later config layer: a stop it names replaces base's (naming_every_stop),
+    and a model it names other than base's drops base's model kwargs, which were that model's options."""
+    model, below = layer.get("model"), base.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    if name and isinstance(below, dict) and below.get("name") not in (None, name) and "kwargs" in below:
+        base = {**base, "model": {k: v for k, v in below.items() if k != "kwargs"}}
+    return merge(base, naming_every_stop(layer))
+
+
 def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
     run_dir = expand_user(run_dir, "run folder")  # as output_folder reads the same `out`
-    saved = load_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    path = run_dir / "config.yaml"
+    try:
+        saved = load_config_file(path) if path.is_file() else {}
+        if saved:
+            check_config_layer(saved, f"the run's config {path}")
+    except UsageError as e:
+        # A hand edit gone wrong: without config.yaml a resume takes the config the checkpoints record.
+        raise UsageError(
+            f"{e} (fix it, or move it away to resume under the config the checkpoints record)"
+        ) from None
     # An emptied config.yaml says nothing: it must not make a strided run resume as the default unet.
     if saved:
         return saved
