@@ -1135,3 +1135,20 @@ def test_checkpoints_record_what_precision_auto_resolved_to(
     for name in ("best.safetensors", result.last_checkpoint.name):
         assert load_checkpoint(result.run_dir / "checkpoints" / name).record["trained_with"] == expected
     assert "precision: auto" in (result.run_dir / "config.yaml").read_text()
+
+
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path, data_dir, capsys):
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "model": {"name": "strided"},
+        "data": {"data_dir": str(data_dir), "limit": 256, "val_size": 64},
+        "train": {"batch_size": 500, "epochs": 2},
+    }
+    result = train(cfg, progress=False)
+    assert result.step == 2  # one step an epoch, on all 256 training images (the limit; validation is apart)
+    err = capsys.readouterr().err
+    assert "train.batch_size 500 is more than the 256 training images: each step trains on all 256" in err
+    cfg["train"]["batch_size"] = 256
+    cfg["out"] = str(tmp_path / "run2")
+    train(cfg, progress=False)
+    assert "batch_size" not in capsys.readouterr().err

@@ -839,6 +839,12 @@ def _train(
             f"{n_train} training image(s) cannot make a batch for {world.size} processes; train on more images "
             "(data.limit) or in fewer processes"
         )
+    if n_train < t.batch_size and world.main:
+        print(
+            f"dae: train.batch_size {t.batch_size} is more than the {n_train} training images: each step trains on "
+            f"all {n_train}, one step an epoch",
+            file=sys.stderr,
+        )
     total_steps = min(
         t.steps if t.steps is not None else math.inf,
         t.epochs * batches_per_epoch if t.epochs is not None else math.inf,
