@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 import dae.inference as inference
-from dae.errors import DataError, PartialFailure, ResourceError, UsageError
+from dae.errors import DaeError, DataError, PartialFailure, ResourceError, UsageError
 from dae.inference import denoise, denoise_files, denoise_tiled, model_channels
 from dae.models import create_model
 from dae.models.base import Denoiser
@@ -797,3 +797,59 @@ def test_a_rerun_finishes_a_file_whose_noisy_copy_was_written_before_the_stop(tm
     again = denoise_files([src], TinyConv(), out, add_noise="gaussian:0.2")
     assert again.ok and [p.name for p in again.written] == ["1.png"]  # was "1.noisy.png exists", exit 7
     assert [p.name for p in again.kept] == ["0.png"]
+
+
+def test_one_file_can_be_written_to_the_file_name_given(tmp_path: Path, monkeypatch) -> None:
+    src = save(tmp_path / "photo.png", u8((10, 12)))
+    into_folder = denoise_files([src], TinyConv(), tmp_path / "folder")
+    report = denoise_files([src], TinyConv(), tmp_path / "sub" / "clean.png")
+    assert report.written == [tmp_path / "sub" / "clean.png"] and (tmp_path / "sub").is_dir()
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["clean.png"]  # no folder named clean.png
+    # The same pixels as the output that keeps the input's name.
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "sub" / "clean.png")), np.asarray(Image.open(into_folder.written[0]))
+    )
+    with pytest.raises(DaeError, match=r"clean.png exists; pass --force"):
+        denoise_files([src], TinyConv(), tmp_path / "sub" / "clean.png")
+    assert denoise_files([src], TinyConv(), tmp_path / "sub" / "clean.png", force=True).ok
+    # The noisy copy goes beside it, named after it.
+    monkeypatch.setattr(inference, "_parse_noise", lambda spec: fake_noise)
+    report = denoise_files([src], TinyConv(), tmp_path / "n" / "x.PNG", add_noise="fake")
+    assert report.written == [tmp_path / "n" / "x.PNG"] and report.noisy == [tmp_path / "n" / "x.noisy.PNG"]
+    # A folder that exists under such a name is still a folder.
+    (tmp_path / "looks.png").mkdir()
+    assert denoise_files([src], TinyConv(), tmp_path / "looks.png").written == [
+        tmp_path / "looks.png" / "photo.png"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "out", "match"),
+    [
+        (
+            ["photo.png"],
+            "clean.jpg",
+            r"clean.jpg: the output keeps the input's format \(PNG, as photo.png\); give a "
+            r"name ending in .png",
+        ),
+        (
+            ["photo.png", "other.png"],
+            "clean.png",
+            r"clean.png: an output file name, but there are 2 inputs; give an "
+            "output folder",
+        ),
+        (["folder"], "clean.png", "clean.png: an output file name, but the input is a folder"),
+        (["photo.png"], "photo.png", "output would overwrite an input"),
+    ],
+)
+def test_an_output_file_name_that_cannot_be_meant_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch, inputs, out, match
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "photo.png", u8((10, 12)))
+    save(tmp_path / "other.png", u8((10, 12)))
+    save(tmp_path / "folder" / "a.png", u8((10, 12)))
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UsageError, match=match):
+        denoise_files(inputs, TinyConv(), out)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing made, nothing written

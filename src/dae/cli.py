@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
         "format and bit depth (16-bit colour, and 16-bit grey with alpha, come back 8-bit: Pillow reads them "
         "so). A folder that cannot be read fails like a file (exit 7). Outputs already there are kept, so a "
         "rerun finishes an interrupted folder; after changing the checkpoint or --add-noise, pass --force to "
-        "replace them. For one file given alone, an existing output is an error.",
+        "replace them. For one file given alone, an existing output is an error, and -o may name the output "
+        "file itself.",
     )
     d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     method = d.add_mutually_exclusive_group(required=True)
@@ -495,7 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a classical method instead of a model: identity, gaussian_blur, median, nlm, tv, wavelet or bm3d "
         "(dae baselines); those that use the noise level estimate it from each image",
     )
-    d.add_argument("-o", "--output", required=True, help="output directory")
+    d.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output folder; for one input file, a file name such as clean.png (in the input's format)",
+    )
     d.add_argument(
         "--add-noise",
         help="corrupt inputs first (for demos), e.g. gaussian:0.3; the noisy copy is saved as NAME.noisy.EXT "

@@ -363,6 +363,9 @@ def denoise_files(
 ) -> DenoiseReport:
     """Denoise image files and folders into out_dir, keeping names, formats and bit depth; returns a report.
 
+    For one input file, out_dir may instead name the output file (`clean.png`: an image extension, in the
+    input's format, and no folder by that name).
+
     Folders are searched recursively for .png/.jpg/.jpeg/.tif/.tiff/.bmp files (sorted; hidden files are
     passed over; anything already under out_dir is left out, and listed in `report.left_out` unless it is an
     output of this run; images in other formats such as .webp and links to nothing are listed in
@@ -392,7 +395,9 @@ def denoise_files(
         raise UsageError("an input path is empty; pass image files or folders")
     if not os.fspath(out_dir):
         raise UsageError("the output folder is empty; pass a folder to write to")
-    out_root = output_folder(out_dir)
+    single = len(inputs) == 1 and expand_user(inputs[0], "input").is_file()
+    out_file = _output_file(out_dir, expand_user(inputs[0], "input") if single else None, len(inputs))
+    out_root = output_folder(out_file.parent if out_file is not None else out_dir)
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
     ):
@@ -401,12 +406,18 @@ def denoise_files(
         raise UsageError(f"suffix {suffix!r} must not contain a path separator")
     _check_tiling(tile, overlap)
 
-    single = len(inputs) == 1 and Path(inputs[0]).is_file()
     skipped: list[Path] = []
     left_out: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
     jobs = _plan(
-        inputs, out_root, suffix, add_noise is not None and save_noisy, skipped, left_out, unreadable
+        inputs,
+        out_root,
+        suffix,
+        add_noise is not None and save_noisy,
+        skipped,
+        left_out,
+        unreadable,
+        out_file,
     )
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
@@ -503,8 +514,10 @@ def _plan(
     skipped: list[Path],
     left_out: list[Path],
     unreadable: list[tuple[Path, str]],
+    out_file: Path | None = None,
 ) -> list[_Job]:
     """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes.
+    With `out_file`, the one input file is written there (and its noisy copy beside it, named after it).
     Appends to `skipped` the images in formats dae does not write, to `left_out` the images under out_root
     (inside an input folder) that are not outputs of this run, and to `unreadable` the folders (with the
     reason) that could not be searched; with nothing else found, the first of those is the error."""
@@ -558,11 +571,13 @@ def _plan(
     claimed: dict[Path, Path] = {}
     noisy_names: set[Path] = set()  # where a noisy copy would go, written by this run or not
     for src, rel in pairs:
-        out = out_root / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}")
+        # The output's name: the input's, or the one given for a single file (which takes no suffix).
+        name, added = (Path(out_file.name), "") if out_file is not None else (rel, suffix)
+        out = out_root / name.with_name(f"{name.stem}{added}{name.suffix}")
         # A JPEG noisy copy would lose part of the noise the model saw (~3 dB at gaussian:0.2): PNG keeps it,
         # named a.noisy.jpg.png so that a.jpg and a.png beside it still get a copy each.
-        noisy_ext = f"{rel.suffix}.png" if rel.suffix.lower() in (".jpg", ".jpeg") else rel.suffix
-        noisy_name = out_root / rel.with_name(f"{rel.stem}{suffix}.noisy{noisy_ext}")
+        noisy_ext = f"{name.suffix}.png" if name.suffix.lower() in (".jpg", ".jpeg") else name.suffix
+        noisy_name = out_root / name.with_name(f"{name.stem}{added}.noisy{noisy_ext}")
         noisy_names.add(noisy_name.resolve())
         noisy = noisy_name if with_noisy else None
         for target in (out, noisy):
@@ -584,6 +599,27 @@ def _plan(
             named.setdefault(f.resolve(), f)
     left_out.extend(named.values())
     return jobs
+
+
+def _output_file(out: str | os.PathLike, single: Path | None, n_inputs: int) -> Path | None:
+    """The file to write when `out` names one (an image extension, and no folder there): allowed for one input
+    file (`single`), in that file's format; for anything else such a name is refused rather than made a folder
+    named like an image."""
+    path = expand_user(out, "output")
+    ext = path.suffix.lower()
+    if ext not in IMAGE_EXTENSIONS or path.is_dir():
+        return None
+    if single is None:
+        what = f"there are {n_inputs} inputs" if n_inputs > 1 else "the input is a folder"
+        raise UsageError(
+            f"{path}: an output file name, but {what}; give an output folder (outputs keep their names)"
+        )
+    if single.suffix.lower() in FORMATS and FORMATS[single.suffix.lower()] != FORMATS[ext]:
+        raise UsageError(
+            f"{path}: the output keeps the input's format ({FORMATS[single.suffix.lower()]}, as {single.name}); "
+            f"give a name ending in {single.suffix}"
+        )
+    return path
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
