@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -406,28 +406,17 @@ def denoise_files(
         raise UsageError(f"suffix {suffix!r} must not contain a path separator")
     _check_tiling(tile, overlap)
 
-    skipped: list[Path] = []
-    left_out: list[Path] = []
-    unreadable: list[tuple[Path, str]] = []
-    jobs = _plan(
-        inputs,
-        out_root,
-        suffix,
-        add_noise is not None and save_noisy,
-        skipped,
-        left_out,
-        unreadable,
-        out_file,
-    )
+    plan = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, out_file)
+    jobs = plan.jobs
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
     # Folders are made as each output is written (_run_job), so a run in which every file fails leaves none.
 
-    report = DenoiseReport(out_dir=out_root, skipped=skipped, left_out=left_out)
+    report = DenoiseReport(out_dir=out_root, skipped=plan.skipped, left_out=plan.left_out)
     # A folder that could not be searched fails like a file: its images are missing from the outputs.
     report.failed += [
         (folder, f"{folder}: cannot read this folder ({reason}); the images in it were not denoised")
-        for folder, reason in unreadable
+        for folder, reason in plan.unreadable
     ]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -506,24 +495,29 @@ OTHER_IMAGE_EXTENSIONS = frozenset(
 )
 
 
+class _Plan(NamedTuple):
+    jobs: list[_Job]
+    skipped: list[Path]  # images in formats dae does not write, and links to nothing
+    left_out: list[Path]  # images under the output folder (inside an input folder) that are not this run's
+    unreadable: list[tuple[Path, str]]  # folders that could not be searched, with the reason
+
+
 def _plan(
     inputs: Sequence[str | os.PathLike],
     out_root: Path,
     suffix: str,
     with_noisy: bool,
-    skipped: list[Path],
-    left_out: list[Path],
-    unreadable: list[tuple[Path, str]],
     out_file: Path | None = None,
-) -> list[_Job]:
+) -> _Plan:
     """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes.
     With `out_file`, the one input file is written there (and its noisy copy beside it, named after it).
-    Appends to `skipped` the images in formats dae does not write, to `left_out` the images under out_root
-    (inside an input folder) that are not outputs of this run, and to `unreadable` the folders (with the
-    reason) that could not be searched; with nothing else found, the first of those is the error."""
+    Besides the jobs, names what was passed over (see _Plan); when nothing else is found, the first folder
+    that could not be read is the error."""
     out_resolved = out_root.resolve()
     pairs: list[tuple[Path, Path]] = []
     under_output: list[Path] = []
+    skipped: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     for item in inputs:
         path = expand_user(item, "input")
         if not path.exists():
@@ -597,8 +591,7 @@ def _plan(
     for f in under_output:
         if f.resolve() not in ours:
             named.setdefault(f.resolve(), f)
-    left_out.extend(named.values())
-    return jobs
+    return _Plan(jobs, skipped, list(named.values()), unreadable)
 
 
 def _output_file(out: str | os.PathLike, single: Path | None, n_inputs: int) -> Path | None:
