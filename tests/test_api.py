@@ -4,6 +4,7 @@ import pkgutil
 import types
 
 import pytest
+import torch
 
 import dae
 
@@ -54,3 +55,137 @@ def test_help_on_a_callable_module_documents_its_function(every_submodule_import
 def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dae.nope  # noqa: B018
+
+
+def test_dir_offers_the_public_api_and_the_modules():
+    names = dir(dae)
+    for name in [*dae.__all__, "baselines", "errors", "models"]:
+        assert name in names, name
+    assert dae.baselines.BASELINES.names() and dae.errors.UsageError  # reachable after a plain `import dae`
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+
+def _tiny_denoiser(in_channels: int = 1):
+    from dae.models._common import SideInfoDenoiser
+
+    class TinyDenoiser(SideInfoDenoiser):
+        def __init__(self):
+            super().__init__()
+            self.in_channels, self.output_kind = in_channels, "logits"
+            self.conv = torch.nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+        def _encode(self, x):
+            return self.conv(x), {}
+
+        def _decode(self, code, side):
+            return code
+
+    return TinyDenoiser()
+
+
+def _tiny_run(tmp_path, data_dir, **train):
+    return {
+        "out": str(tmp_path / "run"),
+        "model": {"name": "_api_tiny"},
+        "data": {"data_dir": str(data_dir), "limit": 256, "val_size": 64},
+        "train": {"steps": 2, "precision": "fp32", **train},
+    }
+
+
+def test_resuming_a_model_that_is_not_registered_says_so_and_leaves_the_checkpoints(
+    tmp_path, data_dir, monkeypatch
+):
+    from dae.errors import UsageError
+    from dae.models import MODELS
+
+    with monkeypatch.context() as registered:
+        registered.setitem(MODELS._items, "_api_tiny", _tiny_denoiser)
+        dae.train(_tiny_run(tmp_path, data_dir), progress=False)
+    files = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    # A new process that has not registered it: not "all generations are damaged".
+    run = {"out": str(tmp_path / "run"), "train": {"steps": 4}}
+    own = r"unknown model '_api_tiny'.*a model of your own: register it before resuming"
+    with pytest.raises(UsageError, match=own):
+        dae.train(run, resume=True, progress=False)
+    # Without config.yaml the config comes from the checkpoint's record: the same, in its own words.
+    (tmp_path / "run" / "config.yaml").unlink()
+    with pytest.raises(
+        UsageError, match=r"unknown model '_api_tiny' \(the run's model\); register it before"
+    ):
+        dae.train(run, resume=True, progress=False)
+    assert sorted((tmp_path / "run" / "checkpoints").iterdir()) == files
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        (lambda width=4: _tiny_denoiser(), "its builder takes no in_channels argument"),
+        (_Tiny, "its builder returned a _Tiny, not a dae.models.base.Denoiser"),
+    ],
+)
+def test_a_registered_model_that_cannot_train_is_refused_before_the_run_folder(
+    builder, message, tmp_path, data_dir, monkeypatch
+):
+    from dae.errors import UsageError
+    from dae.models import MODELS
+
+    monkeypatch.setitem(MODELS._items, "_api_tiny", builder)
+    with pytest.raises(UsageError, match=message):
+        dae.train(_tiny_run(tmp_path, data_dir), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_gives_the_thread_count_back(tmp_path, data_dir, monkeypatch):
+    from dae.models import MODELS
+
+    monkeypatch.setitem(MODELS._items, "_api_tiny", _tiny_denoiser)
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    dae.train(_tiny_run(tmp_path, data_dir, threads=want), progress=False)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("name", ["Flip", "my-noise", "a+b", "x:1", ""])
+def test_a_noise_name_the_spec_parser_could_never_read_is_refused_at_registration(name):
+    from dae.data.noise import NOISES
+
+    with pytest.raises(ValueError, match="name"):
+        NOISES.register(name)
+    assert name not in NOISES
+
+
+def test_evaluate_takes_one_model_as_it_takes_one_checkpoint():
+    model = dae.create_model("strided")
+    x = torch.rand(4, 1, 28, 28)
+    one = dae.evaluate(models=model, images=x, levels=[0.5], verbose=False)
+    listed = dae.evaluate(models=[model], images=x, levels=[0.5], verbose=False)
+    assert one.records == listed.records and one.records
+
+
+def test_a_checkpoint_saved_without_a_suffix_loads_by_the_same_name(tmp_path):
+    from dae.checkpoint import save_checkpoint
+
+    model = dae.create_model("strided")
+    written = save_checkpoint(model, tmp_path / "mine")
+    assert written.name == "mine.safetensors"
+    loaded = dae.load_model(tmp_path / "mine")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_denoise_files_takes_a_baseline_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    by_name = dae.denoise_files([tmp_path / "a.png"], "median", tmp_path / "n")
+    by_object = dae.denoise_files([tmp_path / "a.png"], dae.create_baseline("median"), tmp_path / "o")
+    assert by_name.ok and np.array_equal(
+        np.asarray(Image.open(by_name.written[0])), np.asarray(Image.open(by_object.written[0]))
+    )

@@ -728,7 +728,7 @@ def test_a_broken_run_config_names_itself_and_says_how_to_resume(text, message, 
     assert main(["train", "--resume", "--steps", "3", *common]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(run / "config.yaml") in err and message in err, err
-    assert err.endswith("(fix it, or move it away to resume under the config the checkpoints record)")
+    assert err.endswith("fix it, or move it away to resume under the config the checkpoints record)")
     # Moved away, the resume goes on under the config the checkpoint records (strided, as it was trained).
     (run / "config.yaml").unlink()
     assert main(["train", "--resume", "--steps", "3", *common]) == 0

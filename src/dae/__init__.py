@@ -19,6 +19,8 @@ __all__ = [
     "train",
     "evaluate",
     "denoise",
+    "denoise_files",
+    "create_baseline",
     "load_model",
     "load_images",
     "add_noise",
@@ -60,6 +62,19 @@ def make_callable(module: types.ModuleType) -> None:
     )
 
 
+# The package's modules, reached as attributes after a plain `import dae` (dae.baselines.BASELINES), as
+# after `import dae.baselines`.
+_MODULES = frozenset(
+    "baselines checkpoint config data errors evaluate fileio imageio inference losses metrics models "
+    "plots recipes registry report study train".split()
+)
+
+
+def __dir__() -> list[str]:
+    """What `dae.<TAB>` offers in a notebook: the public API is imported on first use, so it is not in globals."""
+    return sorted(set(globals()) | set(__all__) | _MODULES)
+
+
 def __getattr__(name: str):
     if name in ("create_model", "list_models"):
         from dae import models
@@ -73,6 +88,14 @@ def __getattr__(name: str):
         from dae.inference import denoise
 
         return denoise
+    if name == "denoise_files":
+        from dae.inference import denoise_files
+
+        return denoise_files
+    if name == "create_baseline":
+        from dae.baselines import create_baseline
+
+        return create_baseline
     if name == "load_model":
         from dae.checkpoint import load_model
 
@@ -89,4 +112,8 @@ def __getattr__(name: str):
         from dae.config import Config
 
         return Config
+    if name in _MODULES:
+        import importlib
+
+        return importlib.import_module(f"dae.{name}")
     raise AttributeError(f"module 'dae' has no attribute {name!r}")

@@ -48,7 +48,7 @@ __all__ = [
     "estimate_sigma",
 ]
 
-BASELINES: Registry[ClassicalDenoiser] = Registry("baseline")
+BASELINES: Registry[ClassicalDenoiser] = Registry("baseline", name_pattern="[a-z][a-z0-9_]*")
 
 SigmaArg = float | Sequence[float] | Tensor | None
 

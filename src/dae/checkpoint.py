@@ -180,6 +180,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     given = p
     if p.suffix == ".json" or p.name.endswith(STATE_SUFFIX):
         p = paths_for(p)[0]
+    if not p.exists() and paths_for(p)[0].is_file():
+        p = paths_for(p)[0]  # the name save_checkpoint(model, "mine") gave its weights: mine.safetensors
     if not p.exists():
         if given != p and given.is_file():  # e.g. results.json: say what it lacks, not a path never named
             raise CheckpointError(f"{given} is not a dae checkpoint: there is no {p.name} beside it")

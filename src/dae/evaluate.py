@@ -245,6 +245,8 @@ def evaluate(
             "levels is empty: give at least one noise level, or leave it out for the family's sweep"
         )
     checkpoints, baselines, models = checkpoints or (), baselines or (), models or ()  # None reads as none
+    if not isinstance(models, list | tuple):
+        models = [models]  # one model (a torch module, or a denoiser of one's own) rather than a list of them
     if out is not None:
         output_folder(out)
     methods = resolve_methods(checkpoints, baselines, models, device)

@@ -384,6 +384,7 @@ def denoise_files(
 
     Example:
         >>> report = denoise_files(["photos/"], "runs/unet", "clean/")  # a run folder or a .safetensors file
+        >>> report = denoise_files(["photos/"], "median", "median/")  # or a classical baseline, by name
         >>> report.raise_if_failed()
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -624,6 +625,11 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 
 def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
+    if isinstance(checkpoint_or_model, str) and not expand_user(checkpoint_or_model, "checkpoint").exists():
+        from dae.baselines import BASELINES, create_baseline
+
+        if checkpoint_or_model in BASELINES:  # "median": a classical method by name, as `--baseline median`
+            return _load(create_baseline(checkpoint_or_model), device)
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from dae.checkpoint import load_model
         from dae.train import select_device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -22,11 +23,21 @@ class Registry(Generic[T]):
         ['tiny']
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, name_pattern: str | None = None):
         self.kind = kind
+        # Names that are parsed out of a larger text (a noise spec "gaussian:0.3+mask", a comma-separated
+        # list of baselines) must be plain words, or a registered name could never be asked for.
+        self.name_pattern = name_pattern
         self._items: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        if self.name_pattern is not None and not re.fullmatch(self.name_pattern, name):
+            raise ValueError(
+                f"{self.kind} name {name!r} must match {self.name_pattern} (it is read from specs)"
+            )
+
         def decorator(builder: Callable[..., T]) -> Callable[..., T]:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")

@@ -589,14 +589,27 @@ def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The config a run was started under: its config.yaml, else the newest checkpoint's record ({} if none)."""
     run_dir = expand_user(run_dir, "run folder")  # as output_folder reads the same `out`
     path = run_dir / "config.yaml"
+    saved: dict[str, Any] = {}
     try:
         saved = load_config_file(path) if path.is_file() else {}
         if saved:
             check_config_layer(saved, f"the run's config {path}")
     except UsageError as e:
-        # A hand edit gone wrong: without config.yaml a resume takes the config the checkpoints record.
+        # A hand edit gone wrong: without config.yaml a resume takes the config the checkpoints record. Or a
+        # model of the user's own that this process has not registered: the config is then right.
+        from dae.models import MODELS
+
+        model = saved.get("model")
+        name = model.get("name") if isinstance(model, dict) else None
+        own = isinstance(name, str) and name not in MODELS
         raise UsageError(
-            f"{e} (fix it, or move it away to resume under the config the checkpoints record)"
+            f"{e} ("
+            + (
+                "a model of your own: register it before resuming, as when it was trained; else "
+                if own
+                else ""
+            )
+            + "fix it, or move it away to resume under the config the checkpoints record)"
         ) from None
     # An emptied config.yaml says nothing: it must not make a strided run resume as the default unet.
     if saved:
@@ -633,6 +646,7 @@ def train(
     # Each step's activations reuse the last step's memory instead of being faulted in again; given back when
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
+    threads = torch.get_num_threads()  # train.threads is for training: a notebook's later work gets them back
     try:
         with ExitStack() as held:  # the run folder's lock, from its first write to the end
             return _train(cfg, world, resume, progress, on_step, held)
@@ -650,6 +664,8 @@ def train(
     finally:
         if kept:
             release_freed_memory()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _holds_checkpoints(ckpt_dir: Path) -> bool:
@@ -697,6 +713,36 @@ def _run_lock(run_dir: Path):
         yield
 
 
+def _check_model(cfg: Config, resume: bool) -> None:
+    """The model's name and options, checked before the data is loaded: training passes every model the data's
+    in_channels, and a model registered in a user's own code is unknown to a process that did not register it
+    (a resume would otherwise find every checkpoint naming an unknown model, and call them all damaged)."""
+    import inspect
+
+    from dae.models import MODELS
+
+    name = cfg.model.name
+    if resume:
+        _refuse_an_unregistered_model(name)
+    parameters = inspect.signature(MODELS.get(name)).parameters.values()
+    if not any(p.name == "in_channels" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        raise UsageError(
+            f"model {name}: its builder takes no in_channels argument, which training passes to every model "
+            "(the data's channel count)"
+        )
+    MODELS.builder(name, {"in_channels": 1, **cfg.model.kwargs})
+
+
+def _refuse_an_unregistered_model(name: Any) -> None:
+    from dae.models import MODELS
+
+    if isinstance(name, str) and name not in MODELS:
+        raise UsageError(
+            f"unknown model {name!r} (the run's model); register it before resuming, as when it was trained; "
+            f"valid names: {', '.join(MODELS.names())}"
+        )
+
+
 def _claim_run(run_dir: Path, resume: bool, world: World, held: ExitStack) -> None:
     """The first process locks the run folder (the others write nothing); every process stops if it could not."""
     refused: ResourceError | None = None
@@ -740,6 +786,7 @@ def _train(
     _refuse_a_fresh_start_over_checkpoints(run_dir, resume)
     get_loss(t.loss)  # validate names before loading data
     noise = parse_noise(t.noise)
+    _check_model(cfg, resume)
     device = world.device
     amp, precision = autocast_for(device, t.precision)
     if t.threads:

@@ -59,7 +59,7 @@ __all__ = [
     "list_noises",
 ]
 
-NOISES: Registry[Noise] = Registry("noise")
+NOISES: Registry[Noise] = Registry("noise", name_pattern="[a-z][a-z0-9_]*")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dae.checks import machine_memory
-from dae.errors import ResourceError
+from dae.errors import ResourceError, UsageError
 from dae.models.base import Denoiser
 from dae.registry import Registry
 
@@ -26,6 +26,11 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
     if torch.empty(0).device.type != "meta":
         _check_fits_in_memory(name, builder, kwargs)
     model = builder(**kwargs)
+    if not isinstance(model, Denoiser):  # training, inference and checkpoints rely on its interface
+        raise UsageError(
+            f"model {name}: its builder returned a {type(model).__name__}, not a dae.models.base.Denoiser "
+            "(subclass it: it says what a model must provide)"
+        )
     model.dae_name = name
     model.dae_kwargs = resolved_kwargs(builder, kwargs)
     return model
