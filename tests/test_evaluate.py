@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,13 +328,14 @@ def test_an_earlier_evaluations_figures_are_not_left_beside_new_results(tmp_path
     assert res.files == [tmp_path / "results.csv", tmp_path / "results.json"]
 
 
-def test_an_interrupted_write_leaves_no_earlier_evaluations_file_beside_new_results(tmp_path, monkeypatch):
+def test_an_interrupted_write_keeps_the_earlier_evaluation_whole(tmp_path, monkeypatch):
     import dae.plots
 
     first = evaluate(
         baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False
     )
     assert sorted(p.name for p in first.files) == ["psnr_vs_noise.png", "results.csv", "results.json"]
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C while the figure is drawn
@@ -343,9 +345,39 @@ def test_an_interrupted_write_leaves_no_earlier_evaluations_file_beside_new_resu
         evaluate(
             baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=[0.4], out=tmp_path, verbose=False
         )
-    # Was: the first evaluation's figure and results.json beside the second's results.csv.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
-    assert "identity" in (tmp_path / "results.csv").read_text()
+    # The first evaluation stays whole (was: its files deleted, and the second's results.csv alone, which
+    # `dae report` showed as the run's evaluation); nothing of the second is left aside.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["psnr_vs_noise.png", "results.csv", "results.json"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved
+
+
+def test_a_full_disk_while_writing_results_keeps_the_earlier_evaluation(tmp_path, monkeypatch):
+    import dae.fileio
+
+    evaluate(baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real = dae.fileio.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == "results.json":
+            raise dae.fileio.WriteError(Path(path), "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(dae.fileio, "atomic_write_bytes", full)
+    with pytest.raises(ResourceError, match="No space left"):
+        evaluate(baselines=["tv"], images=torch.rand(2, 1, 28, 28), levels=[0.4], out=tmp_path, verbose=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved
+
+
+def test_a_result_file_in_the_way_is_refused_before_the_work(tmp_path, monkeypatch):
+    import dae.evaluate
+
+    (tmp_path / "results.json").mkdir()
+    monkeypatch.setattr(dae.evaluate, "resolve_methods", lambda *a, **k: pytest.fail("evaluated first"))
+    with pytest.raises(ResourceError, match="results.json: cannot replace the earlier evaluation's file"):
+        evaluate(
+            baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False
+        )
 
 
 def test_a_result_file_that_cannot_be_replaced_is_a_resource_error(tmp_path):
@@ -428,3 +460,14 @@ def test_an_unknown_family_is_named_as_given():
     with pytest.raises(UsageError, match="unknown noise 'bogus'") as caught:
         noise_specs("bogus", [0.1, 0.3])
     assert "bogus:0.1" not in str(caught.value)  # once quoted a spec the user never typed
+
+
+def test_the_terminal_table_keeps_long_noise_specs_apart():
+    from dae.evaluate import format_table
+
+    specs = ["gaussian:0.3,clip=false", "gaussian:0.5,clip=false"]
+    records = [{"method": "median", "noise": s, "psnr": 20.0 + i} for i, s in enumerate(specs)]
+    head, rule, row = format_table(records).splitlines()
+    assert head.split() == ["PSNR", *specs]
+    assert row.split() == ["median", "20.000", "21.000"]
+    assert len(head) == len(rule) == len(row)  # the numbers stand under their specs

@@ -420,3 +420,19 @@ def test_a_model_whose_training_failed_is_trained_afresh_not_resumed(tmp_path, d
     undo()
     # The diverged run's checkpoint was not continued.
     assert _resumes_on_rerun(tmp_path, data_dir, monkeypatch) == [False, False]
+
+
+def test_a_second_study_into_the_same_folder_is_refused(tmp_path, data_dir, monkeypatch):
+    import dae.study
+    from dae.errors import ResourceError
+    from dae.fileio import folder_lock
+
+    # Was: the second study cleared the model folder the first was training in, and a rerun reused a model
+    # that mixed the two.
+    monkeypatch.setattr(dae.study.Study, "ensure", lambda *a, **k: pytest.fail("trained beside the first"))
+    out = tmp_path / "s"
+    with folder_lock(out, "study folder", "is busy"):  # the first study, in this process
+        with pytest.raises(
+            ResourceError, match=r"study folder .*/s is in use by another study \(process \d+\)"
+        ):
+            run_experiments(out, StudySettings(**TINY), ["loss"], str(data_dir), log=lambda *a, **k: None)

@@ -9,11 +9,11 @@ import re
 import signal
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dae.errors import DaeError, Interrupted, PartialFailure, ResourceError, Terminated, UsageError
+from dae.fileio import signals_held
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,8 +142,7 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from dae.allocator import keep_freed_memory
     from dae.checkpoint import resolve_checkpoint
-    from dae.evaluate import evaluate, format_table, parse_levels, write_results
-    from dae.fileio import output_folder
+    from dae.evaluate import check_results_folder, evaluate, format_table, parse_levels, write_results
 
     levels = parse_levels(args.levels)  # None: the family's own sweep, a full spec as it is
     baselines = [b for b in (args.baselines or "").split(",") if b]
@@ -155,7 +154,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         out = str(
             (weights.parent.parent if weights.parent.name == "checkpoints" else weights.parent) / "eval"
         )
-    output_folder(out)  # refused before the work, as evaluate(out=...) would
+    check_results_folder(Path(out))  # refused before the work, as evaluate(out=...) would
     result = evaluate(
         args.checkpoint or [],
         baselines,
@@ -615,25 +614,6 @@ def _report(e: DaeError) -> None:
         print(f"dae (process {rank}): {e}", file=sys.stderr)
 
 
-@contextmanager
-def _signals_held():
-    """Hold SIGINT and SIGTERM back until the block is done; they are delivered (and handled) right after.
-
-    Raised inside `import torch` (the first half second of a command), KeyboardInterrupt or Terminated leaves
-    torch and numpy half imported, and the unwinding then crashed in their code (a RecursionError in numpy's
-    lazy imports, a pybind11 abort) or the signal was lost and the command ran on to exit 0.
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 def _terminated(signum, frame):
     raise Terminated  # see dae.errors.Terminated; training installs its own handler, which saves a checkpoint
 
@@ -665,8 +645,8 @@ def _main(argv: list[str] | None) -> int:
                 f"dae {args.command} runs in one process; of dae's commands only `dae train` shares its work "
                 "across torchrun's processes, so run this one without torchrun"
             )
-        with _signals_held():
-            import torch  # noqa: F401  (every command's work needs it; see _signals_held)
+        with signals_held():  # see there: a signal raised inside `import torch` crashed the unwinding
+            import torch  # noqa: F401  (every command's work needs it)
         return args.func(args, rest)
     except DaeError as e:
         _report(e)

@@ -39,6 +39,7 @@ RECORD_COLUMNS = [
 
 # Every file write_results may write: all are removed before a new evaluation's are written.
 RESULT_FILES = ("results.csv", "results.json", "psnr_vs_noise.png", "matrix.csv", "matrix.png")
+STAGING = ".results-new"  # where write_results writes a new set before swapping it in
 
 
 @dataclass
@@ -248,7 +249,7 @@ def evaluate(
     if not isinstance(models, list | tuple):
         models = [models]  # one model (a torch module, or a denoiser of one's own) rather than a list of them
     if out is not None:
-        output_folder(out)
+        check_results_folder(Path(out))  # before the work, not after it
     methods = resolve_methods(checkpoints, baselines, models, device)
     if not methods:
         raise UsageError("nothing to evaluate: give at least one --checkpoint or --baselines name")
@@ -395,40 +396,72 @@ def _check_images(images: Any) -> None:
     check_unit_range(images, "images")
 
 
+def check_results_folder(out: Path) -> Path:
+    """`out` checked as the folder write_results will write, before any work: it can be made or written, and
+    no folder (or other non-file) stands where one of its files goes."""
+
+    out = output_folder(out)
+    for name in RESULT_FILES:
+        if (out / name).exists() and not (out / name).is_file():
+            raise ResourceError(
+                f"{out / name}: cannot replace the earlier evaluation's file (it is not a file)"
+            )
+    return out
+
+
 def write_results(result: EvalResult, out: Path) -> list[Path]:
     """results.csv, results.json, a PSNR-vs-noise plot and, for several trained levels, a train x test matrix;
-    replaces an earlier evaluation's results in `out` (none of its files are left behind)."""
-    from dae.fileio import atomic_write_bytes, make_folder
+    replaces an earlier evaluation's results in `out` (none of its files are left behind).
+
+    The new files are written aside first, then swapped in at once with Ctrl-C held back: an interrupt or a
+    failed write (a full disk, while the plot is drawn) leaves the earlier evaluation whole, never part of
+    each (which `dae report` would show as the run's evaluation).
+    """
+    import shutil
+
+    from dae.fileio import atomic_write_bytes, fsync_dir, make_folder, signals_held
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
+    out = check_results_folder(out)
     make_folder(out)
-    # The earlier evaluation's files go first: a figure or matrix left beside these results (this write
-    # interrupted, or this evaluation drawing none) would be read, by `dae report` too, as theirs.
-    for name in RESULT_FILES:
-        try:
-            (out / name).unlink(missing_ok=True)
-        except OSError as e:  # a folder of that name, a read-only folder
-            raise ResourceError(
-                f"{out / name}: cannot replace the earlier evaluation's file ({e.strerror or e})"
-            ) from None
-    files = [out / "results.csv", out / "results.json"]
-    atomic_write_bytes(files[0], records_to_csv(result.records).encode())
-    if any(r["level"] is not None for r in result.records):
-        files.append(plot_psnr_vs_noise(result.records, out / "psnr_vs_noise.png"))
-    matrix = train_test_matrix(result.records)
-    if matrix:
-        lines = [",".join(matrix[0])] + [",".join(str(v) for v in row) for row in matrix[1:]]
-        atomic_write_bytes(out / "matrix.csv", ("\n".join(lines) + "\n").encode())
-        files.append(out / "matrix.csv")
-        files.append(plot_matrix(result.records, out / "matrix.png"))
-    # Last, so that results.json (which `dae report` reads first) is there only when the rest is.
-    atomic_write_bytes(
-        files[1],
-        json.dumps(
-            {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints}, indent=2
-        ).encode(),
-    )
-    return files
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)  # what an earlier write that was stopped left aside
+    make_folder(stage)
+    try:
+        atomic_write_bytes(stage / "results.csv", records_to_csv(result.records).encode())
+        if any(r["level"] is not None for r in result.records):
+            plot_psnr_vs_noise(result.records, stage / "psnr_vs_noise.png")
+        matrix = train_test_matrix(result.records)
+        if matrix:
+            lines = [",".join(matrix[0])] + [",".join(str(v) for v in row) for row in matrix[1:]]
+            atomic_write_bytes(stage / "matrix.csv", ("\n".join(lines) + "\n").encode())
+            plot_matrix(result.records, stage / "matrix.png")
+        atomic_write_bytes(
+            stage / "results.json",
+            json.dumps(
+                {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints},
+                indent=2,
+            ).encode(),
+        )
+        written = [name for name in RESULT_FILES if (stage / name).is_file()]
+        with signals_held():
+            try:
+                # The earlier evaluation's files go: a figure or matrix left beside these results (this one
+                # drawing none) would be read, by `dae report` too, as theirs. results.json, which `dae report`
+                # reads first, goes out first and comes in last.
+                for name in ("results.json", *RESULT_FILES):
+                    if name not in written:
+                        (out / name).unlink(missing_ok=True)
+                for name in sorted(written, key=lambda n: n == "results.json"):
+                    os.replace(stage / name, out / name)
+            except OSError as e:  # a folder of that name (made since the check), a read-only folder
+                raise ResourceError(
+                    f"{out}: cannot replace the earlier evaluation's files ({e.strerror or e})"
+                ) from None
+            fsync_dir(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [out / name for name in ("results.csv", "results.json", *RESULT_FILES[2:]) if name in written]
 
 
 def records_to_csv(records: list[dict[str, Any]]) -> str:
@@ -462,10 +495,11 @@ def format_table(records: list[dict[str, Any]], metric: str = "psnr") -> str:
     methods = list(dict.fromkeys(r["method"] for r in records))
     cells = {(r["method"], r["noise"]): r[metric] for r in records}
     width = max(12, *(len(m) for m in methods)) + 2
-    head = f"{metric.upper():<{width}}" + "".join(f"{s:>16}" for s in specs)
+    col = max(16, *(len(s) + 2 for s in specs))  # a long spec ("gaussian:0.3,clip=false") keeps a gap
+    head = f"{metric.upper():<{width}}" + "".join(f"{s:>{col}}" for s in specs)
     lines = [head, "-" * len(head)]
     for m in methods:
-        vals = "".join(f"{cells[(m, s)]:>16.3f}" if (m, s) in cells else f"{'':>16}" for s in specs)
+        vals = "".join(f"{cells[(m, s)]:>{col}.3f}" if (m, s) in cells else f"{'':>{col}}" for s in specs)
         lines.append(f"{m:<{width}}" + vals)
     return "\n".join(lines)
 

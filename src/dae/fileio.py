@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -125,6 +126,58 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object], overwrite: bo
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block is done; they are delivered (and handled) right after.
+
+    For work that must not stop half-way: swapping a set of result files (dae eval), and `import torch` at a
+    command's start: raised inside it, KeyboardInterrupt or Terminated left torch and numpy half imported, and
+    the unwinding then crashed in their code (a RecursionError in numpy's lazy imports, a pybind11 abort) or
+    the signal was lost and the command ran on to exit 0.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str, busy: str) -> Iterator[None]:
+    """Hold `folder`/.lock for one process at a time (made with the folder if need be); another process gets
+    a ResourceError "WHAT FOLDER BUSY", `busy` with {holder} for the holder's process id. An advisory lock
+    the OS drops when the process ends, however it ends."""
+    import fcntl
+
+    make_folder(folder)
+    try:
+        handle = open(folder / ".lock", "a+")
+    except OSError as e:
+        raise ResourceError(f"cannot lock {what} {folder}: {e.strerror or e}") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ResourceError(f"{what} {folder} {busy.format(holder=holder)}") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        except OSError as e:  # a full disk: the folder's first write
+            raise ResourceError(f"cannot write {folder / '.lock'}: {e.strerror or e}") from None
+        yield
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

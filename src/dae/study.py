@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from dae.errors import DaeError, Interrupted, PartialFailure
-from dae.fileio import atomic_write_bytes, make_folder, output_folder
+from dae.fileio import atomic_write_bytes, folder_lock, make_folder, output_folder
 
 # ----------------------------------------------------------------------------------------------------
 # settings and the models the experiments need
@@ -937,7 +937,6 @@ def run_experiments(
     """Run the named experiments (all by default); writes study.html, study.json and study.csv under `out`."""
     from dae.data.datasets import check_dataset
     from dae.errors import UsageError
-    from dae.report import note_html, render_html
 
     names = list(experiments or EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
@@ -950,6 +949,26 @@ def run_experiments(
     # Every model trains on MNIST: find (or download) and verify it before anything is written.
     check_dataset("mnist", root=data_dir, download=True)
     out = make_folder(output_folder(out))
+    # One study per folder: a second one would clear the model folder the first is training in (its cache of
+    # a model it cannot resume), and the first would then mark the second's model as its own.
+    with folder_lock(
+        out,
+        "study folder",
+        "is in use by another study (process {holder}); wait for it to end or use another --out",
+    ):
+        return _run_experiments(out, names, settings, data_dir, seed, log)
+
+
+def _run_experiments(
+    out: Path,
+    names: list[str],
+    settings: StudySettings,
+    data_dir: str | None,
+    seed: int,
+    log: Callable[..., None],
+) -> tuple[Path, list[Section]]:
+    from dae.report import note_html, render_html
+
     st = Study(out, settings, data_dir, seed, log)
     t0 = time.perf_counter()
     sections = []

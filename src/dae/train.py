@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Collection
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +38,7 @@ from dae.errors import (
     TrainingError,
     UsageError,
 )
-from dae.fileio import atomic_write_text, expand_user, make_folder, output_folder
+from dae.fileio import atomic_write_text, expand_user, folder_lock, make_folder, output_folder
 from dae.losses import get_loss
 from dae.metrics import psnr, ssim
 from dae.models import create_model
@@ -682,35 +682,15 @@ def _refuse_a_fresh_start_over_checkpoints(run_dir: Path, resume: bool) -> None:
         )
 
 
-@contextmanager
 def _run_lock(run_dir: Path):
     """One training per run folder: two runs into one --out would interleave their metrics and checkpoints,
-    and both report success. An advisory lock the OS drops when the process ends, however it ends."""
-    import fcntl
-
-    make_folder(run_dir)
-    try:
-        handle = open(run_dir / ".lock", "a+")
-    except OSError as e:
-        raise ResourceError(f"cannot lock run directory {run_dir}: {e.strerror or e}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise ResourceError(
-                f"run directory {run_dir} is in use by another training (process {holder}); wait for it to end "
-                "or train into another directory (--out)"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        except OSError as e:  # a full disk: the run's first write
-            raise ResourceError(f"cannot write {run_dir / '.lock'}: {e.strerror or e}") from None
-        yield
+    and both report success."""
+    return folder_lock(
+        run_dir,
+        "run directory",
+        "is in use by another training (process {holder}); wait for it to end or train into another directory "
+        "(--out)",
+    )
 
 
 def _check_model(cfg: Config, resume: bool) -> None:
