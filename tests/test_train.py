@@ -1112,7 +1112,9 @@ def test_a_full_disk_at_the_run_lock_is_a_missing_resource(tmp_path, data_dir, m
         f = builtins.open(path, *args, **kwargs)
         return Full(f) if str(path).endswith(".lock") else f
 
-    monkeypatch.setattr(train_module, "open", fake_open, raising=False)
+    import dae.fileio  # whose folder_lock takes the run's lock
+
+    monkeypatch.setattr(dae.fileio, "open", fake_open, raising=False)
     with pytest.raises(ResourceError, match=r"cannot write .*run/\.lock: No space left on device"):
         train(small_config(tmp_path, data_dir, steps=1), progress=False)
 

@@ -419,7 +419,7 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
     """
     import shutil
 
-    from dae.fileio import atomic_write_bytes, fsync_dir, make_folder, signals_held
+    from dae.fileio import WriteError, atomic_write_bytes, fsync_dir, make_folder, signals_held
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
     out = check_results_folder(out)
@@ -428,28 +428,26 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
     shutil.rmtree(stage, ignore_errors=True)  # what an earlier write that was stopped left aside
     make_folder(stage)
     try:
-        atomic_write_bytes(stage / "results.csv", records_to_csv(result.records).encode())
-        if any(r["level"] is not None for r in result.records):
-            plot_psnr_vs_noise(result.records, stage / "psnr_vs_noise.png")
-        matrix = train_test_matrix(result.records)
-        if matrix:
-            lines = [",".join(matrix[0])] + [",".join(str(v) for v in row) for row in matrix[1:]]
-            atomic_write_bytes(stage / "matrix.csv", ("\n".join(lines) + "\n").encode())
-            plot_matrix(result.records, stage / "matrix.png")
-        atomic_write_bytes(
-            stage / "results.json",
-            json.dumps(
-                {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints},
-                indent=2,
-            ).encode(),
-        )
+        try:
+            atomic_write_bytes(stage / "results.csv", records_to_csv(result.records).encode())
+            if any(r["level"] is not None for r in result.records):
+                plot_psnr_vs_noise(result.records, stage / "psnr_vs_noise.png")
+            matrix = train_test_matrix(result.records)
+            if matrix:
+                lines = [",".join(matrix[0])] + [",".join(str(v) for v in row) for row in matrix[1:]]
+                atomic_write_bytes(stage / "matrix.csv", ("\n".join(lines) + "\n").encode())
+                plot_matrix(result.records, stage / "matrix.png")
+            notes = {"notes": result.notes, "records": result.records, "checkpoints": result.checkpoints}
+            atomic_write_bytes(stage / "results.json", json.dumps(notes, indent=2).encode())
+        except WriteError as e:  # named as the file the user asked for, not where it was written aside
+            raise (WriteError(out / e.path.name, e.reason) if e.path.parent == stage else e) from None
         written = [name for name in RESULT_FILES if (stage / name).is_file()]
         with signals_held():
             try:
-                # The earlier evaluation's files go: a figure or matrix left beside these results (this one
-                # drawing none) would be read, by `dae report` too, as theirs. results.json, which `dae report`
-                # reads first, goes out first and comes in last.
-                for name in ("results.json", *RESULT_FILES):
+                # The earlier evaluation's other files go: a figure or matrix left beside these results (this
+                # one drawing none) would be read, by `dae report` too, as theirs. results.json, which `dae
+                # report` reads first, comes in last.
+                for name in RESULT_FILES:
                     if name not in written:
                         (out / name).unlink(missing_ok=True)
                 for name in sorted(written, key=lambda n: n == "results.json"):
