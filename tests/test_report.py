@@ -798,3 +798,44 @@ def test_summary_says_what_the_training_ran_with(tmp_path, run_on, row):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     page = write_report(run, images=digits(4), levels=LEVELS, n_images=4).read_text()
     assert f"<tr><th>trained with</th><td>{row}</td></tr>" in page
+
+
+def test_the_bold_best_is_chosen_among_methods_scored_on_the_same_images():
+    from dae.report import eval_table
+
+    def r(method, psnr, n, kind="baseline"):
+        return {
+            "method": method,
+            "kind": kind,
+            "noise": "gaussian:0.5",
+            "level": 0.5,
+            "psnr": psnr,
+            "ssim": 0.5,
+            "n_images": n,
+        }
+
+    page = str(eval_table([r("unet", 20.0, 300, "learned"), r("tv", 18.0, 300), r("nlm", 25.0, 40)]))
+    assert page.count('<b class="best">') == 1 and '<b class="best">20.00 / 0.500</b>' in page
+    older = [{k: v for k, v in x.items() if k != "n_images"} for x in (r("unet", 20.0, 0), r("tv", 18.0, 0))]
+    assert '<b class="best">20.00 / 0.500</b>' in str(eval_table(older))  # records without counts still rank
+
+
+def test_an_evaluation_of_another_generation_than_the_best_is_flagged(tmp_path):
+    from dae.evaluate import evaluate
+
+    run = make_synthetic_run(tmp_path, name="gen", eval=False, metrics=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    torch.manual_seed(0)
+    save_checkpoint(
+        create_model("_report_tiny_conv"), run / "checkpoints" / "best.safetensors", config=config, step=222
+    )
+    torch.manual_seed(1)
+    other = run / "checkpoints" / "step-00000216.safetensors"
+    save_checkpoint(create_model("_report_tiny_conv"), other, config=config, step=216)
+    evaluate([other], images=digits(4), levels=[0.5], out=run / "eval", verbose=False)
+    page = write_report(run, images=digits(2), levels=(0.5,)).read_text()
+    assert re.search(
+        r"these results are of step-00000216.safetensors \(_report_tiny_conv@gen at step 216\), not of the run"
+        r"&#x27;s best checkpoint \(step 222\): rerun `dae eval --checkpoint .*gen`",
+        page,
+    )

@@ -22,7 +22,7 @@ from dae.study import (
 )
 
 
-def rec(method, noise, psnr, kind="learned", train_noise=None, level=None):
+def rec(method, noise, psnr, kind="learned", train_noise=None, level=None, n_images=10):
     if level is None and ":" in noise:
         try:
             level = float(noise.split(":")[1])
@@ -35,7 +35,7 @@ def rec(method, noise, psnr, kind="learned", train_noise=None, level=None):
         "level": level,
         "psnr": psnr,
         "train_noise": train_noise,
-        "n_images": 10,
+        "n_images": n_images,
     }
 
 
@@ -436,3 +436,45 @@ def test_a_second_study_into_the_same_folder_is_refused(tmp_path, data_dir, monk
             ResourceError, match=r"study folder .*/s is in use by another study \(process \d+\)"
         ):
             run_experiments(out, StudySettings(**TINY), ["loss"], str(data_dir), log=lambda *a, **k: None)
+
+
+def test_a_slow_baseline_on_fewer_images_is_not_ranked_against_the_rest():
+    beyond = [
+        rec("unet", "gaussian:0.5", 20.0, n_images=300),
+        rec("tv", "gaussian:0.5", 18.0, kind="baseline", n_images=300),
+        rec("bm3d", "gaussian:0.5", 21.0, kind="baseline", n_images=40),  # its first 40 images are easier
+    ]
+    text = answer_beyond(beyond)
+    assert "beat the best classical baseline (tv) at 1 of 1 levels (margin +2.00 to +2.00 dB)" in text
+    assert "bm3d, scored on fewer images, not ranked against them" in text
+
+
+def test_the_code_layer_answer_is_flagged_when_its_models_never_learned(tmp_path, data_dir, monkeypatch):
+    import dae.study
+
+    # The code layer's section has no records, only each model's code: its models went unchecked, so an answer
+    # on untrained models read as a finding.
+    spec = dae.study.ModelSpec("fc")
+    seen = {}
+
+    def section(st):
+        st.checkpoints[spec] = tmp_path / "unused.safetensors"  # as st.ensure() leaves a trained model
+        sec = dae.study.Section("code", "8. The code layer", "setup")
+        sec.extra = [{"method": spec.label, "code_size": 64, "code_shape": "64", "zero_fraction": 0.5}]
+        sec.answer = f"the sparsest was {spec.label}"
+        seen["sec"] = sec
+        return sec
+
+    monkeypatch.setitem(dae.study.EXPERIMENTS, "code", section)
+    monkeypatch.setattr(dae.study.Study, "training_row", lambda self, sp: {"method": sp.label})
+    monkeypatch.setattr(  # no better than its own noisy input
+        dae.study.Study,
+        "own_noise_records",
+        lambda self, sp: [
+            rec(sp.label, sp.noise, 9.0, train_noise=sp.noise),
+            rec("noisy input", sp.noise, 12.0, kind="noisy"),
+        ],
+    )
+    run_experiments(tmp_path / "s", StudySettings(**TINY), ["code"], str(data_dir), log=lambda *a, **k: None)
+    assert seen["sec"].not_denoising == [spec.label]
+    assert seen["sec"].answer.startswith("Not a finding")

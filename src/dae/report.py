@@ -698,19 +698,28 @@ def _stale_evaluation(run: Path, scored: Mapping[str, Any], best: Mapping[str, A
     entries = {m: e for m, e in scored.items() if isinstance(e, dict)}
     if any(e.get("tensors_sha256") == best["tensors_sha256"] for e in entries.values()):
         return None  # the current best was scored
-    here = str(run.resolve() / "checkpoints" / "best.safetensors")
-    ours = {m: e for m, e in entries.items() if e.get("file") == here}
-    if not ours:  # the run folder has moved since: its best by its place in the run
-        tail = (run.resolve().name, "checkpoints", "best.safetensors")
-        ours = {m: e for m, e in entries.items() if Path(str(e.get("file"))).parts[-3:] == tail}
+    # This run's checkpoints among those scored: its best, or another generation named by file (`dae eval
+    # --checkpoint RUN/checkpoints/step-N.safetensors` writes to RUN/eval too).
+    here = run.resolve() / "checkpoints"
+    ours = {m: e for m, e in entries.items() if Path(str(e.get("file"))).parent == here}
+    if not ours:  # the run folder has moved since: its checkpoints by their place in the run
+        tail = (run.resolve().name, "checkpoints")
+        ours = {m: e for m, e in entries.items() if Path(str(e.get("file"))).parts[-3:-1] == tail}
     if len(ours) != 1:  # none, or runs of the same name scored together: which was this one is not known
         return None
     ((method, entry),) = ours.items()
     then = f" at step {entry['step']}" if entry.get("step") is not None else ""
     now = f", step {best['step']}," if best.get("step") is not None else ""
+    rerun = f"rerun `dae eval --checkpoint {shlex.quote(str(run))}`"
+    name = Path(str(entry.get("file"))).name
+    if name != "best.safetensors":
+        step = f" (step {best['step']})" if best.get("step") is not None else ""
+        return (
+            f"these results are of {name} ({method}{then}), not of the run's best checkpoint{step}: {rerun}"
+        )
     return (
-        f"these results are of an earlier best checkpoint ({method}{then}); the run's best{now} was "
-        f"saved after the evaluation: rerun `dae eval --checkpoint {shlex.quote(str(run))}`"
+        f"these results are of an earlier best checkpoint ({method}{then}); the run's best{now} was saved after "
+        f"the evaluation: {rerun}"
     )
 
 
@@ -802,9 +811,12 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
     kinds = {str(r.get("method")): str(r.get("kind", "")) for r in records}
     best = {}
     for s in specs:
-        cands = [
-            (_num(cells[m, s].get("psnr")), m) for m in methods if (m, s) in cells and kinds[m] != "noisy"
-        ]
+        scored = [m for m in methods if (m, s) in cells and kinds[m] != "noisy"]
+        # Ranked on the same images only: a slow baseline scored on the first few is not set against the rest.
+        counts = {m: _num(cells[m, s].get("n_images")) for m in scored}
+        counts = {m: 0.0 if math.isnan(n) else n for m, n in counts.items()}  # older results record none
+        full = max(counts.values(), default=0.0)
+        cands = [(_num(cells[m, s].get("psnr")), m) for m in scored if counts[m] == full]
         cands = [c for c in cands if not math.isnan(c[0])]
         if cands:
             best[s] = max(cands)[1]
@@ -827,7 +839,7 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
     caption = (
         (f"Columns: {family} noise level. " if family else "")
         + "Each cell: PSNR (dB, data range 1.0, per image then averaged) / SSIM (11x11 Gaussian window); "
-        "best PSNR per noise level in bold"
+        "best PSNR per noise level in bold, among the methods scored on the most images"
         + (f"; noise fixed by seed {', '.join(seeds)}" if seeds else "")
         + "."
     )

@@ -362,10 +362,14 @@ def answer_beyond(records: Sequence[Mapping[str, Any]]) -> str:
         rs = [r for r in records if _family(r["noise"]) == fam]
         specs = list(dict.fromkeys(str(r["noise"]) for r in rs))
         margins, wins = [], 0
-        names = set()
+        names, subset = set(), set()
         for s in specs:
-            learned = [r for r in rs if r["noise"] == s and r["kind"] == "learned"]
-            base = [r for r in rs if r["noise"] == s and r["kind"] == "baseline"]
+            # Ranked only on the same images: a slow baseline scored on the first few is left out.
+            scored = [r for r in rs if r["noise"] == s and r["kind"] in ("learned", "baseline")]
+            full = max((r.get("n_images") or 0 for r in scored), default=0)
+            subset |= {r["method"] for r in scored if (r.get("n_images") or 0) != full}
+            learned = [r for r in scored if r["kind"] == "learned" and (r.get("n_images") or 0) == full]
+            base = [r for r in scored if r["kind"] == "baseline" and (r.get("n_images") or 0) == full]
             if not learned or not base:
                 continue
             bl = max(learned, key=lambda r: _num(r["psnr"]))
@@ -377,7 +381,12 @@ def answer_beyond(records: Sequence[Mapping[str, Any]]) -> str:
             parts.append(
                 f"{fam}: the best learned model beat the best classical baseline "
                 f"({', '.join(sorted(names))}) at {wins} of {len(margins)} levels "
-                f"(margin {min(margins):+.2f} to {max(margins):+.2f} dB)."
+                f"(margin {min(margins):+.2f} to {max(margins):+.2f} dB)"
+                + (
+                    f"; {', '.join(sorted(subset))}, scored on fewer images, not ranked against them."
+                    if subset
+                    else "."
+                )
             )
     return " ".join(parts) or "No learned-vs-baseline comparison was possible."
 
@@ -977,7 +986,10 @@ def _run_experiments(
         t1 = time.perf_counter()
         failed_before = set(st.failures)
         sec = EXPERIMENTS[name](st)
+        # The models an answer rests on: those scored in its records, and those its other numbers describe
+        # (the code layer's section has no records, only each model's code).
         shown = {str(r["method"]) for r in sec.records if r.get("kind") == "learned"}
+        shown |= {str(e["method"]) for e in sec.extra if "method" in e}
         used = [sp for sp in st.checkpoints if sp.label in shown]
         sec.training = [st.training_row(sp) for sp in used]
         own = [r for sp in used for r in st.own_noise_records(sp)]
