@@ -229,7 +229,8 @@ def test_a_level_is_run_exactly_as_recorded():
     [
         ((torch.rand(3, 1, 28, 28) * 255).to(torch.uint8), r"float .* got torch.uint8.*"),
         (torch.rand(3, 1, 28, 28) * 255, r"\[0, 1\], got values from .* \(uint8 data: divide by 255\)"),
-        (torch.full((2, 1, 28, 28), float("nan")), r"must lie in \[0, 1\]"),
+        (torch.full((2, 1, 28, 28), float("nan")), r"must lie in \[0, 1\], but holds NaN values$"),
+        (torch.rand(3, 1, 28, 28) - 0.5, r"got values from -0\.\d+ to 0\.\d+$"),  # no uint8 hint for these
         (torch.rand(0, 1, 28, 28), "images is empty"),
         (torch.rand(28, 28), r"float \(N, C, H, W\) tensor in \[0, 1\], got torch.float32 \(28, 28\)"),
         (torch.rand(2, 1, 8, 8), "8x8 pixels are smaller than SSIM's 11x11 window"),
@@ -471,3 +472,9 @@ def test_the_terminal_table_keeps_long_noise_specs_apart():
     assert head.split() == ["PSNR", *specs]
     assert row.split() == ["median", "20.000", "21.000"]
     assert len(head) == len(rule) == len(row)  # the numbers stand under their specs
+
+
+@pytest.mark.parametrize("levels", [["a"], [None], "0.3,x"])
+def test_levels_that_are_not_numbers_are_a_usage_error(levels):
+    with pytest.raises(UsageError, match="levels"):
+        evaluate(baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=levels, verbose=False)

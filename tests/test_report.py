@@ -839,3 +839,25 @@ def test_an_evaluation_of_another_generation_than_the_best_is_flagged(tmp_path):
         r"&#x27;s best checkpoint \(step 222\): rerun `dae eval --checkpoint .*gen`",
         page,
     )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"levels": ["a"]}, "levels must be numbers"),
+        ({"n_images": 0}, "n_images must be a whole number >= 1"),
+        ({"n_images": -1}, "n_images must be a whole number >= 1"),
+        ({"images": torch.full((2, 1, 28, 28), 128, dtype=torch.uint8)}, r"float \(N, C, H, W\) tensor"),
+    ],
+)
+def test_bad_report_arguments_are_refused_before_anything_is_written(kwargs, message, tmp_path):
+    run = make_synthetic_run(tmp_path, name="args")
+    before = sorted(run.rglob("*"))
+    with pytest.raises(UsageError, match=message):
+        write_report(run, **kwargs)
+    assert sorted(run.rglob("*")) == before
+
+
+def test_one_report_level_may_be_given_as_a_number(tmp_path):
+    run = make_synthetic_run(tmp_path, name="one")
+    assert write_report(run, images=digits(2), levels=0.3).is_file()

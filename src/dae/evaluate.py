@@ -235,6 +235,11 @@ def evaluate(
         levels = parse_levels(levels)
     elif isinstance(levels, int | float):
         levels = [levels]
+    if levels is not None:
+        try:
+            levels = [float(v) for v in levels]
+        except (TypeError, ValueError):
+            raise UsageError(f"levels must be numbers, got {levels!r}") from None
     if sigma not in ("given", "estimate"):
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:
@@ -262,7 +267,7 @@ def evaluate(
         images = load_images(dataset, split, root=data_dir, limit=limit, **_crop_size(methods, dataset))
         source = f"dataset {dataset}/{split}"
     else:
-        _check_images(images)
+        check_images(images)
         images = images[:limit]
         source = "the images given"
     # Scored on the CPU, where the noise is drawn and each method's output comes back.
@@ -386,7 +391,7 @@ def _crop_size(methods: Sequence[Method], dataset: str) -> dict[str, Any]:
     return {"patch_size": sizes.pop()} if len(sizes) == 1 else {}
 
 
-def _check_images(images: Any) -> None:
+def check_images(images: Any) -> None:
     """Refuse test images that are not a non-empty float (N, C, H, W) batch in [0, 1], before any work."""
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__

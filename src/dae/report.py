@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from yaml import YAMLError
 
+from dae.checks import is_whole
 from dae.config import dump_yaml, load_yaml
 from dae.errors import DaeError, DataError, ResourceError, UsageError
 from dae.fileio import WriteError, make_folder
@@ -436,6 +437,22 @@ def write_report(
     """
     from dae import __version__, plots
     from dae.fileio import atomic_write_bytes
+
+    # The arguments first, as evaluate() checks its own: a bad one once gave a TypeError, or a report whose
+    # figures were replaced by a note.
+    if isinstance(levels, int | float):
+        levels = [levels]
+    if levels is not None:
+        try:
+            levels = [float(v) for v in levels]
+        except (TypeError, ValueError):
+            raise UsageError(f"levels must be numbers, got {levels!r}") from None
+    if not is_whole(n_images) or n_images < 1:
+        raise UsageError(f"n_images must be a whole number >= 1, got {n_images!r}")
+    if images is not None:
+        from dae.evaluate import check_images
+
+        check_images(images)
 
     run = Path(run_dir)
     if not is_run_dir(run):

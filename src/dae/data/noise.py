@@ -683,11 +683,12 @@ def check_unit_range(x: Tensor, what: str) -> None:
     """Refuse values outside [0, 1] (NaN included) with one line; uint8 data scaled by 255 is the usual cause."""
     if x.numel() == 0:
         return
+    if torch.isnan(x).any():
+        raise UsageError(f"{what} must lie in [0, 1], but holds NaN values")
     lo, hi = x.min().item(), x.max().item()
-    if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-        raise UsageError(
-            f"{what} must lie in [0, 1], got values from {lo:g} to {hi:g} (uint8 data: divide by 255)"
-        )
+    if not (lo >= 0.0 and hi <= 1.0):
+        hint = " (uint8 data: divide by 255)" if 1.0 < hi <= 255.0 and lo >= 0.0 else ""
+        raise UsageError(f"{what} must lie in [0, 1], got values from {lo:g} to {hi:g}{hint}")
 
 
 def make_noisy(x: Tensor, spec: str | Noise, seed: int) -> Tensor:
