@@ -157,6 +157,9 @@ def test_resume_falls_back_to_previous_good_generation(tmp_path, data_dir, capsy
     assert len(gens) == 2
     gens[-1].write_bytes(gens[-1].read_bytes()[:-50])  # truncate the newest
     cfg["train"]["epochs"] = 3
+    # Under torchrun every process reads the generations; only the first names what it skipped.
+    assert train_module.latest_good_generation(first.run_dir / "checkpoints", quiet=True).path == gens[0]
+    assert capsys.readouterr().err == ""
     resumed = train(cfg, resume=True, progress=False)
     assert "skipping bad checkpoint" in capsys.readouterr().err
     assert resumed.step == 12  # resumed from step 4, not 8

@@ -430,8 +430,9 @@ def _check_state(ck: Checkpoint) -> Checkpoint:
     return ck
 
 
-def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
-    """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped."""
+def latest_good_generation(ckpt_dir: Path, quiet: bool = False) -> Checkpoint:
+    """Newest step-* checkpoint that verifies; falls back generation by generation, naming what it skipped
+    (unless quiet: under torchrun every process reads them, and the first one speaks for all)."""
     generations = sorted(ckpt_dir.glob("step-*.json"), reverse=True)
     if not generations:
         if _holds_checkpoints(ckpt_dir):  # a fresh start there would overwrite them (and is refused)
@@ -444,7 +445,8 @@ def latest_good_generation(ckpt_dir: Path) -> Checkpoint:
         try:
             return _check_state(load_checkpoint(paths_for(record)[0], with_state=True))
         except (CheckpointError, ResourceError) as e:
-            print(f"dae: skipping bad checkpoint generation: {e}", file=sys.stderr)
+            if not quiet:
+                print(f"dae: skipping bad checkpoint generation: {e}", file=sys.stderr)
     raise CheckpointError(
         f"no good checkpoint to resume from in {ckpt_dir}: all {len(generations)} generation(s) are damaged "
         "(each named above)"
@@ -810,7 +812,7 @@ def _train(
     claim_early = resume and ckpt_dir.is_dir()
     if claim_early:
         _claim_run(run_dir, resume, world, held)
-    ck = latest_good_generation(ckpt_dir) if resume else None
+    ck = latest_good_generation(ckpt_dir, quiet=not world.main) if resume else None
     # The damaged generations a resume skipped: newer than the one it resumed from (see prune_generations).
     abandoned = (
         {r.name for r in ckpt_dir.glob("step-*.json") if r.name > paths_for(ck.path)[2].name}
