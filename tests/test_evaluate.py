@@ -478,3 +478,62 @@ def test_the_terminal_table_keeps_long_noise_specs_apart():
 def test_levels_that_are_not_numbers_are_a_usage_error(levels):
     with pytest.raises(UsageError, match="levels"):
         evaluate(baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=levels, verbose=False)
+
+
+def test_ctrl_c_while_results_are_swapped_in_lands_after_the_whole_new_set(tmp_path, monkeypatch):
+    import os
+    import signal
+    import threading
+
+    import dae.evaluate
+
+    evaluate(
+        baselines=["identity"], images=torch.rand(2, 1, 28, 28), levels=[0.2], out=tmp_path, verbose=False
+    )
+    # A thread that does not hold the signal back, as torch's workers: the kernel gave it the Ctrl-C, and a
+    # signal mask on the main thread alone then held back nothing.
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    real, swapped = os.replace, []
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst).parent == tmp_path:  # one file of the set swapped in, the rest to come
+            swapped.append(Path(dst).name)
+            if len(swapped) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(dae.evaluate.os, "replace", replace)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(
+                baselines=["median"],
+                images=torch.rand(2, 1, 28, 28),
+                levels=[0.4],
+                out=tmp_path,
+                verbose=False,
+            )
+    finally:
+        stop.set()
+        worker.join()
+    assert swapped == ["results.csv", "psnr_vs_noise.png", "results.json"]  # all of it, before the interrupt
+    assert "median" in (tmp_path / "results.csv").read_text()
+    assert {r["method"] for r in json.loads((tmp_path / "results.json").read_text())["records"]} >= {"median"}
+    assert "identity" not in (tmp_path / "results.json").read_text()
+
+
+def test_two_evaluations_writing_into_one_folder_take_turns(tmp_path, monkeypatch):
+    import threading
+
+    import dae.evaluate
+    from dae.fileio import folder_turn
+
+    result = evaluate(baselines=["median"], images=torch.rand(2, 1, 28, 28), levels=[0.4], verbose=False)
+    with folder_turn(tmp_path):  # another evaluation is writing
+        writer = threading.Thread(target=dae.evaluate.write_results, args=(result, tmp_path))
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and not (tmp_path / "results.json").exists()  # it waits its turn
+    writer.join(timeout=30)
+    assert not writer.is_alive() and "median" in (tmp_path / "results.json").read_text()

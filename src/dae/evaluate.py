@@ -422,14 +422,24 @@ def write_results(result: EvalResult, out: Path) -> list[Path]:
     failed write (a full disk, while the plot is drawn) leaves the earlier evaluation whole, never part of
     each (which `dae report` would show as the run's evaluation).
     """
+    from dae.fileio import folder_turn, make_folder
+
+    out = make_folder(check_results_folder(out))
+    # Two evaluations writing into one folder at once share the staging folder: the second waits (a second
+    # or so), then replaces the first's set whole.
+    with folder_turn(out):
+        return _swap_in_results(result, out)
+
+
+def _swap_in_results(result: EvalResult, out: Path) -> list[Path]:
     import shutil
 
     from dae.fileio import WriteError, atomic_write_bytes, fsync_dir, make_folder, signals_held
     from dae.plots import plot_matrix, plot_psnr_vs_noise
 
-    out = check_results_folder(out)
-    make_folder(out)
     stage = out / STAGING
+    if stage.is_symlink() or stage.is_file():
+        stage.unlink()  # not ours to keep: the name is dae's
     shutil.rmtree(stage, ignore_errors=True)  # what an earlier write that was stopped left aside
     make_folder(stage)
     try:

@@ -8,6 +8,7 @@ and the directory fsynced, so a reader (or a crash) sees the old file or the who
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -136,48 +137,74 @@ def signals_held() -> Iterator[None]:
     command's start: raised inside it, KeyboardInterrupt or Terminated left torch and numpy half imported, and
     the unwinding then crashed in their code (a RecursionError in numpy's lazy imports, a pybind11 abort) or
     the signal was lost and the command ran on to exit 0.
+
+    The handlers are swapped for ones that only take note, rather than the signals masked: a mask holds them
+    back from this thread alone, and the kernel hands a process's Ctrl-C to any thread that does not mask it
+    (torch's workers), after which Python raises it here all the same.
     """
-    import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it runs them
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    before = {
+        sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in before.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)  # now handled as usual: KeyboardInterrupt, Terminated
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str, busy: str) -> Iterator[None]:
-    """Hold `folder`/.lock for one process at a time (made with the folder if need be); another process gets
-    a ResourceError "WHAT FOLDER BUSY", `busy` with {holder} for the holder's process id. An advisory lock
-    the OS drops when the process ends, however it ends."""
+def folder_lock(folder: Path, doing: str, advice: str = "") -> Iterator[None]:
+    """Hold `folder`/.lock for one process at a time (made with the folder if need be), for `doing` ("training",
+    "study", ...). Held elsewhere: a ResourceError "FOLDER is in use by another DOING (process PID); ADVICE",
+    naming what the holder is doing. An advisory lock the OS drops when the process ends, however it ends."""
     import fcntl
 
     make_folder(folder)
     try:
         handle = open(folder / ".lock", "a+")
     except OSError as e:
-        raise ResourceError(f"cannot lock {what} {folder}: {e.strerror or e}") from None
+        raise ResourceError(f"cannot lock {folder}: {e.strerror or e}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise ResourceError(f"{what} {folder} {busy.format(holder=holder)}") from None
+            pid, _, theirs = handle.read().strip().partition(" ")
+            raise ResourceError(
+                f"{folder} is in use by another {theirs or doing} (process {pid or 'unknown'})"
+                + (f"; {advice}" if advice else "")
+            ) from None
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"{os.getpid()}\n")
+            handle.write(f"{os.getpid()} {doing}\n")
             handle.flush()
         except OSError as e:  # a full disk: the folder's first write
             raise ResourceError(f"cannot write {folder / '.lock'}: {e.strerror or e}") from None
         yield
+
+
+@contextmanager
+def folder_turn(folder: Path) -> Iterator[None]:
+    """Wait until no other process holds `folder`'s turn, then hold it for the block. The lock is on the folder
+    itself, so no lock file is left among what the folder holds (and none that folder_lock takes is touched)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
