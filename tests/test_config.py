@@ -245,3 +245,21 @@ def test_a_config_file_too_large_to_be_one_is_refused_without_reading_it_all(tmp
         load_config_file(f)
     (tmp_path / "ok.yaml").write_text("seed: 1\n")
     assert load_config_file(tmp_path / "ok.yaml") == {"seed": 1}
+
+
+def test_a_text_field_keeps_a_plain_value_as_written_as_an_older_dae_wrote_it(tmp_path):
+    # yaml.safe_dump (YAML 1.1) wrote these unquoted, as it reads them as text; YAML 1.2 reads numbers.
+    f = tmp_path / "config.yaml"
+    f.write_text("name: 3e-4\nout: 0o17\ntrain:\n  noise: +.5\n  lr: 3e-4\n  steps: 010\n")
+    cfg = build_config(load_config_file(f))
+    assert (cfg.name, cfg.out, cfg.train.noise) == ("3e-4", "0o17", "+.5")
+    assert (cfg.train.lr, cfg.train.steps) == (3e-4, 10)  # number fields read numbers
+    assert build_config(parse_override("name=1e3")).name == "1e3"
+
+
+@pytest.mark.parametrize("text", ["seed: !!int 0b11\n", "seed: !!int abc\n", "train: {lr: !!float abc}\n"])
+def test_an_explicit_tag_that_cannot_be_read_is_a_usage_error(tmp_path, text):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(UsageError, match=r"c.yaml is not valid YAML"):
+        load_config_file(f)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -85,6 +86,20 @@ class Config:
 
 # Fields given in seconds that also take '90s', '2m', '1h'.
 DURATION_FIELDS = ("train.time_budget",)
+
+
+def _text_fields(cls: type, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, hint in get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            out |= _text_fields(hint, f"{prefix}{name}.")
+        elif hint is str or (get_origin(hint) is not None and set(get_args(hint)) == {str, type(None)}):
+            out.add(f"{prefix}{name}")
+    return out
+
+
+# The dotted fields that hold text (name, out, train.noise, ...): a value there is the text as written.
+TEXT_FIELDS = frozenset(_text_fields(Config))
 _NONE_WORDS = ("none", "null", "")
 
 
@@ -249,8 +264,37 @@ for _tag, _rx, _first in _YAML12_RESOLVERS:
     _Dumper.add_implicit_resolver(_tag, _rx, list(_first))
 
 
-def _load_yaml(text: str | bytes) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def _load_yaml(text: str | bytes, text_fields: Collection[str] = ()) -> Any:
+    """YAML as a config holds it; a plain scalar at one of the dotted `text_fields` stays the text it is written
+    as: a run named 3e-4 in a config.yaml that an older dae wrote unquoted (YAML 1.1 read it as text) must not
+    come back named 0.0003."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _as_text(node, text_fields)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _as_text(node: yaml.Node, text_fields: Collection[str], prefix: str = "") -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for key, value in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        where = f"{prefix}{key.value}"
+        if isinstance(value, yaml.MappingNode):
+            _as_text(value, text_fields, f"{where}.")
+        elif (
+            isinstance(value, yaml.ScalarNode)
+            and value.style is None  # plain, not quoted
+            and where in text_fields
+            and value.tag in (_TAG + "int", _TAG + "float", _TAG + "bool")
+        ):
+            value.tag = _TAG + "str"
 
 
 def load_yaml(text: str | bytes) -> Any:
@@ -292,8 +336,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         )
     kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
     try:
-        data = tomllib.loads(text.decode()) if kind == "TOML" else _load_yaml(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        data = tomllib.loads(text.decode()) if kind == "TOML" else _load_yaml(text, TEXT_FIELDS)
+    except (
+        tomllib.TOMLDecodeError,
+        yaml.YAMLError,
+        UnicodeDecodeError,
+        ValueError,
+    ) as e:  # !!int abc: ValueError
         raise UsageError(f"config file {path} is not valid {kind}: {_parse_problem(e)}") from None
     if data is None:
         return {}
@@ -313,6 +362,8 @@ def parse_override(text: str) -> dict[str, Any]:
         value = raw
     if isinstance(value, str) and key.endswith(("noise", "name", "dataset", "data_dir")):
         value = raw  # keep spec strings like 'gaussian:0.3' verbatim
+    elif isinstance(value, int | float) and key.lstrip("-") in TEXT_FIELDS:
+        value = raw  # a text field takes a number as typed, as in a file: --name=1e3 is not named 1000.0
     out: dict[str, Any] = {}
     node = out
     parts = key.lstrip("-").split(".")
