@@ -481,6 +481,7 @@ def test_a_stop_flag_replaces_the_config_files_stop(stop, tmp_path, data_dir, ca
         ("train: {lr: .nan}\n", "train.lr must be a number > 0"),  # checked after reading, once named nothing
         ("train: {batch_size: 0}\n", "train.batch_size must be >= 1"),
         ("train: {noise: off}\n", "unknown noise 'off'"),  # YAML 1.1 read False, and the noise "False"
+        ("model: {name: unet, kwargs: {width: -3}}\n", "model unet: width must be an integer >= 1"),
     ],
 )
 def test_an_error_in_a_config_file_names_the_file(text, message, tmp_path, capsys, monkeypatch):

@@ -362,3 +362,12 @@ def test_every_model_has_a_default_recipe_and_recipes_are_frozen():
 def test_model_options_of_the_wrong_kind_are_refused(name, kwargs, message):
     with pytest.raises(UsageError, match=message):
         create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize(("word", "flag"), [("yes", True), ("On", True), ("no", False), ("off", False)])
+def test_a_flag_written_as_yaml_1_1_wrote_it_is_read_as_that_flag(word, flag):
+    # `residual: yes` in a config file written for YAML 1.1; dae reads YAML 1.2, where it is a word.
+    model = create_model("unet", width=4, residual=word)
+    assert model.residual is flag and model.dae_kwargs["residual"] is flag
+    with pytest.raises(UsageError, match="residual must be true or false"):
+        create_model("unet", width=4, residual="maybe")

@@ -206,6 +206,8 @@ def check_config_layer(layer: dict[str, Any], source: str) -> None:
         model, train = layer.get("model") or {}, layer.get("train") or {}
         if model.get("name"):
             MODELS.builder(cfg.model.name, cfg.model.kwargs)
+            with torch.device("meta"):  # the options' values too (width: -3), at no cost in memory
+                create_model(cfg.model.name, **{"in_channels": 1, **cfg.model.kwargs})
         if train.get("noise"):
             parse_noise(cfg.train.noise)
         if train.get("loss"):

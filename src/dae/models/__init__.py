@@ -22,6 +22,7 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
         >>> model = create_model("unet", width=16)
     """
     builder = MODELS.builder(name, kwargs)
+    kwargs = _flags_read(builder, kwargs)
     # Inside `with torch.device("meta")` (a checkpoint's layout check) the build costs no memory to check.
     if torch.empty(0).device.type != "meta":
         _check_fits_in_memory(name, builder, kwargs)
@@ -34,6 +35,22 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
     model.dae_name = name
     model.dae_kwargs = resolved_kwargs(builder, kwargs)
     return model
+
+
+def _flags_read(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """kwargs with the words YAML 1.1 read as booleans (yes/no/on/off) made booleans where the builder declares
+    a bool: config files written for YAML 1.1 said `residual: yes`, which dae's YAML 1.2 reads as a word."""
+    words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    try:
+        hints = inspect.signature(builder, eval_str=True).parameters
+    except (NameError, TypeError, ValueError):  # annotations it cannot evaluate: take the values as given
+        return kwargs
+    return {
+        k: words[v.lower()]
+        if k in hints and hints[k].annotation is bool and isinstance(v, str) and v.lower() in words
+        else v
+        for k, v in kwargs.items()
+    }
 
 
 # Training holds a model's weights four times over (weights, gradients and Adam's two moments) beside its
