@@ -853,3 +853,43 @@ def test_an_output_file_name_that_cannot_be_meant_is_refused_before_any_work(
     with pytest.raises(UsageError, match=match):
         denoise_files(inputs, TinyConv(), out)
     assert sorted(tmp_path.rglob("*")) == before  # nothing made, nothing written
+
+
+@pytest.mark.parametrize(
+    ("inputs", "out", "error", "match"),
+    [
+        (["missing.png"], "clean.png", ResourceError, "missing.png: no such file or folder"),
+        (
+            ["photo.png"],
+            "clean.webp",
+            UsageError,
+            r"clean.webp: dae writes .* files; give a name ending in .png",
+        ),
+        (
+            ["photo.png"],
+            "photo.png",
+            UsageError,
+            "output would overwrite an input; choose another output name",
+        ),
+    ],
+)
+def test_output_file_names_that_go_wrong_say_what_is_wrong(tmp_path, monkeypatch, inputs, out, error, match):
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "photo.png", u8((10, 12)))
+    with pytest.raises(error, match=match):
+        denoise_files(inputs, TinyConv(), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_an_output_name_ending_in_a_slash_is_a_folder(tmp_path):
+    src = save(tmp_path / "photo.png", u8((10, 12)))
+    report = denoise_files([src], TinyConv(), f"{tmp_path / 'y.png'}/")
+    assert report.written == [tmp_path / "y.png" / "photo.png"]
+
+
+def test_a_misspelt_baseline_name_says_what_names_there_are(tmp_path):
+    src = save(tmp_path / "photo.png", u8((10, 12)))
+    with pytest.raises(
+        ResourceError, match=r"checkpoint medain does not exist, nor is it a classical method \(.*median"
+    ):
+        denoise_files([src], "medain", tmp_path / "out")

@@ -397,7 +397,7 @@ def denoise_files(
     if not os.fspath(out_dir):
         raise UsageError("the output folder is empty; pass a folder to write to")
     single = len(inputs) == 1 and expand_user(inputs[0], "input").is_file()
-    out_file = _output_file(out_dir, expand_user(inputs[0], "input") if single else None, len(inputs))
+    out_file = _output_file(out_dir, [expand_user(i, "input") for i in inputs])
     out_root = output_folder(out_file.parent if out_file is not None else out_dir)
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
@@ -580,7 +580,8 @@ def _plan(
                 continue
             resolved = target.resolve()
             if resolved in sources or (target.exists() and _file_id(target) in source_ids):
-                raise UsageError(f"{target}: output would overwrite an input; choose another output folder")
+                other = "name" if out_file is not None else "folder"
+                raise UsageError(f"{target}: output would overwrite an input; choose another output {other}")
             if resolved in claimed:
                 raise UsageError(f"{claimed[resolved]} and {src} would both be written to {target}")
             claimed[resolved] = src
@@ -595,23 +596,34 @@ def _plan(
     return _Plan(jobs, skipped, list(named.values()), unreadable)
 
 
-def _output_file(out: str | os.PathLike, single: Path | None, n_inputs: int) -> Path | None:
-    """The file to write when `out` names one (an image extension, and no folder there): allowed for one input
-    file (`single`), in that file's format; for anything else such a name is refused rather than made a folder
-    named like an image."""
+def _output_file(out: str | os.PathLike, inputs: list[Path]) -> Path | None:
+    """The file to write when `out` names one (an image extension, no trailing slash, and no folder there):
+    allowed for one input file, in that file's format; for anything else such a name is refused rather than
+    made a folder named like an image."""
     path = expand_user(out, "output")
     ext = path.suffix.lower()
-    if ext not in IMAGE_EXTENSIONS or path.is_dir():
+    if (
+        ext not in IMAGE_EXTENSIONS | OTHER_IMAGE_EXTENSIONS
+        or path.is_dir()
+        or os.fspath(out).endswith(("/", os.sep))
+    ):
         return None
-    if single is None:
-        what = f"there are {n_inputs} inputs" if n_inputs > 1 else "the input is a folder"
+    if any(not p.exists() for p in inputs):
+        return None  # the missing input is the error (_plan's), not the output's name
+    if len(inputs) > 1 or not inputs[0].is_file():
+        what = f"there are {len(inputs)} inputs" if len(inputs) > 1 else "the input is a folder"
         raise UsageError(
             f"{path}: an output file name, but {what}; give an output folder (outputs keep their names)"
         )
-    if single.suffix.lower() in FORMATS and FORMATS[single.suffix.lower()] != FORMATS[ext]:
+    src = inputs[0].suffix.lower()
+    if ext not in IMAGE_EXTENSIONS:
         raise UsageError(
-            f"{path}: the output keeps the input's format ({FORMATS[single.suffix.lower()]}, as {single.name}); "
-            f"give a name ending in {single.suffix}"
+            f"{path}: dae writes {', '.join(sorted(IMAGE_EXTENSIONS))} files; give a name ending in {inputs[0].suffix}"
+        )
+    if src in FORMATS and FORMATS[src] != FORMATS[ext]:
+        raise UsageError(
+            f"{path}: the output keeps the input's format ({FORMATS[src]}, as {inputs[0].name}); "
+            f"give a name ending in {inputs[0].suffix}"
         )
     return path
 
@@ -630,6 +642,13 @@ def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
 
         if checkpoint_or_model in BASELINES:  # "median": a classical method by name, as `--baseline median`
             return _load(create_baseline(checkpoint_or_model), device)
+        if (
+            not Path(checkpoint_or_model).suffix and os.sep not in checkpoint_or_model
+        ):  # a bare word: "medain"
+            raise ResourceError(
+                f"checkpoint {checkpoint_or_model} does not exist, nor is it a classical method "
+                f"({', '.join(BASELINES.names())})"
+            )
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         from dae.checkpoint import load_model
         from dae.train import select_device
