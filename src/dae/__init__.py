@@ -65,14 +65,14 @@ def make_callable(module: types.ModuleType) -> None:
 # The package's modules, reached as attributes after a plain `import dae` (dae.baselines.BASELINES), as
 # after `import dae.baselines`.
 _MODULES = frozenset(
-    "baselines checkpoint config data errors evaluate fileio imageio inference losses metrics models "
-    "plots recipes registry report study train".split()
+    "allocator baselines checkpoint checks config data distributed errors evaluate fileio imageio inference "
+    "losses metrics models plots recipes registry report study train".split()
 )
 
 
 def __dir__() -> list[str]:
     """What `dae.<TAB>` offers in a notebook: the public API is imported on first use, so it is not in globals."""
-    return sorted(set(globals()) | set(__all__) | _MODULES)
+    return sorted(set(__all__) | _MODULES)
 
 
 def __getattr__(name: str):

@@ -333,8 +333,8 @@ def _overrides_help() -> str:
     ]
     lines = [
         paragraph(
-            "Settings, with their defaults: each is also --SECTION.FIELD=VALUE after the flags (e.g. "
-            "--train.lr=1e-3), and a section of a --config file; dae/config.py says what each does."
+            "Settings, with their defaults: those in a section are also --SECTION.FIELD=VALUE after the flags "
+            "(e.g. --train.lr=1e-3); all are keys of a --config file; dae/config.py says what each does."
         )
     ]
     for section in sections:
@@ -345,11 +345,11 @@ def _overrides_help() -> str:
         if section == "model":
             values.append("kwargs.OPTION=VALUE (the model's options: dae models)")
         lines.append(paragraph(f"{section}: " + ", ".join(values), "  "))
-    lines.append(paragraph("no section: " + ", ".join(top), "  "))
+    lines.append(paragraph("no section (flags, or a --config file): " + ", ".join(top), "  "))
     lines.append(
         paragraph(
             "Later layers win: the defaults, a recipe, --config files in order, the flags, the dotted "
-            "overrides. A flag given twice counts once, the last one."
+            "overrides. --recipe may be given once; another flag given twice counts once, the last one."
         )
     )
     return "\n".join(lines)

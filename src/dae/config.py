@@ -115,7 +115,7 @@ def parse_duration(text: str | float | int) -> float:
 
 
 def _duration_or_number(text: str, where: str) -> str | float:
-    """'90s', '2m', '1h' as seconds, as on the command line; numbers (YAML reads 1e3 as a string) and
+    """'90s', '2m', '1h' as seconds, as on the command line; numbers (a quoted '1e3', a TOML string) and
     none-words are left to the field's own conversion."""
     word = text.strip()
     if word.lower() in _NONE_WORDS:

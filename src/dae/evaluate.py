@@ -122,6 +122,21 @@ def parse_levels(text: str | None) -> list[float] | None:
         raise UsageError(f"bad levels {text!r}; give comma-separated numbers, e.g. 0.1,0.3,0.5") from None
 
 
+def as_levels(levels: Any) -> list[float] | None:
+    """Noise levels as a list of floats, from what a caller may give: a list, one number, or the command
+    line's comma-separated text; None stays None (the family's sweep). Anything else is a UsageError."""
+    if levels is None:
+        return None
+    if isinstance(levels, str):
+        return parse_levels(levels)
+    if isinstance(levels, int | float):
+        levels = [levels]
+    try:
+        return [float(v) for v in levels]
+    except (TypeError, ValueError):
+        raise UsageError(f"levels must be numbers, got {levels!r}") from None
+
+
 def resolve_methods(
     checkpoints: Sequence[str | Path] = (),
     baselines: Sequence[str] = (),
@@ -231,15 +246,7 @@ def evaluate(
         checkpoints = [checkpoints]
     if isinstance(baselines, str):
         baselines = [b for b in baselines.split(",") if b]
-    if isinstance(levels, str):
-        levels = parse_levels(levels)
-    elif isinstance(levels, int | float):
-        levels = [levels]
-    if levels is not None:
-        try:
-            levels = [float(v) for v in levels]
-        except (TypeError, ValueError):
-            raise UsageError(f"levels must be numbers, got {levels!r}") from None
+    levels = as_levels(levels)
     if sigma not in ("given", "estimate"):
         raise UsageError(f"sigma must be 'given' or 'estimate', got {sigma!r}")
     if slow_limit < 1:
@@ -251,7 +258,9 @@ def evaluate(
             "levels is empty: give at least one noise level, or leave it out for the family's sweep"
         )
     checkpoints, baselines, models = checkpoints or (), baselines or (), models or ()  # None reads as none
-    if not isinstance(models, list | tuple):
+    if callable(getattr(models, "denoise", None)) or (
+        isinstance(models, torch.nn.Module) and not isinstance(models, torch.nn.ModuleList)
+    ):
         models = [models]  # one model (a torch module, or a denoiser of one's own) rather than a list of them
     if out is not None:
         check_results_folder(Path(out))  # before the work, not after it

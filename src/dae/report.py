@@ -436,22 +436,16 @@ def write_report(
         PosixPath('runs/demo/report.html')
     """
     from dae import __version__, plots
-    from dae.fileio import atomic_write_bytes
 
     # The arguments first, as evaluate() checks its own: a bad one once gave a TypeError, or a report whose
     # figures were replaced by a note.
-    if isinstance(levels, int | float):
-        levels = [levels]
-    if levels is not None:
-        try:
-            levels = [float(v) for v in levels]
-        except (TypeError, ValueError):
-            raise UsageError(f"levels must be numbers, got {levels!r}") from None
+    from dae.evaluate import as_levels, check_images
+    from dae.fileio import atomic_write_bytes
+
+    levels = as_levels(levels)
     if not is_whole(n_images) or n_images < 1:
         raise UsageError(f"n_images must be a whole number >= 1, got {n_images!r}")
     if images is not None:
-        from dae.evaluate import check_images
-
         check_images(images)
 
     run = Path(run_dir)

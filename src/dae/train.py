@@ -558,13 +558,12 @@ def resolve_config(config: Config | dict[str, Any] | None, resume: bool = False)
             )
         own = {k: v for k, v in own.items() if k != "recipe"}
     if own.get("recipe"):
-        recipe = get_recipe(own["recipe"]).to_dict()
-        # A model that is not a section is build_config's to refuse; here it names no other model.
-        model = own["model"] if isinstance(own.get("model"), dict) else {}
-        if model.get("name", recipe["model"]["name"]) != recipe["model"]["name"]:
-            recipe["model"]["kwargs"] = {}  # the recipe's kwargs belong to its own model
-        layers.append(recipe)
-    return build_config(*layers, naming_every_stop(own))
+        layers.append(get_recipe(own["recipe"]).to_dict())
+    below: dict[str, Any] = {}
+    for layer in layers:  # the run's saved config, or a recipe
+        below = lay_over(below, layer)
+    # A model that is not a section is build_config's to refuse; lay_over reads it as naming no other model.
+    return build_config(lay_over(below, own))
 
 
 STOPS = ("epochs", "steps", "time_budget")
