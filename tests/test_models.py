@@ -355,7 +355,7 @@ def test_every_model_has_a_default_recipe_and_recipes_are_frozen():
         ("strided", {"channels": [16.9, 32]}, "channels must be one or more positive integers"),  # built 16
         ("unet", {"width": True}, "width must be an integer"),  # built a 212-parameter model
         ("unet", {"residual": "maybe"}, "residual must be true or false"),  # built a residual model
-        ("unet", {"residual": "False"}, "residual must be true or false"),  # bool("False") is True
+        ("unet", {"residual": "1"}, "residual must be true or false"),  # bool("0") is True too
         ("fc", {"hidden": "64"}, r"got '64'"),  # was "got '6'"
     ],
 )

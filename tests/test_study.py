@@ -431,9 +431,9 @@ def test_a_second_study_into_the_same_folder_is_refused(tmp_path, data_dir, monk
     # that mixed the two.
     monkeypatch.setattr(dae.study.Study, "ensure", lambda *a, **k: pytest.fail("trained beside the first"))
     out = tmp_path / "s"
-    with folder_lock(out, "study"):  # the first study, in this process
+    with folder_lock(out, "study folder", "study"):  # the first study, in this process
         with pytest.raises(
-            ResourceError, match=r".*/s is in use by another study \(process \d+\); wait for it"
+            ResourceError, match=r"study folder .*/s is in use by another study \(process \d+\); wait for it"
         ):
             run_experiments(out, StudySettings(**TINY), ["loss"], str(data_dir), log=lambda *a, **k: None)
 

@@ -1157,3 +1157,18 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path, data_dir, capsys
     cfg["out"] = str(tmp_path / "run2")
     train(cfg, progress=False)
     assert "batch_size" not in capsys.readouterr().err
+
+
+def test_a_run_folder_held_by_a_study_says_a_study_holds_it(tmp_path, data_dir):
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / ".lock", "a+") as holder:  # `dae study --out run` writes "PID study"
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("4343 study\n")
+        holder.flush()
+        with pytest.raises(
+            ResourceError, match=r"run directory .*run is in use by another study \(process 4343\)"
+        ):
+            train(small_config(tmp_path, data_dir, steps=1), progress=False)

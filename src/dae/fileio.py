@@ -162,17 +162,18 @@ def signals_held() -> Iterator[None]:
 
 
 @contextmanager
-def folder_lock(folder: Path, doing: str, advice: str = "") -> Iterator[None]:
+def folder_lock(folder: Path, what: str, doing: str, advice: str = "") -> Iterator[None]:
     """Hold `folder`/.lock for one process at a time (made with the folder if need be), for `doing` ("training",
-    "study", ...). Held elsewhere: a ResourceError "FOLDER is in use by another DOING (process PID); ADVICE",
-    naming what the holder is doing. An advisory lock the OS drops when the process ends, however it ends."""
+    "study", ...). Held elsewhere: a ResourceError "WHAT FOLDER is in use by another DOING (process PID);
+    ADVICE", naming what the holder is doing. An advisory lock the OS drops when the process ends, however it
+    ends."""
     import fcntl
 
     make_folder(folder)
     try:
         handle = open(folder / ".lock", "a+")
     except OSError as e:
-        raise ResourceError(f"cannot lock {folder}: {e.strerror or e}") from None
+        raise ResourceError(f"cannot lock {what} {folder}: {e.strerror or e}") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -180,7 +181,7 @@ def folder_lock(folder: Path, doing: str, advice: str = "") -> Iterator[None]:
             handle.seek(0)
             pid, _, theirs = handle.read().strip().partition(" ")
             raise ResourceError(
-                f"{folder} is in use by another {theirs or doing} (process {pid or 'unknown'})"
+                f"{what} {folder} is in use by another {theirs or doing} (process {pid or 'unknown'})"
                 + (f"; {advice}" if advice else "")
             ) from None
         try:

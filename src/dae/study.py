@@ -960,7 +960,7 @@ def run_experiments(
     out = make_folder(output_folder(out))
     # One study per folder: a second one would clear the model folder the first is training in (its cache of
     # a model it cannot resume), and the first would then mark the second's model as its own.
-    with folder_lock(out, "study", "wait for it to end or use another --out"):
+    with folder_lock(out, "study folder", "study", "wait for it to end or use another --out"):
         return _run_experiments(out, names, settings, data_dir, seed, log)
 
 

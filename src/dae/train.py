@@ -688,7 +688,9 @@ def _refuse_a_fresh_start_over_checkpoints(run_dir: Path, resume: bool) -> None:
 def _run_lock(run_dir: Path):
     """One training per run folder: two runs into one --out would interleave their metrics and checkpoints,
     and both report success."""
-    return folder_lock(run_dir, "training", "wait for it to end or train into another directory (--out)")
+    return folder_lock(
+        run_dir, "run directory", "training", "wait for it to end or train into another directory (--out)"
+    )
 
 
 def _check_model(cfg: Config, resume: bool) -> None:
