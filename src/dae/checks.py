@@ -7,6 +7,12 @@ import numbers
 import os
 from typing import Any
 
+# The words read as true and false where a flag is given as text: YAML 1.1's, which config files written for it
+# still use (YAML 1.2, as dae reads config files, knows only true/false). Config fields and noise options also
+# take "1" and "0"; a model's flag takes these words alone.
+TRUE_WORDS = frozenset({"true", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "no", "off"})
+
 
 def is_whole(value: Any) -> bool:
     """An integer of any kind (numpy's too), and not a bool: True is an int to Python, not a count to a user."""

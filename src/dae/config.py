@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from dae.checks import FALSE_WORDS, TRUE_WORDS
 from dae.errors import ResourceError, UsageError
 
 
@@ -142,9 +143,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if annotation is bool:
             if isinstance(value, bool):
                 return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
+            if str(value).lower() in {"1", *TRUE_WORDS}:
                 return True
-            if str(value).lower() in ("0", "false", "no", "off"):
+            if str(value).lower() in {"0", *FALSE_WORDS}:
                 return False
             raise ValueError
         if annotation is int:
@@ -297,13 +298,8 @@ def _as_text(node: yaml.Node, text_fields: Collection[str], prefix: str = "") ->
             value.tag = _TAG + "str"
 
 
-def load_yaml(text: str | bytes) -> Any:
-    """YAML as dae's config files are read: YAML 1.2 scalars, repeated keys refused (yaml.YAMLError)."""
-    return _load_yaml(text)
-
-
 def dump_yaml(data: Any) -> str:
-    """`data` as YAML that `load_yaml` (and YAML 1.1 readers) read back unchanged, keys in their order."""
+    """`data` as YAML that load_config_file (and YAML 1.1 readers) read back unchanged, keys in their order."""
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
@@ -337,12 +333,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     kind = "TOML" if path.suffix.lower() == ".toml" else "YAML"
     try:
         data = tomllib.loads(text.decode()) if kind == "TOML" else _load_yaml(text, TEXT_FIELDS)
-    except (
-        tomllib.TOMLDecodeError,
-        yaml.YAMLError,
-        UnicodeDecodeError,
-        ValueError,
-    ) as e:  # !!int abc: ValueError
+    # ValueError: an explicit tag PyYAML cannot construct (!!int abc).
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError, ValueError) as e:
         raise UsageError(f"config file {path} is not valid {kind}: {_parse_problem(e)}") from None
     if data is None:
         return {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -37,7 +38,7 @@ RECORD_COLUMNS = [
 ]
 
 
-# Every file write_results may write: all are removed before a new evaluation's are written.
+# Every file write_results may write: those a new evaluation does not write are removed when its are swapped in.
 RESULT_FILES = ("results.csv", "results.json", "psnr_vs_noise.png", "matrix.csv", "matrix.png")
 STAGING = ".results-new"  # where write_results writes a new set before swapping it in
 
@@ -410,10 +411,25 @@ def check_images(images: Any) -> None:
     check_unit_range(images, "images")
 
 
+def on_most_images(records: Sequence[Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The records scored on the most images, and the rest (slow baselines, scored on the first few): methods
+    are ranked only against those scored on the same images. A record without a count counts none (older
+    results); counts may be text (results.csv)."""
+
+    def count(r: Mapping[str, Any]) -> float:
+        try:
+            n = float(r.get("n_images") or 0)
+        except (TypeError, ValueError):
+            return 0.0
+        return 0.0 if math.isnan(n) else n
+
+    full = max((count(r) for r in records), default=0.0)
+    return [r for r in records if count(r) == full], [r for r in records if count(r) != full]
+
+
 def check_results_folder(out: Path) -> Path:
     """`out` checked as the folder write_results will write, before any work: it can be made or written, and
     no folder (or other non-file) stands where one of its files goes."""
-
     out = output_folder(out)
     for name in RESULT_FILES:
         if (out / name).exists() and not (out / name).is_file():

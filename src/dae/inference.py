@@ -396,8 +396,9 @@ def denoise_files(
         raise UsageError("an input path is empty; pass image files or folders")
     if not os.fspath(out_dir):
         raise UsageError("the output folder is empty; pass a folder to write to")
-    single = len(inputs) == 1 and expand_user(inputs[0], "input").is_file()
-    out_file = _output_file(out_dir, [expand_user(i, "input") for i in inputs])
+    paths = [expand_user(i, "input") for i in inputs]
+    single = len(paths) == 1 and paths[0].is_file()
+    out_file = _output_file(out_dir, paths)
     out_root = output_folder(out_file.parent if out_file is not None else out_dir)
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
@@ -642,9 +643,8 @@ def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
 
         if checkpoint_or_model in BASELINES:  # "median": a classical method by name, as `--baseline median`
             return _load(create_baseline(checkpoint_or_model), device)
-        if (
-            not Path(checkpoint_or_model).suffix and os.sep not in checkpoint_or_model
-        ):  # a bare word: "medain"
+        # A bare word ("medain") was more likely meant as a method's name than as a file's.
+        if not Path(checkpoint_or_model).suffix and os.sep not in checkpoint_or_model:
             raise ResourceError(
                 f"checkpoint {checkpoint_or_model} does not exist, nor is it a classical method "
                 f"({', '.join(BASELINES.names())})"

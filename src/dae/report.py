@@ -22,10 +22,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from yaml import YAMLError
 
 from dae.checks import is_whole
-from dae.config import dump_yaml, load_yaml
+from dae.config import dump_yaml, load_config_file
 from dae.errors import DaeError, DataError, ResourceError, UsageError
 from dae.fileio import WriteError, make_folder
 
@@ -250,11 +249,12 @@ def _is_dae_config(path: Path) -> bool:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """A run's config.yaml, read as `dae train` reads it (YAML 1.2, text fields as written)."""
     try:
-        data = load_yaml(path.read_text())
-    except (OSError, UnicodeDecodeError, YAMLError) as e:
-        raise _Skip(f"{path} could not be read ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
+        data = load_config_file(path)
+    except DaeError as e:  # missing, unreadable, not YAML, not a mapping
+        raise _Skip(str(e)) from None
+    if not data:
         raise _Skip(f"{path} does not hold a mapping")
     return data
 
@@ -810,6 +810,7 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
     Example:
         >>> eval_table(dae.evaluate([...], ["median"]).records)
     """
+    from dae.evaluate import on_most_images
     from dae.plots import _level_key, _short_levels
 
     specs = sorted({str(r.get("noise")) for r in records}, key=_level_key)
@@ -822,12 +823,9 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
     kinds = {str(r.get("method")): str(r.get("kind", "")) for r in records}
     best = {}
     for s in specs:
-        scored = [m for m in methods if (m, s) in cells and kinds[m] != "noisy"]
         # Ranked on the same images only: a slow baseline scored on the first few is not set against the rest.
-        counts = {m: _num(cells[m, s].get("n_images")) for m in scored}
-        counts = {m: 0.0 if math.isnan(n) else n for m, n in counts.items()}  # older results record none
-        full = max(counts.values(), default=0.0)
-        cands = [(_num(cells[m, s].get("psnr")), m) for m in scored if counts[m] == full]
+        ranked, _ = on_most_images([cells[m, s] for m in methods if (m, s) in cells and kinds[m] != "noisy"])
+        cands = [(_num(r.get("psnr")), str(r.get("method"))) for r in ranked]
         cands = [c for c in cands if not math.isnan(c[0])]
         if cands:
             best[s] = max(cands)[1]

@@ -356,6 +356,8 @@ def answer_occlusion(records: Sequence[Mapping[str, Any]]) -> str:
 
 def answer_beyond(records: Sequence[Mapping[str, Any]]) -> str:
     """Per noise family: does the best learned model beat the best classical baseline, by how much."""
+    from dae.evaluate import on_most_images
+
     families = list(dict.fromkeys(_family(r["noise"]) for r in records))
     parts = []
     for fam in families:
@@ -365,11 +367,12 @@ def answer_beyond(records: Sequence[Mapping[str, Any]]) -> str:
         names, subset = set(), set()
         for s in specs:
             # Ranked only on the same images: a slow baseline scored on the first few is left out.
-            scored = [r for r in rs if r["noise"] == s and r["kind"] in ("learned", "baseline")]
-            full = max((r.get("n_images") or 0 for r in scored), default=0)
-            subset |= {r["method"] for r in scored if (r.get("n_images") or 0) != full}
-            learned = [r for r in scored if r["kind"] == "learned" and (r.get("n_images") or 0) == full]
-            base = [r for r in scored if r["kind"] == "baseline" and (r.get("n_images") or 0) == full]
+            ranked, fewer = on_most_images(
+                [r for r in rs if r["noise"] == s and r["kind"] in ("learned", "baseline")]
+            )
+            subset |= {r["method"] for r in fewer}
+            learned = [r for r in ranked if r["kind"] == "learned"]
+            base = [r for r in ranked if r["kind"] == "baseline"]
             if not learned or not base:
                 continue
             bl = max(learned, key=lambda r: _num(r["psnr"]))

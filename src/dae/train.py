@@ -196,7 +196,6 @@ def check_config_layer(layer: dict[str, Any], source: str) -> None:
     says where it came from: its fields and their kinds and values, and the recipe, model (with its kwargs),
     noise and loss it names. Errors read "SOURCE: what is wrong"."""
     from dae.data.noise import parse_noise
-    from dae.models import MODELS
 
     try:
         cfg = build_config(layer)
@@ -205,8 +204,8 @@ def check_config_layer(layer: dict[str, Any], source: str) -> None:
             get_recipe(cfg.recipe)
         model, train = layer.get("model") or {}, layer.get("train") or {}
         if model.get("name"):
-            MODELS.builder(cfg.model.name, cfg.model.kwargs)
-            with torch.device("meta"):  # the options' values too (width: -3), at no cost in memory
+            # The options' names (through MODELS.builder) and values (width: -3), at no cost in memory.
+            with torch.device("meta"):
                 create_model(cfg.model.name, **{"in_channels": 1, **cfg.model.kwargs})
         if train.get("noise"):
             parse_noise(cfg.train.noise)
@@ -600,20 +599,11 @@ def saved_run_config(run_dir: str | Path) -> dict[str, Any]:
     except UsageError as e:
         # A hand edit gone wrong: without config.yaml a resume takes the config the checkpoints record. Or a
         # model of the user's own that this process has not registered: the config is then right.
-        from dae.models import MODELS
-
         model = saved.get("model")
-        name = model.get("name") if isinstance(model, dict) else None
-        own = isinstance(name, str) and name not in MODELS
-        raise UsageError(
-            f"{e} ("
-            + (
-                "a model of your own: register it before resuming, as when it was trained; else "
-                if own
-                else ""
-            )
-            + "fix it, or move it away to resume under the config the checkpoints record)"
-        ) from None
+        hint = "fix it, or move it away to resume under the config the checkpoints record"
+        if isinstance(model, dict) and _unregistered(model.get("name")):
+            hint = f"a model of your own: register it before resuming, as when it was trained; else {hint}"
+        raise UsageError(f"{e} ({hint})") from None
     # An emptied config.yaml says nothing: it must not make a strided run resume as the default unet.
     if saved:
         return saved
@@ -713,10 +703,17 @@ def _check_model(cfg: Config, resume: bool) -> None:
     MODELS.builder(name, {"in_channels": 1, **cfg.model.kwargs})
 
 
+def _unregistered(name: Any) -> bool:
+    """A model name this process does not know: perhaps a model of the user's own, registered in other code."""
+    from dae.models import MODELS
+
+    return isinstance(name, str) and name not in MODELS
+
+
 def _refuse_an_unregistered_model(name: Any) -> None:
     from dae.models import MODELS
 
-    if isinstance(name, str) and name not in MODELS:
+    if _unregistered(name):
         raise UsageError(
             f"unknown model {name!r} (the run's model); register it before resuming, as when it was trained; "
             f"valid names: {', '.join(MODELS.names())}"

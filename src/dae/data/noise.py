@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from dae.checks import is_whole
+from dae.checks import FALSE_WORDS, TRUE_WORDS, is_whole
 from dae.errors import UsageError
 from dae.registry import Registry
 
@@ -61,8 +61,8 @@ __all__ = [
 
 NOISES: Registry[Noise] = Registry("noise", name_pattern="[a-z][a-z0-9_]*")
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
+_TRUE = {"1", *TRUE_WORDS}
+_FALSE = {"0", *FALSE_WORDS}
 
 
 def _fmt(v: float) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dae.checks import machine_memory
+from dae.checks import FALSE_WORDS, TRUE_WORDS, machine_memory
 from dae.errors import ResourceError, UsageError
 from dae.models.base import Denoiser
 from dae.registry import Registry
@@ -40,7 +40,7 @@ def create_model(name: str, **kwargs: Any) -> Denoiser:
 def _flags_read(builder: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """kwargs with the words YAML 1.1 read as booleans (yes/no/on/off) made booleans where the builder declares
     a bool: config files written for YAML 1.1 said `residual: yes`, which dae's YAML 1.2 reads as a word."""
-    words = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+    words = {**dict.fromkeys(TRUE_WORDS, True), **dict.fromkeys(FALSE_WORDS, False)}
     try:
         hints = inspect.signature(builder, eval_str=True).parameters
     except (NameError, TypeError, ValueError):  # annotations it cannot evaluate: take the values as given
