@@ -52,6 +52,25 @@ def test_levels_given_twice_are_evaluated_once_and_any_sequence_will_do():
     ]  # was numpy's "ambiguous"
 
 
+@pytest.mark.parametrize(
+    "levels",
+    [
+        lambda: torch.tensor([0.3, 0.7]),
+        lambda: torch.tensor([0.3, 0.7], dtype=torch.bfloat16),
+        lambda: __import__("numpy").array([0.3, 0.7], dtype="float32"),
+    ],
+)
+def test_float32_levels_label_the_results_as_written(levels):
+    res = evaluate(baselines=["identity"], images=torch.rand(2, 1, 16, 16), levels=levels(), verbose=False)
+    rows = [r for r in res.records if r["method"] == "identity"]
+    assert [r["noise"] for r in rows] == ["gaussian:0.3", "gaussian:0.7"]  # not gaussian:0.300000011921
+    assert [r["level"] for r in rows] == [0.3, 0.7]
+    one = evaluate(
+        baselines=["identity"], images=torch.rand(2, 1, 16, 16), levels=torch.tensor(0.5), verbose=False
+    )
+    assert {r["noise"] for r in one.records} == {"gaussian:0.5"}
+
+
 @pytest.mark.parametrize("levels", ["", ",", []])
 def test_empty_levels_are_refused_not_read_as_the_default_sweep(levels):
     with pytest.raises(UsageError, match="levels is empty: .* or leave it out for the family's sweep"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -130,12 +131,29 @@ def as_levels(levels: Any) -> list[float] | None:
         return None
     if isinstance(levels, str):
         return parse_levels(levels)
-    if isinstance(levels, int | float):
+    if isinstance(levels, int | float) or getattr(levels, "ndim", None) == 0:
         levels = [levels]
     try:
-        return [float(v) for v in levels]
+        return [_level(v) for v in levels]
     except (TypeError, ValueError):
         raise UsageError(f"levels must be numbers, got {levels!r}") from None
+
+
+def _level(v: Any) -> float:
+    """One level as a float. A float32 tensor or array holds 0.3 as 0.300000011920929 (bfloat16 as 0.30078125);
+    the shortest decimal that the dtype reads back as the same value is what the caller wrote, and it labels
+    the results."""
+    x = float(v)
+    if not isinstance(v, Tensor | np.ndarray | np.generic) or not math.isfinite(x):
+        return x
+    dtype = torch.as_tensor(v).dtype
+    if not dtype.is_floating_point or dtype == torch.float64:
+        return x
+    for digits in range(1, 10):
+        short = float(f"{x:.{digits}g}")
+        if torch.tensor(short, dtype=dtype).item() == x:
+            return short
+    return x
 
 
 def resolve_methods(
