@@ -512,6 +512,14 @@ def test_every_seed_the_check_lets_through_trains(tmp_path, data_dir, seed):
     assert result.step == 2
 
 
+def test_training_gives_the_callers_random_stream_back(tmp_path, data_dir):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train({**small_config(tmp_path, data_dir, steps=1), "seed": 1234}, progress=False)
+    assert torch.equal(torch.rand(3), expected)  # not the stream cfg.seed started for the model's weights
+
+
 @pytest.mark.parametrize("name", ["meta", "xpu", "bogus"])
 def test_devices_dae_cannot_run_on_are_refused(name):
     with pytest.raises(UsageError, match=f"unknown device '{name}'; use auto, cpu, cuda or mps"):

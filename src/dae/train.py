@@ -640,8 +640,11 @@ def train(
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
     threads = torch.get_num_threads()  # train.threads is for training: a notebook's later work gets them back
+    # Training seeds torch's global generator (model initialisation) from cfg.seed; the caller's stream is
+    # given back afterwards, so a notebook's own random numbers do not change because it trained a model.
+    rng_devices = [world.device.index or 0] if world.device.type == "cuda" else []
     try:
-        with ExitStack() as held:  # the run folder's lock, from its first write to the end
+        with torch.random.fork_rng(devices=rng_devices), ExitStack() as held:  # held: the run folder's lock
             return _train(cfg, world, resume, progress, on_step, held)
     except RuntimeError as e:
         lost = world.lost_peer(e)  # a collective broken by a process that failed: its error says why
