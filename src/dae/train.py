@@ -791,6 +791,12 @@ def _train(
             "validation: the validation PSNR scores a picture the model trains on; add pictures to hold one out",
             file=sys.stderr,
         )
+    if cfg.data.dataset != "folder" and val_u8.shape[0] < cfg.data.val_size and world.main:
+        print(
+            f"dae: validation holds {val_u8.shape[0]} images, not data.val_size={cfg.data.val_size}: at most a "
+            f"tenth of the {cfg.data.dataset} training split is held out",
+            file=sys.stderr,
+        )
     n_train = train_u8.shape[0]
     in_channels = train_u8.shape[1]
     train_u8 = train_u8.to(device)

