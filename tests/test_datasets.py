@@ -169,6 +169,20 @@ def test_explicit_dir_without_the_files_falls_back_to_cache_and_says_so(fake, ca
     assert said == [f"data dir {fake / 'empty'} holds no mnist test split; using {fake / 'cache' / 'mnist'}"]
 
 
+def test_the_cache_follows_dae_cache_dir_then_an_absolute_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAE_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("DAE_CACHE_DIR")
+    assert D.cache_dir() == tmp_path / "xdg" / "dae"
+    # The XDG spec: a relative path is invalid and ignored; it named a folder under the current directory.
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert D.cache_dir() == tmp_path / "home" / ".cache" / "dae"
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert D.cache_dir() == tmp_path / "home" / "xdg" / "dae"
+
+
 def test_a_data_dir_of_pictures_is_a_dataset_folder_left_out(fake):
     # It trained on MNIST from the cache, without a word, and recorded the pictures' folder as its data.
     (fake / "photos").mkdir()

@@ -40,6 +40,15 @@ def test_denoise_photo_missing_file_is_one_line_with_the_exit_code(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_denoise_photo_too_small_to_score_leaves_no_folder(tmp_path: Path):
+    from PIL import Image
+
+    Image.new("L", (5, 5), 128).save(tmp_path / "tiny.png")
+    proc = run_example("denoise_photo.py", str(tmp_path / "tiny.png"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "ssim needs images of at least 11x11" in proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "out").exists()  # it printed a header and made the folder
+
+
 def test_mnist_walkthrough_runs_and_reuses_its_runs(tmp_path: Path, data_dir: Path):
     args = ("--budget", "1", "--limit", "32", "--out", str(tmp_path))
     proc = run_example("mnist_walkthrough.py", *args, env_data=data_dir)
@@ -54,3 +63,10 @@ def test_mnist_walkthrough_runs_and_reuses_its_runs(tmp_path: Path, data_dir: Pa
     again = run_example("mnist_walkthrough.py", *args, env_data=data_dir)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("nothing to do") == 3
+
+
+def test_mnist_walkthrough_refuses_a_zero_budget_before_looking_for_data(tmp_path: Path):
+    # It looked for MNIST first, and with none on the machine downloaded it (or asked PyPI) to refuse then.
+    proc = run_example("mnist_walkthrough.py", "--budget", "0", "--data-dir", str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "--budget must be > 0 seconds, got 0" in proc.stderr
+    assert "does not exist" not in proc.stderr

@@ -1,7 +1,7 @@
 """Datasets: MNIST and Fashion-MNIST (located, downloaded and SHA-256 verified) and folders of image files.
 
 MNIST-style files are looked for, in order, in the explicit data dir (`root`, else $DAE_DATA_DIR), the user
-cache ($DAE_CACHE_DIR, else ~/.cache/dae), Debian's /usr/share/datasets, and finally downloaded from public
+cache ($DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae), Debian's /usr/share/datasets, and finally downloaded from public
 mirrors into the cache. Every file is checked against the SHA-256 of the official uncompressed IDX file.
 """
 
@@ -257,8 +257,12 @@ def cache_dir() -> Path:
     """The download cache: $DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae."""
     if os.environ.get("DAE_CACHE_DIR"):
         return expand_user(os.environ["DAE_CACHE_DIR"], "DAE_CACHE_DIR")
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return expand_user(base, "XDG_CACHE_HOME") / "dae"
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec: a relative XDG_CACHE_HOME is invalid and ignored (it would name a folder in whatever
+    # directory dae was started from).
+    if not base.startswith("~") and not os.path.isabs(base):
+        base = ""
+    return expand_user(base or Path.home() / ".cache", "XDG_CACHE_HOME") / "dae"
 
 
 def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
