@@ -150,12 +150,15 @@ def eval_set(n: int = EVAL_IMAGES) -> tuple[Tensor, Tensor]:
     return clean, make_noisy(clean, EVAL_NOISE, EVAL_SEED)
 
 
-def eval_psnr(model: Any, clean: Tensor, noisy: Tensor, batch_size: int = 1000) -> float:
+def eval_psnr(
+    model: Any, clean: Tensor, noisy: Tensor, batch_size: int = 1000, precision: str = "auto"
+) -> float:
+    """Mean test PSNR of `model`'s outputs, denoised as dae.denoise runs at `precision` ("auto" by default)."""
     from dae.inference import denoise
     from dae.metrics import psnr
 
     with torch.inference_mode():
-        out = denoise(model, noisy, batch_size=batch_size)
+        out = denoise(model, noisy, batch_size=batch_size, precision=precision)
     return float(psnr(out, clean).mean())
 
 

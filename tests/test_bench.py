@@ -36,6 +36,21 @@ def test_throughput_rows_compare_both_loops(tiny_model):
     assert row["model"] == tiny_model and isinstance(row["tutorial"], bool)
     assert row["dae_images_per_s"] > 0 and row["reference_images_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["dae_images_per_s"] / row["reference_images_per_s"])
+    # The reference runs in fp32, so dae's fp32 rate is given beside its own: the loop's part of the ratio.
+    assert row["ratio_fp32"] == pytest.approx(row["dae_fp32_images_per_s"] / row["reference_images_per_s"])
+    assert result["dae_precision"] in ("fp32", "bf16")
+
+
+def test_the_inference_probe_denoises_in_the_precision_it_names(tiny_model):
+    # It wrapped denoise in an autocast, but denoise sets its own ("auto"): its "fp32" run was bf16 here.
+    from dae.train import autocast_for
+
+    if autocast_for(__import__("torch").device("cpu"), "auto")[1] != "bf16":
+        pytest.skip("this CPU has no native bf16: auto is fp32, and both precisions would agree anyway")
+    spec = {"model": tiny_model, "kind": "mnist", "n_images": 64, "repeats": 1}
+    fp32, bf16, auto = (run.run_probe({**spec, "precision": p}) for p in ("fp32", "bf16", "auto"))
+    assert (fp32["ran_in"], bf16["ran_in"], auto["ran_in"]) == ("fp32", "bf16", "bf16")
+    assert fp32["psnr_db"] != bf16["psnr_db"] and auto["psnr_db"] == bf16["psnr_db"]
 
 
 def test_distributed_rows_compare_one_process_with_several(tiny_model, tmp_path):
