@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -238,6 +239,22 @@ def test_training_curves(tmp_path):
     (tmp_path / "empty.csv").write_text("epoch,step,val_psnr\n")
     with pytest.raises(DataError, match="no rows"):
         plots.plot_training_curves(tmp_path / "empty.csv", tmp_path / "e.png")
+
+
+def test_training_curves_name_the_loss_and_the_noise_and_step_whole_numbers(tmp_path, monkeypatch):
+    # The axis said "loss" (bce and mse differ in scale), the PSNR panel no noise (a blind run's spans levels),
+    # one row gave ticks at 0.96 ... 1.04, and a hand-edited inf read "best inf dB" with no star drawn.
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [{"step": 1, "train_loss": 0.5, "val_loss": 0.4, "val_psnr": 12.0}]
+    plots.plot_training_curves(rows, tmp_path / "c.png", loss="bce", noise="gaussian:0.1-0.9")
+    ax_loss, ax_psnr = figures[0].axes
+    assert ax_loss.get_ylabel() == "bce loss" and ax_psnr.get_title() == "validation PSNR (gaussian:0.1-0.9)"
+    for ax in (ax_loss, ax_psnr):
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+    plots.plot_training_curves([*rows, {"step": 2, "val_psnr": "inf"}], tmp_path / "d.png")
+    texts = [t.get_text() for t in figures[1].axes[1].texts]
+    assert texts == ["best 12.00 dB at step 1"]
 
 
 def test_psnr_vs_noise_one_panel_per_family(tmp_path):
@@ -637,6 +654,20 @@ def test_results_json_of_the_wrong_shape_is_one_data_error(tmp_path, content):
         load_records(tmp_path)
 
 
+def test_the_summary_throughput_is_the_runs_not_its_last_window(tmp_path):
+    # It showed the last window's rate, one of windows that ranged 1.5x and more within a run.
+    run = make_synthetic_run(tmp_path, eval=False, checkpoint=False)
+    rows = [(0, 100, 10.0, 1000.0), (0, 200, 20.0, 1000.0), (1, 400, 30.0, 4000.0)]
+    (run / "metrics.csv").write_text(
+        "epoch,step,time_s,lr,train_loss,val_loss,val_psnr,val_ssim,images_per_s\n"
+        + "".join(f"{e},{st},{t},0.001,0.1,0.1,20,0.8,{r}\n" for e, st, t, r in rows)
+    )
+    page = write_report(run, images=digits(4), levels=(0.5,), n_images=4).read_text()
+    # 400 steps: 100 + 100 at 1000 images/s, 200 at 4000: 400 / (0.1 + 0.1 + 0.05) = 1600 (x batch)/batch.
+    assert "1,600 images/s (mean over the run&#x27;s training steps)" in page
+    assert "4,000 images/s" not in page
+
+
 def test_metrics_rows_without_a_step_are_left_out_and_counted(tmp_path):
     # Garbage rows once counted as validation passes, and the last one gave the summary's step and time.
     run = make_synthetic_run(tmp_path, eval=False)
@@ -798,6 +829,54 @@ def test_summary_says_what_the_training_ran_with(tmp_path, run_on, row):
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     page = write_report(run, images=digits(4), levels=LEVELS, n_images=4).read_text()
     assert f"<tr><th>trained with</th><td>{row}</td></tr>" in page
+
+
+@pytest.mark.parametrize(
+    ("specs", "caption"),
+    [
+        (["poisson:5", "poisson:50"], "Columns: poisson peak (photons; more is less noise)."),
+        (["gaussian:0.3", "gaussian:0.5"], "Columns: gaussian noise level."),
+    ],
+)
+def test_the_tables_columns_say_what_the_level_is(specs, caption):
+    # Poisson's columns were called a "noise level"; they are photon peaks, as the figure's axis says.
+    from dae.report import eval_table
+
+    records = [{"method": "median", "kind": "baseline", "noise": s, "psnr": 20.0, "ssim": 0.5} for s in specs]
+    assert caption in str(eval_table(records))
+
+
+@pytest.mark.parametrize(("train_noise", "said"), [("block:third", True), ("gaussian:0.1-0.9", False)])
+def test_a_grid_of_another_noise_than_the_runs_says_so(tmp_path, train_noise, said):
+    # A run trained on occlusion got a gaussian grid whose caption did not say it was not its own noise.
+    run = make_synthetic_run(tmp_path, eval=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["train"]["noise"] = train_noise
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    page = write_report(run, images=digits(4), n_images=4).read_text()
+    assert (f"The run trained on {train_noise}, which has no levels to sweep" in page) == said
+    assert "noise gaussian:0.3, gaussian:0.5" in page
+
+
+def test_figures_the_report_no_longer_draws_are_taken_out_of_figures(tmp_path):
+    # With eval/ removed, the next report left psnr_vs_noise.png and ssim_vs_noise.png behind in figures/.
+    run = make_synthetic_run(tmp_path)
+    write_report(run, images=digits(4), levels=LEVELS, n_images=4)
+    assert (run / "figures" / "psnr_vs_noise.png").is_file()
+    (run / "figures" / "mine.png").write_bytes(b"not the report's")
+    shutil.rmtree(run / "eval")
+    write_report(run, images=digits(4), levels=LEVELS, n_images=4)
+    left = {p.name for p in (run / "figures").iterdir()}
+    assert "psnr_vs_noise.png" not in left and "ssim_vs_noise.png" not in left
+    assert {"denoise_grid.png", "training_curves.png", "mine.png"} <= left  # drawn again; not the report's
+
+
+def test_a_folder_in_the_way_of_report_html_is_refused_before_any_drawing(tmp_path):
+    run = make_synthetic_run(tmp_path)
+    (run / "report.html").mkdir()
+    with pytest.raises(UsageError, match=r"report\.html is not a file: the report is written there"):
+        write_report(run, images=digits(4), levels=LEVELS, n_images=4)
+    assert list((run / "figures").iterdir()) == []  # it was refused only after every figure was drawn
 
 
 def test_the_bold_best_is_chosen_among_methods_scored_on_the_same_images():

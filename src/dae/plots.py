@@ -463,8 +463,17 @@ def plot_activations(
 # numbers
 
 
-def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_training_curves(
+    metrics: str | Path | Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    loss: str | None = None,
+    noise: str | None = None,
+) -> Path:
     """Train/val loss (left) and validation PSNR (right) against step, from metrics.csv or its rows.
+
+    `loss` and `noise` (the run's train.loss and train.noise) label the axes: a bce and an mse loss differ in
+    scale, and a blind run's validation noise spans levels.
 
     Example:
         >>> plot_training_curves("runs/demo/metrics.csv", "runs/demo/figures/curves.png")
@@ -475,7 +484,8 @@ def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], path
         raise DataError(f"{where} has no rows; nothing to plot")
 
     def column(name: str) -> np.ndarray:
-        return np.array([_float(r.get(name)) for r in rows], dtype=float)
+        values = np.array([_float(r.get(name)) for r in rows], dtype=float)
+        return np.where(np.isfinite(values), values, np.nan)  # dae writes no inf: a hand edit is no point
 
     step = column("step")
     if np.isnan(step).all():
@@ -496,8 +506,8 @@ def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], path
     if losses.size and losses.min() > 0 and losses.max() / losses.min() > 20:
         ax_loss.set_yscale("log")  # early losses dwarf the rest on a linear axis
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title("loss")
+    ax_loss.set_ylabel(f"{loss} loss" if loss else "loss")
+    ax_loss.set_title(f"loss ({loss})" if loss else "loss")
     if losses.size:
         ax_loss.legend(fontsize=8)
     ax_loss.grid(alpha=0.3)
@@ -524,8 +534,18 @@ def plot_training_curves(metrics: str | Path | Sequence[Mapping[str, Any]], path
         )
     ax_psnr.set_xlabel("step")
     ax_psnr.set_ylabel("PSNR (dB)")
-    ax_psnr.set_title("validation PSNR")
+    ax_psnr.set_title(f"validation PSNR ({noise})" if noise else "validation PSNR")
     ax_psnr.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    # Steps are whole: one row gave ticks at 0.96 ... 1.04, which an integer locator still draws on so short a
+    # span; a few rows get ticks at their own steps.
+    steps = np.unique(step[np.isfinite(step)])
+    for ax in (ax_loss, ax_psnr):
+        if len(steps) <= 6:
+            ax.set_xticks(steps)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, path)
 
 
@@ -562,6 +582,13 @@ _STYLE = {
     "baseline": {"linestyle": "--", "marker": "s", "lw": 1.4},
     "noisy": {"linestyle": ":", "marker": None, "lw": 1.6, "color": "0.5"},
 }
+
+
+def level_label(family: str | None) -> str:
+    """What a noise family's level is, for an axis or a table's columns: poisson's is a photon peak."""
+    if family == "poisson":
+        return "poisson peak (photons; more is less noise)"
+    return f"{family} noise level" if family else "noise level"
 
 
 def plot_psnr_vs_noise(
@@ -634,15 +661,13 @@ def plot_psnr_vs_noise(
             label = method
             label = " " + label if label.startswith("_") else label  # matplotlib hides "_..." from legends
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, ms=4, **style)
+        ax.set_xlabel(level_label(family))
         if family == "poisson":  # peaks are photon counts: more is cleaner, and they span decades
-            ax.set_xlabel("poisson peak (photons; more is less noise)")
             if numeric:
                 ax.set_xscale("log")
                 _label_log_axis(
                     ax, sorted({_spec_level(x_of(r)) for r in records if _family(r.get("noise")) == family})
                 )
-        else:
-            ax.set_xlabel(f"{family} noise level" if family else "noise level")
         if not numeric:
             ax.set_xticks(list(position.values()), _short_levels([str(v) for v in xs])[0], fontsize=8)
         ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM"}.get(metric, metric))

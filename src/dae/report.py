@@ -8,6 +8,7 @@ builds whatever it can: a missing piece becomes a short note in its section, nev
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import datetime as _dt
 import html
@@ -16,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -339,6 +341,27 @@ def _load_results(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]
 # the run report
 
 
+def _run_rate(metrics: list[dict[str, Any]]) -> str | None:
+    """Training images/s over the whole run: each metrics row gives its window's rate over the steps since the
+    row before, so the run's rate is the steps over the summed window times (the batch size cancels). The
+    last row alone was one window, which ranged 1.5x and more within a run."""
+    steps = seconds = 0.0
+    prev = 0.0
+    for row in metrics:
+        step, rate = _num(row.get("step")), _num(row.get("images_per_s"))
+        if math.isfinite(step) and math.isfinite(rate) and rate > 0 and step > prev:
+            steps += step - prev
+            seconds += (step - prev) / rate
+        if math.isfinite(step):
+            prev = step
+    return f"{steps / seconds:,.0f} images/s (mean over the run's training steps)" if seconds else None
+
+
+def _without_levels(noise: str | None) -> str:
+    """A noise spec with its levels taken out: 'gaussian:0.1-0.9,clip=false' -> 'gaussian,clip=false'."""
+    return re.sub(r":[-+0-9.eE]+", "", str(noise or "gaussian"))
+
+
 def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> list[tuple[str, float]]:
     """Specs of the training noise's family at `levels` (gaussian if the family takes no single level).
 
@@ -351,7 +374,7 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> lis
         raise UsageError(
             "levels is empty: give the noise levels of the denoising grid, or None for the default"
         )
-    family = re.sub(r":[-+0-9.eE]+", "", str(train_noise or "gaussian"))
+    family = _without_levels(train_noise)
 
     def specs(name: str, shown: Sequence[float] | None) -> list[tuple[str, float]]:
         shown = shown if shown is not None else NOISES.get(name.partition(",")[0]).sweep[2::2]
@@ -459,10 +482,14 @@ def write_report(
             else "no config.yaml, metrics.csv or checkpoints/best.safetensors"
         )
         raise error(f"{run} {what} ({why}); give the --out directory of `dae train`")
+    out = run / "report.html"
+    if out.exists() and not out.is_file():  # found only when the page was written, after every figure
+        raise UsageError(f"{out} is not a file: the report is written there; move it away")
     figures = make_folder(run / "figures")
     for folder in (run, figures):  # before any drawing: a report without its page or figures is no report
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ResourceError(f"{folder} is not writable: the report and its figures are written there")
+    started = time.time()
     notes: dict[str, list[Html]] = {}
 
     def skip(section: str, text: str) -> None:
@@ -544,10 +571,7 @@ def write_report(
         ("steps", last.get("step") or _get(record, "step")),
         ("epochs", last.get("epoch") or _get(record, "epoch")),
         ("training time", _duration(_num(last.get("time_s")))),
-        (
-            "throughput",
-            f"{_num(last.get('images_per_s')):,.0f} images/s" if last.get("images_per_s") else None,
-        ),
+        ("throughput", _run_rate(metrics)),
         (
             "trained with",  # both from the checkpoint: config.yaml holds the latest segment's settings
             _trained_with(record.get("trained_with"), _get(record, "config.train.precision")),
@@ -607,7 +631,13 @@ def write_report(
                     grid,
                     f"{shown}; noise "
                     f"{', '.join(s for s, _ in specs)} fixed by seed {seed} (make_noisy). "
-                    "Row labels give the mean PSNR of the images shown.",
+                    "Row labels give the mean PSNR of the images shown."
+                    + (
+                        ""
+                        if _without_levels(specs[0][0]) == _without_levels(train_noise)
+                        else f" The run trained on {train_noise}, which has no levels to sweep, so the grid "
+                        "shows gaussian noise instead."
+                    ),
                 )
             )
             mid_spec = specs[len(specs) // 2][0]
@@ -654,7 +684,12 @@ def write_report(
     train_parts: list[str] = list(notes.get("Training", []))
     if metrics:
         try:
-            path = plots.plot_training_curves(metrics, figures / "training_curves.png")
+            path = plots.plot_training_curves(
+                metrics,
+                figures / "training_curves.png",
+                loss=_get(config, "train.loss"),
+                noise=_get(config, "train.noise"),
+            )
             train_parts.append(
                 figure_html(
                     path,
@@ -693,9 +728,27 @@ def write_report(
     if train_noise:
         subtitle += f", trained with {train_noise} noise"
     page = render_html(f"dae run report \u2014 {run_name}", sections, subtitle=subtitle)
-    out = run / "report.html"
     atomic_write_bytes(out, page.encode("utf-8"))
+    # An earlier report's figure that this one did not draw (its eval/ since removed, say) would sit in
+    # figures/ beside a page that no longer shows it.
+    for name in REPORT_FIGURES:
+        old = figures / name
+        with contextlib.suppress(OSError):
+            if old.is_file() and old.stat().st_mtime < started:
+                old.unlink()
     return out
+
+
+# The figures write_report draws into RUN_DIR/figures/ (the page inlines them; the files are for other use).
+REPORT_FIGURES = (
+    "denoise_grid.png",
+    "code_layer.png",
+    "activations.png",
+    "training_curves.png",
+    "psnr_vs_noise.png",
+    "ssim_vs_noise.png",
+    "matrix.png",
+)
 
 
 def _stale_evaluation(run: Path, scored: Mapping[str, Any], best: Mapping[str, Any]) -> str | None:
@@ -811,7 +864,7 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
         >>> eval_table(dae.evaluate([...], ["median"]).records)
     """
     from dae.evaluate import on_most_images
-    from dae.plots import _level_key, _short_levels
+    from dae.plots import _level_key, _short_levels, level_label
 
     specs = sorted({str(r.get("noise")) for r in records}, key=_level_key)
     rank = {"learned": 0, "baseline": 1, "noisy": 2}
@@ -846,7 +899,7 @@ def eval_table(records: Sequence[Mapping[str, Any]]) -> Html:
     level_heads = heads
     seeds = sorted({str(r.get("seed")) for r in records if r.get("seed") is not None})
     caption = (
-        (f"Columns: {family} noise level. " if family else "")
+        (f"Columns: {level_label(family)}. " if family else "")
         + "Each cell: PSNR (dB, data range 1.0, per image then averaged) / SSIM (11x11 Gaussian window); "
         "best PSNR per noise level in bold, among the methods scored on the most images"
         + (f"; noise fixed by seed {', '.join(seeds)}" if seeds else "")

@@ -1,8 +1,9 @@
 """Datasets: MNIST and Fashion-MNIST (located, downloaded and SHA-256 verified) and folders of image files.
 
 MNIST-style files are looked for, in order, in the explicit data dir (`root`, else $DAE_DATA_DIR), the user
-cache ($DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae), Debian's /usr/share/datasets, and finally downloaded from public
-mirrors into the cache. Every file is checked against the SHA-256 of the official uncompressed IDX file.
+cache ($DAE_CACHE_DIR, else $XDG_CACHE_HOME/dae, else ~/.cache/dae), Debian's /usr/share/datasets, and
+finally downloaded from public mirrors into the cache. Every file is checked against the SHA-256 of the
+official uncompressed IDX file.
 """
 
 from __future__ import annotations
