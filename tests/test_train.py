@@ -520,6 +520,15 @@ def test_training_gives_the_callers_random_stream_back(tmp_path, data_dir):
     assert torch.equal(torch.rand(3), expected)  # not the stream cfg.seed started for the model's weights
 
 
+def test_cpu_training_leaves_the_gpus_generators_alone(tmp_path, data_dir, monkeypatch):
+    # torch.manual_seed also reseeded every GPU's generator, which a CPU training never gave back.
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeded.append)
+    train({**small_config(tmp_path, data_dir, steps=1), "seed": 1234}, progress=False)
+    assert seeded == []
+
+
 @pytest.mark.parametrize("name", ["meta", "xpu", "bogus"])
 def test_devices_dae_cannot_run_on_are_refused(name):
     with pytest.raises(UsageError, match=f"unknown device '{name}'; use auto, cpu, cuda or mps"):

@@ -12,8 +12,8 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -640,11 +640,8 @@ def train(
     # training ends, however it ends (a study goes on to its next model after a failed one).
     kept = cfg.train.keep_memory and keep_freed_memory()
     threads = torch.get_num_threads()  # train.threads is for training: a notebook's later work gets them back
-    # Training seeds torch's global generator (model initialisation) from cfg.seed; the caller's stream is
-    # given back afterwards, so a notebook's own random numbers do not change because it trained a model.
-    rng_devices = [world.device.index or 0] if world.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=rng_devices), ExitStack() as held:  # held: the run folder's lock
+        with ExitStack() as held:  # the run folder's lock and the seeded generators, until training ends
             return _train(cfg, world, resume, progress, on_step, held)
     except RuntimeError as e:
         lost = world.lost_peer(e)  # a collective broken by a process that failed: its error says why
@@ -662,6 +659,30 @@ def train(
             release_freed_memory()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the generators training draws from, and give the caller's states back when it ends: a notebook's
+    own random numbers do not change because it trained a model.
+
+    The CPU's (the weights are initialised there) and the training device's (a model's own random layers);
+    torch.manual_seed would also reseed every other GPU, which nothing here draws from.
+    """
+    cpu = torch.random.get_rng_state()
+    accelerator = {"cuda": torch.cuda, "mps": getattr(torch, "mps", None)}.get(device.type)
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        device_state = accelerator.get_rng_state() if accelerator is not None else None
+        if accelerator is not None:
+            accelerator.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu)
+        if device_state is not None:
+            with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+                accelerator.set_rng_state(device_state)
 
 
 def _holds_checkpoints(ckpt_dir: Path) -> bool:
@@ -772,7 +793,7 @@ def _train(
     if t.threads:
         torch.set_num_threads(t.threads)
     run_on = trained_with(device, precision, world.size)
-    torch.manual_seed(cfg.seed)  # model initialisation
+    held.enter_context(_seeded(cfg.seed, device))  # model initialisation
 
     # Data: the whole split lives on the device as uint8; batches are drawn by indexing.
     data = load_train_val(cfg)
