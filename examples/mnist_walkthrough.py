@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import dae
+from dae.config import load_config_file
 from dae.errors import DaeError
 from dae.evaluate import format_table
 from dae.plots import plot_code_layer, plot_denoise_grid, plot_psnr_vs_noise
@@ -36,8 +37,12 @@ TEST_LEVELS = (0.3, 0.5, 0.7, 1.0)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=30, help="training seconds per model (default 30)")
-    parser.add_argument("--out", default="runs/walkthrough", help="folder for runs and figures")
-    parser.add_argument("--data-dir", default=None, help="folder holding MNIST (default: dae's search)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for runs and figures (default runs/walkthrough, or -DATASET after it)",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder holding the dataset (default: dae's search)")
     parser.add_argument("--limit", type=int, default=1000, help="test images to evaluate (default 1000)")
     parser.add_argument(
         "--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="the images (default mnist)"
@@ -45,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.budget > 0:  # said before the data is looked for (and perhaps downloaded)
         parser.error(f"--budget must be > 0 seconds, got {args.budget:g}")
-    out = Path(args.out)
+    default_out = "runs/walkthrough" + ("" if args.dataset == "mnist" else f"-{args.dataset}")
+    out = Path(args.out or default_out)
+    for name in MODELS:  # a rerun reuses these runs: one trained on other images is no model of these
+        saved = out / name / "config.yaml"
+        trained_on = load_config_file(saved).get("data", {}).get("dataset") if saved.is_file() else None
+        if trained_on not in (None, args.dataset):
+            parser.error(f"{out / name} was trained on {trained_on}, not {args.dataset}: give another --out")
 
     # 1. Data: the first test digits as float32 (N, 1, 28, 28) in [0, 1].
     clean = dae.load_images(args.dataset, "test", root=args.data_dir, limit=args.limit)

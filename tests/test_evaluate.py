@@ -71,6 +71,25 @@ def test_float32_levels_label_the_results_as_written(levels):
     assert {r["noise"] for r in one.records} == {"gaussian:0.5"}
 
 
+def test_levels_built_with_linspace_or_in_long_double_read_as_meant():
+    import numpy as np
+
+    from dae.evaluate import as_levels
+
+    assert as_levels(torch.linspace(0.1, 0.9, 9)) == [
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+    ]  # 0.19999999
+    assert as_levels(np.array([0.3, 0.7], dtype=np.longdouble)) == [0.3, 0.7]  # was refused as "not numbers"
+
+
 @pytest.mark.parametrize("levels", ["", ",", []])
 def test_empty_levels_are_refused_not_read_as_the_default_sweep(levels):
     with pytest.raises(UsageError, match="levels is empty: .* or leave it out for the family's sweep"):

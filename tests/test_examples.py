@@ -65,6 +65,16 @@ def test_mnist_walkthrough_runs_and_reuses_its_runs(tmp_path: Path, data_dir: Pa
     assert again.stdout.count("nothing to do") == 3
 
 
+def test_mnist_walkthrough_will_not_reuse_models_of_another_dataset(tmp_path: Path):
+    # --dataset fashion-mnist over an MNIST walkthrough's folder "resumed" the MNIST models (nothing to do) and
+    # evaluated them on clothes.
+    (tmp_path / "fc").mkdir()
+    (tmp_path / "fc" / "config.yaml").write_text("data:\n  dataset: mnist\n")
+    proc = run_example("mnist_walkthrough.py", "--dataset", "fashion-mnist", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'fc'} was trained on mnist, not fashion-mnist: give another --out" in proc.stderr
+
+
 def test_mnist_walkthrough_refuses_a_zero_budget_before_looking_for_data(tmp_path: Path):
     # It looked for MNIST first, and with none on the machine downloaded it (or asked PyPI) to refuse then.
     proc = run_example("mnist_walkthrough.py", "--budget", "0", "--data-dir", str(tmp_path / "nowhere"))

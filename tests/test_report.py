@@ -846,8 +846,17 @@ def test_the_tables_columns_say_what_the_level_is(specs, caption):
     assert caption in str(eval_table(records))
 
 
-@pytest.mark.parametrize(("train_noise", "said"), [("block:third", True), ("gaussian:0.1-0.9", False)])
-def test_a_grid_of_another_noise_than_the_runs_says_so(tmp_path, train_noise, said):
+@pytest.mark.parametrize(
+    ("train_noise", "said", "grid"),
+    [
+        ("block:third", True, "gaussian:0.3, gaussian:0.5"),
+        ("gaussian:0.1-0.9", False, "gaussian:0.3, gaussian:0.5"),
+        # Written as parse_noise takes them: the grid is the run's own family, and no stand-in is claimed.
+        ("Gaussian:0.5", False, "gaussian:0.3, gaussian:0.5"),
+        ("mask: 0.5", False, "mask:0.3, mask:0.5"),
+    ],
+)
+def test_a_grid_of_another_noise_than_the_runs_says_so(tmp_path, train_noise, said, grid):
     # A run trained on occlusion got a gaussian grid whose caption did not say it was not its own noise.
     run = make_synthetic_run(tmp_path, eval=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -855,7 +864,7 @@ def test_a_grid_of_another_noise_than_the_runs_says_so(tmp_path, train_noise, sa
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     page = write_report(run, images=digits(4), n_images=4).read_text()
     assert (f"The run trained on {train_noise}, which has no levels to sweep" in page) == said
-    assert "noise gaussian:0.3, gaussian:0.5" in page
+    assert f"noise {grid}" in page
 
 
 def test_figures_the_report_no_longer_draws_are_taken_out_of_figures(tmp_path):
@@ -869,6 +878,26 @@ def test_figures_the_report_no_longer_draws_are_taken_out_of_figures(tmp_path):
     left = {p.name for p in (run / "figures").iterdir()}
     assert "psnr_vs_noise.png" not in left and "ssim_vs_noise.png" not in left
     assert {"denoise_grid.png", "training_curves.png", "mine.png"} <= left  # drawn again; not the report's
+
+
+def test_figures_drawn_now_are_kept_whatever_the_file_systems_clock_says(tmp_path, monkeypatch):
+    # Kept by "written after the report started": a share whose clock runs behind lost every figure drawn.
+    import os
+    import time
+
+    run = make_synthetic_run(tmp_path)
+    write_report(run, images=digits(4), levels=LEVELS, n_images=4)
+    real = plots._save
+
+    def behind(fig, path):
+        drawn = real(fig, path)
+        os.utime(drawn, (time.time() - 60, time.time() - 60))
+        return drawn
+
+    monkeypatch.setattr(plots, "_save", behind)
+    write_report(run, images=digits(4), levels=LEVELS, n_images=4)
+    left = {p.name for p in (run / "figures").iterdir()}
+    assert {"denoise_grid.png", "training_curves.png", "psnr_vs_noise.png"} <= left, left
 
 
 def test_a_folder_in_the_way_of_report_html_is_refused_before_any_drawing(tmp_path):

@@ -140,20 +140,22 @@ def as_levels(levels: Any) -> list[float] | None:
 
 
 def _level(v: Any) -> float:
-    """One level as a float. A float32 tensor or array holds 0.3 as 0.300000011920929 (bfloat16 as 0.30078125);
-    the shortest decimal that the dtype reads back as the same value is what the caller wrote, and it labels
-    the results."""
+    """One level as a float. A float32 tensor or array holds 0.3 as 0.300000011920929, and torch.linspace's
+    0.2 as 0.19999999; rounded to the decimal digits its dtype holds (6 for float32, 3 for float16, 2 for
+    bfloat16) it is the level meant, and it labels the results."""
     x = float(v)
     if not isinstance(v, Tensor | np.ndarray | np.generic) or not math.isfinite(x):
         return x
-    dtype = torch.as_tensor(v).dtype
-    if not dtype.is_floating_point or dtype == torch.float64:
+    if isinstance(v, Tensor):
+        dtype = v.dtype
+    else:
+        dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}.get(
+            np.dtype(v.dtype)
+        )
+    if dtype is None or not dtype.is_floating_point or dtype == torch.float64:
         return x
-    for digits in range(1, 10):
-        short = float(f"{x:.{digits}g}")
-        if torch.tensor(short, dtype=dtype).item() == x:
-            return short
-    return x
+    digits = round(-math.log10(torch.finfo(dtype).resolution))
+    return float(f"{x:.{digits}g}")
 
 
 def resolve_methods(

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shlex
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -343,8 +342,9 @@ def _load_results(eval_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]
 
 def _run_rate(metrics: list[dict[str, Any]]) -> str | None:
     """Training images/s over the whole run: each metrics row gives its window's rate over the steps since the
-    row before, so the run's rate is the steps over the summed window times (the batch size cancels). The
-    last row alone was one window, which ranged 1.5x and more within a run."""
+    row before, so the run's rate is the steps over the summed window times. The batch size cancels while it
+    stays one size; a resume with another weighs its windows by steps (metrics.csv records no batch size).
+    The last row alone was one window, which ranged 1.5x and more within a run."""
     steps = seconds = 0.0
     prev = 0.0
     for row in metrics:
@@ -367,27 +367,41 @@ def _noise_specs(train_noise: str | None, levels: Sequence[float] | None) -> lis
 
     levels=None takes every other point of the family's sweep from its third: 0.3, 0.5, 0.7, 0.9 for most
     families, photon peaks 5, 20, 50 for poisson (whose 0.3 would be near-pure noise)."""
-    from dae.data.noise import NOISES
-    from dae.evaluate import noise_specs
-
     if levels is not None and len(levels) == 0:
         raise UsageError(
             "levels is empty: give the noise levels of the denoising grid, or None for the default"
         )
-    family = _without_levels(train_noise)
+    # Composed or level-free training noise: the canonical gaussian sweep. Levels the family does not take
+    # are the caller's to hear about.
+    return _family_specs(_sweep_family(train_noise) or "gaussian", levels)
 
-    def specs(name: str, shown: Sequence[float] | None) -> list[tuple[str, float]]:
-        shown = shown if shown is not None else NOISES.get(name.partition(",")[0]).sweep[2::2]
-        found = noise_specs(name, shown)
-        if any(lv is None for _, lv in found):  # a spec with no level (none, block:third): not a sweep
-            raise UsageError(f"{name} takes no level")
-        return [(s, float(lv)) for s, lv in found if lv is not None]
+
+def _sweep_family(train_noise: str | None) -> str | None:
+    """The training noise's family with its options ('gaussian,clip=false'), as written in any case or spacing
+    parse_noise takes; None when it has no levels to sweep (composed, none, block:third)."""
+    from dae.data.noise import parse_noise
 
     try:
-        specs(family, None)
-    except UsageError:  # composed or level-free training noise: the canonical gaussian sweep
-        family = "gaussian"
-    return specs(family, levels)  # levels the family does not take are the caller's to hear about
+        spec = parse_noise(train_noise).spec if train_noise else "gaussian"
+    except DaeError:
+        spec = str(train_noise)
+    family = _without_levels(spec)
+    try:
+        _family_specs(family, None)
+    except UsageError:
+        return None
+    return family
+
+
+def _family_specs(family: str, shown: Sequence[float] | None) -> list[tuple[str, float]]:
+    from dae.data.noise import NOISES
+    from dae.evaluate import noise_specs
+
+    shown = shown if shown is not None else NOISES.get(family.partition(",")[0]).sweep[2::2]
+    found = noise_specs(family, shown)
+    if any(lv is None for _, lv in found):  # a spec with no level (none, block:third): not a sweep
+        raise UsageError(f"{family} takes no level")
+    return [(s, float(lv)) for s, lv in found if lv is not None]
 
 
 def _test_images(
@@ -489,7 +503,8 @@ def write_report(
     for folder in (run, figures):  # before any drawing: a report without its page or figures is no report
         if not os.access(folder, os.W_OK | os.X_OK):
             raise ResourceError(f"{folder} is not writable: the report and its figures are written there")
-    started = time.time()
+    # What figures/ held of the report's own figures: one not drawn again below is an earlier report's.
+    before = {name: _identity(figures / name) for name in REPORT_FIGURES}
     notes: dict[str, list[Html]] = {}
 
     def skip(section: str, text: str) -> None:
@@ -634,7 +649,7 @@ def write_report(
                     "Row labels give the mean PSNR of the images shown."
                     + (
                         ""
-                        if _without_levels(specs[0][0]) == _without_levels(train_noise)
+                        if _sweep_family(train_noise) is not None
                         else f" The run trained on {train_noise}, which has no levels to sweep, so the grid "
                         "shows gaussian noise instead."
                     ),
@@ -730,13 +745,22 @@ def write_report(
     page = render_html(f"dae run report \u2014 {run_name}", sections, subtitle=subtitle)
     atomic_write_bytes(out, page.encode("utf-8"))
     # An earlier report's figure that this one did not draw (its eval/ since removed, say) would sit in
-    # figures/ beside a page that no longer shows it.
-    for name in REPORT_FIGURES:
-        old = figures / name
-        with contextlib.suppress(OSError):
-            if old.is_file() and old.stat().st_mtime < started:
-                old.unlink()
+    # figures/ beside a page that no longer shows it. Each figure is written to a new file and renamed into
+    # place, so one drawn now is another file than before: no clock is compared (a share's may run behind).
+    for name, was in before.items():
+        if was is not None and _identity(figures / name) == was:
+            with contextlib.suppress(OSError):
+                (figures / name).unlink()
     return out
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, mtime in ns) of a file, None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns) if path.is_file() else None
 
 
 # The figures write_report draws into RUN_DIR/figures/ (the page inlines them; the files are for other use).

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -280,16 +281,24 @@ def mirrors_for(name: str, mirrors: Sequence[str] | None = None) -> list[str]:
 
 
 def _checked_mirror(url: str, where: str) -> str:
-    """A mirror's base URL, refused in one line when it cannot be a URL urllib fetches (a typo in the list)."""
+    """A mirror's base URL, refused in one line when it cannot be a URL urllib fetches (a typo in the list).
+
+    The file name is appended to it, so a query or fragment would swallow it. A password is not repeated.
+    """
+    shown = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- reading it checks it: a port that is not a number raises ValueError
     except ValueError as e:
-        raise UsageError(f"{where}: mirror {url!r} is not a URL ({e})") from None
+        raise UsageError(f"{where}: mirror {shown!r} is not a URL ({str(e).replace(url, shown)})") from None
     if parts.scheme not in ("http", "https", "ftp", "file") or (parts.scheme != "file" and not parts.netloc):
-        raise UsageError(f"{where}: mirror {url!r} is not an http(s), ftp or file URL")
+        raise UsageError(f"{where}: mirror {shown!r} is not an http(s), ftp or file URL")
     if any(c.isspace() or ord(c) < 32 for c in url):
-        raise UsageError(f"{where}: mirror {url!r} holds a space or a control character")
+        raise UsageError(f"{where}: mirror {shown!r} holds a space or a control character")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise UsageError(
+            f"{where}: mirror {shown!r} has a query or fragment; the file name is appended to it"
+        )
     return url
 
 
@@ -312,20 +321,28 @@ def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
     return [d / f for d in dict.fromkeys(subdirs) for f in (filename + ".gz", filename)]
 
 
+# What marks a folder as a root of IDX datasets: a dataset's own folder, torchvision's, or the files themselves.
+_IDX_LAYOUT = frozenset({"mnist", "fashion-mnist", "fashion_mnist", "MNIST", "FashionMNIST"})
+
+
 def _a_picture_in(directory: Path) -> Path | None:
-    """A picture at the top of `directory`, if any (not a walk: a data dir may be a big folder)."""
+    """A picture at the top of a `directory` that holds no IDX dataset layout, if any: a folder of pictures,
+    not a data root with an overview.png beside its mnist/ (not a walk: a data dir may be a big folder)."""
     try:
         with os.scandir(directory) as entries:
-            return next(
-                (
-                    Path(e.path)
-                    for e in entries
-                    if Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
-                ),
-                None,
-            )
+            names = {e.name: e for e in entries}
     except OSError:
         return None
+    if any(n in _IDX_LAYOUT or n.endswith(("-ubyte", "-ubyte.gz")) for n in names):
+        return None
+    return next(
+        (
+            Path(e.path)
+            for n, e in sorted(names.items())
+            if Path(n).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+        ),
+        None,
+    )
 
 
 def _official_file_of_another_dataset(path: Path, name: str, filename: str) -> str | None:
@@ -556,9 +573,10 @@ def _download_verified(
         return None, f"HTTP {e.code}"
     except urllib.error.URLError as e:
         return None, f"{UNREACHABLE}{e.reason}"
-    # A read that timed out, a connection reset, a reply cut short: the next file would fare no better.
-    except (TimeoutError, ConnectionError, http.client.IncompleteRead) as e:
+    except (TimeoutError, ConnectionError) as e:  # a read that timed out, a connection reset
         return None, f"{UNREACHABLE}{type(e).__name__}: {e}"
+    except http.client.IncompleteRead as e:  # the server answered: the next file may come whole
+        return None, f"reply cut short ({e})"
     except http.client.HTTPException as e:  # an answer that is not HTTP (a proxy, a captive portal)
         return None, f"not an HTTP reply ({type(e).__name__}: {e})"
     # The cache cannot take the file (the server answered).
@@ -748,10 +766,11 @@ def _load_idx_pair(
     images_file, labels_file = IDX_FILES[split]
     images, images_path = locate_idx(name, images_file, root, download=download, **kw)
     labels, _ = locate_idx(name, labels_file, root, download=download, **kw)
-    explicit = _explicit_dir(root)
-    if explicit is not None and not images_path.is_relative_to(explicit):
-        # The run records the data dir it was given: say where the data came from instead.
-        log.warning("data dir %s holds no %s %s split; using %s", explicit, name, split, images_path.parent)
+    given = expand_user(root, "data dir") if root is not None else None  # DAE_DATA_DIR may hold one dataset
+    if given is not None and not images_path.is_relative_to(given) and os.environ.get("RANK", "0") == "0":
+        # The run records the data dir it was given: say where the data came from instead (once, not in
+        # every torchrun process).
+        log.warning("data dir %s holds no %s %s split; using %s", given, name, split, images_path.parent)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DataError(f"{images_path}: {images.shape} images do not pair with {labels.shape} labels")
     x = torch.from_numpy(images).unsqueeze(1)  # (N, 1, 28, 28) uint8, no copy
