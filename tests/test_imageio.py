@@ -74,6 +74,20 @@ def test_16bit_big_endian_and_mode_i_scaled_by_65535(tmp_path: Path) -> None:
     np.testing.assert_allclose(x[0].numpy(), a / 65535.0, atol=1e-7)
 
 
+def test_a_float_tiff_a_little_past_one_stays_on_its_scale(tmp_path: Path, caplog) -> None:
+    # One pixel at 1.02 read the whole image as 0-255: divided by 255, then denoised as near-black.
+    a = np.full((H, W), 0.5, dtype=np.float32)
+    a[0, 0], a[0, 1] = 1.02, -0.01
+    Image.fromarray(a).save(tmp_path / "over.tif")
+    x, info = read_image(tmp_path / "over.tif")
+    assert info.scale == 1.0 and x[0, 5, 5] == 0.5 and x[0, 0, 0] == 1.0 and x[0, 0, 1] == 0.0
+    assert "over.tif: 2 pixel(s) outside [0, 1] clipped to it" in caplog.text
+    a[0, 0] = np.nan
+    Image.fromarray(a).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"nan\.tif: floating-point pixels hold NaN or infinite values"):
+        read_image(tmp_path / "nan.tif")
+
+
 @pytest.mark.parametrize("scale", [1.0, 255.0])
 def test_float_tiff_scale_rule(tmp_path: Path, scale: float) -> None:
     a = np.random.default_rng(0).random((H, W)).astype(np.float32)

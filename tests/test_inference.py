@@ -149,6 +149,16 @@ def test_bad_inputs_are_usage_errors() -> None:
         denoise(TinyConv(), rand(1, 1, 8, 8) * 255)  # came back as values in [0, 1], no error
 
 
+def test_a_large_image_goes_whole_to_a_classical_method() -> None:
+    # Tiled like a network's above 512x512: each tile estimated its own noise level (wavelet differed by
+    # 0.034), and median ran 10x slower.
+    from dae.baselines import create_baseline
+
+    wavelet = create_baseline("wavelet")
+    x = torch.rand(1, 1, 600, 600, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(denoise(wavelet, x), wavelet.denoise(x))
+
+
 def test_duck_typed_baseline() -> None:
     x = rand(3, 3, 8, 8)
     y = denoise(Halve(), x)
@@ -528,6 +538,13 @@ def test_add_noise_with_the_real_noise_models(tmp_path: Path) -> None:
     assert np.asarray(Image.open(report.noisy[0])).std() > 10
     with pytest.raises(UsageError):
         denoise_files([a], TinyConv(), tmp_path / "out2", add_noise="no-such-noise:1")
+    # The noisy copy is an image file, clamped to [0, 1]: clip=false did nothing, without a word.
+    for spec in ("gaussian:0.5,clip=false", "poisson:5,clip=false+mask:0.1"):
+        with pytest.raises(
+            UsageError, match="clip=false keeps values outside \\[0, 1\\], which an image file"
+        ):
+            denoise_files([a], TinyConv(), tmp_path / "out3", add_noise=spec)
+    assert not (tmp_path / "out3").exists()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file names are bytes")

@@ -151,6 +151,23 @@ def test_code_layer_shape_and_decode_of_encode_is_forward(name, kw, code_shape):
         torch.testing.assert_close(model.decode(code), model(x))
 
 
+@pytest.mark.parametrize("name", [n for n in list_models() if create_model(n).fixed_size is None])
+@pytest.mark.parametrize("size", [(27, 31), (1, 1)])
+def test_the_code_of_any_size_is_the_one_forward_decodes(name, size):
+    # strided and transpose encoded the unpadded input: another code than forward's at 27x31, and an error at 1x1.
+    model = create_model(name).eval()
+    x = _batch((1, 1, *size))
+    with torch.no_grad():
+        code = model.encode(x)
+        torch.testing.assert_close(code, model.encode(model.pad(x)[0]))
+        torch.testing.assert_close(model.decode(code)[..., : size[0], : size[1]], model(x))
+
+
+def test_fc_encode_of_another_size_is_its_one_line():
+    with pytest.raises(UsageError, match="accepts only 1x28x28 inputs"):
+        create_model("fc").encode(_batch((1, 1, 27, 31)))
+
+
 def test_argmax_decode_needs_its_encode_but_other_unpools_do_not():
     argmax = _build("unpool", {"method": "argmax"})
     with pytest.raises(UsageError, match="call encode first"):

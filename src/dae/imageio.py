@@ -11,8 +11,9 @@ Rules (what a file becomes, and what is written back):
     re-attached unchanged by `write_image` when the output format holds alpha (PNG, TIFF); JPEG and BMP
     drop it.
   - 16-bit grayscale input is written back as 16-bit PNG/TIFF. Floating-point (mode F) input is written back
-    as a 32-bit float TIFF on its own scale ([0, 1] or [0, 255]), and as 16-bit PNG. Pillow reads 16-bit colour
-    PNG/TIFF, and 16-bit grey with alpha, as 8 bits per channel, so those come back 8-bit (grey with alpha
+    as a 32-bit float TIFF on its own scale ([0, 1], or [0, 255] when its maximum passes 2), and as 16-bit
+    PNG; pixels outside the scale are clipped, with a warning, and NaN or infinite ones refused. Pillow reads
+    16-bit colour PNG/TIFF, and 16-bit grey with alpha, as 8 bits per channel, so those come back 8-bit (grey with alpha
     stays grey). JPEG is written with quality 95.
   - EXIF orientation is applied on read (the pixels are rotated); no EXIF is written back, so the output is
     displayed the same way. An ICC profile is carried over, unless the pixels were converted out of
@@ -26,6 +27,7 @@ Rules (what a file becomes, and what is written back):
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import warnings
@@ -39,6 +41,8 @@ from torch import Tensor
 
 from dae.errors import DataError, ResourceError, UsageError
 from dae.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: about 1.2 GB as an RGB float32 tensor
 _CONVERTED_MODES = ("CMYK", "LAB", "YCbCr", "HSV")  # read as RGB
@@ -208,9 +212,16 @@ def _to_array(im: Image.Image, path: Path) -> tuple[np.ndarray, int, np.ndarray 
         return (a.astype(np.float32) / 65535.0)[None], 16, None, 1.0
     if mode == "F":
         a = np.asarray(im).astype(np.float32)
-        a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
-        scale = 1.0 if a.size == 0 or a.max() <= 1.0 else 255.0
-        return np.clip(a / scale, 0.0, 1.0)[None], 32, None, scale
+        if not np.isfinite(a).all():  # was read as 0 (NaN) or 1 and 0 (infinities), without a word
+            raise DataError(f"{path}: floating-point pixels hold NaN or infinite values")
+        # On [0, 1] by convention, or 0-255. A pixel a little past 1 (a filter's overshoot) does not make the
+        # file 0-255: it divided the whole image by 255. Only a maximum past 2 does.
+        scale = 255.0 if a.size and a.max() > 2.0 else 1.0
+        x = a / scale
+        outside = int(np.count_nonzero((x < 0.0) | (x > 1.0)))
+        if outside:
+            log.warning("%s: %d pixel(s) outside [0, %g] clipped to it", path, outside, scale)
+        return np.clip(x, 0.0, 1.0)[None], 32, None, scale
     if mode in ("L", "LA", "RGB", "RGBA"):
         a = np.asarray(im)
         alpha = None

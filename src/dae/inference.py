@@ -77,7 +77,8 @@ def denoise(
 
     `model` is a learned Denoiser or any object with `.denoise(x)` (classical baselines). Learned models run
     on their own device (or are moved to `device`, in place) and in eval mode. tile=None tiles images larger
-    than 512x512 pixels into 256x256 tiles, tile=0 never tiles, tile=k > 0 uses k x k tiles (denoise_tiled).
+    than 512x512 pixels into 256x256 tiles for a network (a classical method takes them whole), tile=0 never
+    tiles, tile=k > 0 uses k x k tiles (denoise_tiled).
 
     Example:
         >>> clean = denoise(model, noisy)            # (N, C, H, W)
@@ -127,7 +128,9 @@ def denoise(
             f"image has {c} channels but the model takes {channels}; only C->1 (per channel) "
             "and 1->C (replicate) are adapted"
         )
-    tile_size = _resolve_tile(model, tile, overlap, h, w)
+    # Tiling by default bounds a network's working memory; a classical method needs no such bound, and its
+    # tiles would each estimate their own noise level.
+    tile_size = _resolve_tile(model, tile if tile is not None or learned else 0, overlap, h, w)
 
     # Allocated outside inference mode so callers get a normal tensor they can use with autograd later.
     out = torch.empty((n, c, h, w), dtype=torch.float32, device=x.device)
@@ -669,4 +672,10 @@ def _load(checkpoint_or_model: Any, device: str | torch.device | None) -> Any:
 def _parse_noise(spec: str) -> Any:
     from dae.data.noise import parse_noise
 
-    return parse_noise(spec)
+    noise = parse_noise(spec)
+    if "clip=false" in noise.spec:  # the noisy copy was clamped anyway, so the option did nothing, unsaid
+        raise UsageError(
+            f"add_noise {spec!r}: clip=false keeps values outside [0, 1], which an image file cannot hold; "
+            "leave it out"
+        )
+    return noise

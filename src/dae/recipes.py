@@ -122,7 +122,8 @@ def recipe_for(model: str) -> Recipe:
 _add(
     Recipe(
         "fc-784-64",
-        "Keras blog (Chollet 2016) simple dense autoencoder, 64-unit code: sigmoid output, binary "
+        "Keras blog (Chollet 2016) simple dense autoencoder with the 784-64-784 tutorials' 64-unit code (the "
+        "blog's has 32): sigmoid output, binary "
         "cross-entropy, Adam, batch 256, 50 epochs; noise 0.5 as in the blog's denoising section",
         "fc",
         {"hidden": [64]},

@@ -49,6 +49,7 @@ class FullyConnected(ZooDenoiser):
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: Tensor) -> Tensor:
+        self.check_input(x)  # its one size, said as forward says it (a matmul error otherwise)
         return self.encoder(x)  # (N, hidden[-1])
 
     def decode(self, code: Tensor) -> Tensor:

@@ -46,7 +46,8 @@ class StridedConv(ZooDenoiser):
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)  # (N, 32, H/4, W/4)
+        # Padded as forward pads (a no-op there), so the code of any size is the one forward decodes.
+        return self.encoder(self.pad(x)[0])  # (N, 32, H/4, W/4), H and W padded to multiples of 4
 
     def decode(self, code: Tensor) -> Tensor:
         return self.decoder(code)  # (N, C, H, W) logits

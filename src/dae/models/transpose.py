@@ -68,7 +68,8 @@ class TransposeConv(ZooDenoiser):
         return x, (h, w)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x)  # (N, 8, 3, 3) at 28x28
+        # Padded as forward pads (a no-op there), so the code of any size is the one forward decodes.
+        return self.encoder(self.pad(x)[0])  # (N, 8, 3, 3) at 28x28
 
     def decode(self, code: Tensor) -> Tensor:
         return self.decoder(code)  # (N, C, 28, 28) from (N, 8, 3, 3)
