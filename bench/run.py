@@ -91,6 +91,7 @@ def dae_throughput(
         "steps_timed": window * windows,
         "windows_images_per_s": [row["images_per_s"] for row in result.history],
         "final_val_psnr": result.best_val_psnr,
+        "precision": result.trained_with["precision"],  # what it ran in ("auto" resolved)
     }
 
 
@@ -236,23 +237,21 @@ def bench_throughput(
     quick: bool = True, models: list[str] | None = None, window: int | None = None, windows: int | None = None
 ) -> dict[str, Any]:
     """dae.train's steady images/s against the tutorial DataLoader loop, per architecture, same batch size."""
-    from dae.train import autocast_for
-
     windows = windows or (2 if quick else 3)
-    precision = autocast_for(torch.device("cpu"), "auto")[1]  # what "auto" runs in here
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch, batch, steps in throughput_runs(models, quick, window):
             name = arch["model"]
-            # dae as it runs by default: precision "auto" is bf16 only on CPUs with native bf16.
+            # dae as it runs by default: precision "auto" is bf16 on CPUs with native bf16, for networks
+            # that do enough arithmetic per pixel.
             dae_r = dae_throughput(
                 name, batch_size=batch, window=steps, windows=windows, precision="auto", tmp=tmp
             )
             # The reference runs in fp32: dae in fp32 too shows how much of the ratio is the loop and how
-            # much is bf16 arithmetic (the same run when "auto" is fp32 on this CPU).
+            # much is bf16 arithmetic (the same run when "auto" chose fp32).
             dae_fp32 = (
                 dae_r
-                if precision == "fp32"
+                if dae_r["precision"] == "fp32"
                 else dae_throughput(
                     name, batch_size=batch, window=steps, windows=windows, precision="fp32", tmp=tmp
                 )
@@ -277,6 +276,7 @@ def bench_throughput(
                     "fingerprint": common.model_fingerprint(name),
                     "batch_size": batch,
                     "dae_images_per_s": dae_r["images_per_s"],
+                    "dae_precision": dae_r["precision"],
                     "dae_fp32_images_per_s": dae_fp32["images_per_s"],
                     "reference_images_per_s": ref["images_per_s"],
                     "ratio": dae_r["images_per_s"] / ref["images_per_s"],
@@ -287,7 +287,7 @@ def bench_throughput(
                 }
             )
             print(
-                f"  throughput {name}: dae {rows[-1]['dae_images_per_s']:.0f} img/s ({precision}), "
+                f"  throughput {name}: dae {rows[-1]['dae_images_per_s']:.0f} img/s ({dae_r['precision']}), "
                 f"{rows[-1]['dae_fp32_images_per_s']:.0f} img/s (fp32), "
                 f"reference {ref['images_per_s']:.0f} img/s, x{rows[-1]['ratio']:.2f} "
                 f"(fp32 x{rows[-1]['ratio_fp32']:.2f})",
@@ -295,9 +295,8 @@ def bench_throughput(
             )
     return {
         "mode": "quick" if quick else "full",
-        "dae_precision": precision,
         "method": (
-            "dae: dae.train(steps, val_every=window, precision auto (dae_precision) and again fp32, "
+            "dae: dae.train(steps, val_every=window, precision auto (each row's dae_precision) and again fp32, "
             "channels_last, freed memory kept, "
             "recipe model and loss), images/s of every logging window but the first (warm-up), validation "
             "and checkpoint time excluded; reference: in a fresh interpreter with the default allocator, "
@@ -568,15 +567,20 @@ def bench_flops(
             # Reuse throughput.json's rate only if it was measured on this very network.
             if prior_rows.get(name, {}).get("fingerprint") == common.model_fingerprint(name):
                 rate, source = prior_rows[name]["dae_images_per_s"], "throughput.json (dae loop)"
+                ran = prior_rows[name].get("dae_precision", autocast_for(torch.device("cpu"), "auto")[1])
             else:
                 batch = common.recipe_batch_size(name)
                 steps = window or calibrate_window(name, batch, 1.0 if quick else 3.0, minimum=5)
                 # As throughput.json measures it: dae as it runs (precision auto), the precision the
                 # summary judges against its peak.
-                rate = dae_throughput(
+                measured = dae_throughput(
                     name, batch_size=batch, window=steps, windows=2, precision="auto", tmp=tmp
-                )["images_per_s"]
-                source = "measured here (dae loop)"
+                )
+                rate, ran, source = (
+                    measured["images_per_s"],
+                    measured["precision"],
+                    "measured here (dae loop)",
+                )
             achieved = rate * step_flops
             rows.append(
                 {
@@ -585,6 +589,7 @@ def bench_flops(
                     "train_flops_per_image": step_flops,
                     "train_images_per_s": rate,
                     "train_images_per_s_source": source,
+                    "train_precision": ran,
                     "train_gflops": achieved / 1e9,
                     "train_percent_of_fp32_peak": 100 * achieved / (peak["gflops"] * 1e9),
                 }
@@ -598,9 +603,11 @@ def bench_flops(
         ),
         "fp32_peak": peak,
         "bf16_peak": peak_bf16,
-        # What dae's loop and denoise ran in ("auto"): on a CPU with native bf16 their share of the fp32 peak
-        # may pass 100% rightly, and the bf16 peak is the ceiling to check them against.
-        "dae_precision": autocast_for(torch.device("cpu"), "auto")[1],
+        # What the default model's training ran in ("auto"; denoise's "auto" is bf16 wherever it is native): in
+        # bf16 its share of the fp32 peak may pass 100% rightly, and the bf16 peak is the ceiling to check.
+        "dae_precision": next(
+            (r["train_precision"] for r in rows if r["default"]), autocast_for(torch.device("cpu"), "auto")[1]
+        ),
         "rows": rows,
     }
     default = common.default_model()
@@ -785,6 +792,11 @@ def _share_text(percent: float, flops: dict[str, Any]) -> str:
     return f"{_f(percent)}%" + ("" if share is None else f" (bf16: {_f(share)}% of the bf16 peak)")
 
 
+def _ran(tp: dict[str, Any], row: dict[str, Any]) -> str:
+    """The precision dae's own row ran in: recorded per row, or (older files) once for the whole run."""
+    return row.get("dae_precision") or tp.get("dae_precision", "auto")
+
+
 def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for every project target, from the result files present."""
     tp, ttq, inf, fl = (
@@ -796,9 +808,9 @@ def targets(results_dir: str | Path) -> list[tuple[str, str, str]]:
         if tut:
             worst = min(tut, key=lambda r: r["ratio"])
             text = ", ".join(f"{r['model']} x{r['ratio']:.2f}" for r in tut)
-            if tp.get("dae_precision") == "bf16" and all("ratio_fp32" in r for r in tut):
+            if any(_ran(tp, r) == "bf16" for r in tut) and all("ratio_fp32" in r for r in tut):
                 # The loop's own part: the reference runs in fp32.
-                text += "; dae in bf16 (at fp32: " + ", ".join(f"x{r['ratio_fp32']:.2f}" for r in tut) + ")"
+                text += "; dae at fp32: " + ", ".join(f"x{r['ratio_fp32']:.2f}" for r in tut)
             rows.append(
                 ("dae loop >= 3x reference loop (tutorial archs)", text, _verdict(worst["ratio"] >= 3))
             )
@@ -969,13 +981,12 @@ def write_summary(results_dir: str | Path) -> Path:
     tp = _load(results_dir, "throughput")
     if tp:
         lines += ["", f"## Training throughput ({tp['mode']}, {tp['machine']['date']})", ""]
-        dp = tp.get("dae_precision", "auto")
         lines += _table(
             [
                 "model",
                 "tutorial",
                 "batch",
-                f"dae img/s ({dp})",
+                "dae img/s (auto: ran in)",
                 "dae img/s (fp32)",
                 "reference img/s (fp32)",
                 "ratio",
@@ -987,7 +998,7 @@ def write_summary(results_dir: str | Path) -> Path:
                     _name(r),
                     "yes" if r["tutorial"] else "no",
                     r["batch_size"],
-                    f"{r['dae_images_per_s']:.0f}",
+                    f"{r['dae_images_per_s']:.0f} ({_ran(tp, r)})",
                     _f(r.get("dae_fp32_images_per_s"), ".0f"),
                     f"{r['reference_images_per_s']:.0f}",
                     f"{r['ratio']:.2f}",
@@ -999,12 +1010,13 @@ def write_summary(results_dir: str | Path) -> Path:
         )
         lines += [
             "",
-            f"dae runs as it does by default, precision auto ({dp} on this CPU); the reference loop, written the "
-            "common way, runs in fp32, and so does dae's second column: the ratio at fp32 is the loop's part "
-            "alone. A reference loop that spends a share s of its time in the DataLoader can be sped up at most "
-            "1/(1-s)x by feeding the same network faster; the rest of any ratio comes from running the network "
-            "faster (channels_last and freed memory kept here"
-            + (", and bf16 arithmetic" if dp == "bf16" else "")
+            "dae runs as it does by default, precision auto: bf16 on a CPU with native bf16 for a network of "
+            "at least 7,000 forward FLOPs per pixel, else fp32. The reference loop, written the common way, runs "
+            "in fp32, and so does dae's second column: the ratio at fp32 is the loop's part alone. A reference "
+            "loop that spends a share s of its time in the DataLoader can be sped up at most 1/(1-s)x by "
+            "feeding the same network faster; the rest of any ratio comes from running the network faster "
+            "(channels_last and freed memory kept here"
+            + (", and bf16 arithmetic" if any(_ran(tp, r) == "bf16" for r in tp["rows"]) else "")
             + ").",
         ]
     dd = _load(results_dir, "distributed")
