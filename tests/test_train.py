@@ -1154,6 +1154,16 @@ def test_auto_trains_a_small_network_in_fp32_even_on_a_bf16_cpu(
     assert "precision: auto" in (tmp_path / "run" / "config.yaml").read_text()  # a resume weighs it again
 
 
+def test_a_model_that_cannot_be_weighed_on_the_meta_device_keeps_bf16(monkeypatch):
+    # A model of one's own whose forward needs real data (.item(), numpy) must still train under "auto".
+    class Opaque(torch.nn.Module):
+        def forward(self, x):
+            return x * float(x.mean())
+
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    assert train_module.auto_precision(torch.device("cpu"), Opaque(), (1, 28, 28)) == "bf16"
+
+
 def test_the_flops_that_decide_auto_are_counted_without_touching_the_model():
     model = train_module.create_model("strided")
     before = {k: v.clone() for k, v in model.state_dict().items()}

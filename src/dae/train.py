@@ -126,7 +126,11 @@ def auto_precision(device: torch.device, model: nn.Module, image_shape: Sequence
         return "fp32"
     if device.type != "cpu":
         return "bf16"
-    return "bf16" if forward_flops_per_pixel(model, image_shape) >= AUTO_BF16_MIN_FLOPS_PER_PIXEL else "fp32"
+    try:
+        per_pixel = forward_flops_per_pixel(model, image_shape)
+    except Exception:  # noqa: BLE001 -- a model of one's own that cannot run on the meta device: bf16, as before
+        return "bf16"
+    return "bf16" if per_pixel >= AUTO_BF16_MIN_FLOPS_PER_PIXEL else "fp32"
 
 
 def forward_flops_per_pixel(model: nn.Module, image_shape: Sequence[int]) -> float:
