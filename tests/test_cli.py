@@ -138,6 +138,37 @@ def test_models_and_recipes_listed():
     assert code == 0 and len(out.strip().splitlines()) >= 5
 
 
+def test_models_lists_each_models_options_with_their_defaults(tmp_path, data_dir):
+    # `dae train --help` sends there for --model.kwargs.OPTION, and it named none of fc's hidden, strided's
+    # kernel_size or unet's residual.
+    code, out, _ = dae("models")
+    lines = out.splitlines()
+    options = {
+        lines[i - 1].split()[0]: line.split("options: ")[1]
+        for i, line in enumerate(lines)
+        if "options:" in line
+    }
+    assert code == 0 and "hidden=64" in options["fc"] and "kernel_size=5" in options["strided"]
+    assert "residual=false" in options["unet"] and "in_channels" not in out
+    # Written as listed, an option trains.
+    code, _, err = dae(
+        "train",
+        "--model",
+        "strided",
+        "--model.kwargs.channels=16-32",
+        "--model.kwargs.kernel_size=3",
+        "--steps",
+        "1",
+        "--data.limit=64",
+        "--data.val_size=8",
+        "--data-dir",
+        data_dir,
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 0, err
+
+
 def test_listings_give_whole_summaries_and_what_is_unavailable():
     code, out, _ = dae("models")
     unet = next(line for line in out.splitlines() if line.startswith("unet "))

@@ -274,7 +274,29 @@ def cmd_models(args: argparse.Namespace, rest: list[str]) -> int:
         model = create_model(name)
         summary = _summary(MODELS.get(name)) or _summary(type(model))
         print(f"{name:<12} {model.num_parameters():>9,d} params  {model.output_kind:<7} {summary}")
+        options = _model_options(MODELS.get(name))
+        if options:  # what --model.kwargs.OPTION=VALUE takes (dae train --help points here)
+            print(f"{'':<12} options: {options}")
     return 0
+
+
+def _model_options(builder: Any) -> str:
+    """A model builder's options with their defaults, read from its signature (in_channels is dae's to set)."""
+    import inspect
+
+    shown = []
+    for p in inspect.signature(builder).parameters.values():
+        if p.name == "in_channels" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = p.default
+        if p.default is p.empty:
+            default = "(required)"
+        elif isinstance(default, tuple | list):
+            default = "-".join(str(v) for v in default)
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        shown.append(f"{p.name}={default}")
+    return ", ".join(shown)
 
 
 def _summary(obj: object) -> str:
