@@ -108,11 +108,7 @@ def main(spec: dict) -> dict:
         base = maxrss_bytes()  # after imports and model; the image and the work count toward the peak
         g = torch.Generator().manual_seed(0)
         image = torch.rand((1, 1, size, size), generator=g)
-        kwargs = (
-            {"precision": precision}
-            if spec.get("tile") is None
-            else {"tile": int(spec["tile"]), "precision": precision}
-        )
+        kwargs = {"precision": precision} | ({} if spec.get("tile") is None else {"tile": int(spec["tile"])})
         with torch.inference_mode():
             t0 = time.perf_counter()
             denoise(model, image, **kwargs)

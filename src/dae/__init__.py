@@ -75,45 +75,26 @@ def __dir__() -> list[str]:
     return sorted(set(__all__) | _MODULES)
 
 
+# Where each public name lives: imported on first use, so that `import dae` stays light.
+_API = {
+    "create_model": "dae.models",
+    "list_models": "dae.models",
+    "denoise": "dae.inference",
+    "denoise_files": "dae.inference",
+    "create_baseline": "dae.baselines",
+    "load_model": "dae.checkpoint",
+    "load_images": "dae.data.datasets",
+    "add_noise": "dae.data.noise",
+    "Config": "dae.config",
+}
+
+
 def __getattr__(name: str):
-    if name in ("create_model", "list_models"):
-        from dae import models
+    import importlib
 
-        return getattr(models, name)
-    if name in ("train", "evaluate"):  # callable modules (CallableModule): dae.train(cfg) trains
-        import importlib
-
-        return importlib.import_module(f"dae.{name}")
-    if name == "denoise":
-        from dae.inference import denoise
-
-        return denoise
-    if name == "denoise_files":
-        from dae.inference import denoise_files
-
-        return denoise_files
-    if name == "create_baseline":
-        from dae.baselines import create_baseline
-
-        return create_baseline
-    if name == "load_model":
-        from dae.checkpoint import load_model
-
-        return load_model
-    if name == "load_images":
-        from dae.data.datasets import load_images
-
-        return load_images
-    if name == "add_noise":
-        from dae.data.noise import add_noise
-
-        return add_noise
-    if name == "Config":
-        from dae.config import Config
-
-        return Config
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    # train and evaluate are callable modules (CallableModule): dae.train(cfg) trains.
     if name in _MODULES:
-        import importlib
-
         return importlib.import_module(f"dae.{name}")
     raise AttributeError(f"module 'dae' has no attribute {name!r}")

@@ -288,15 +288,19 @@ def _model_options(builder: Any) -> str:
     for p in inspect.signature(builder).parameters.values():
         if p.name == "in_channels" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        default = p.default
-        if p.default is p.empty:
-            default = "(required)"
-        elif isinstance(default, tuple | list):
-            default = "-".join(str(v) for v in default)
-        elif isinstance(default, bool):
-            default = str(default).lower()
-        shown.append(f"{p.name}={default}")
+        shown.append(f"{p.name}={'(required)' if p.default is p.empty else _as_typed(p.default)}")
     return ", ".join(shown)
+
+
+def _as_typed(value: Any) -> str:
+    """A default as one would type it on the command line: none, true/false, 16-32 for a sequence."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        return "-".join(str(v) for v in value)
+    return str(value)
 
 
 def _summary(obj: object) -> str:
@@ -342,16 +346,15 @@ def _overrides_help() -> str:
 
     from dae.config import Config
 
-    def shown(value: Any) -> str:
-        return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
     def paragraph(text: str, indent: str = "") -> str:
         return textwrap.fill(text, 78, initial_indent=indent, subsequent_indent=indent and indent + "    ")
 
     cfg = Config()
     sections = ("data", "model", "train")
     top = [
-        f"{f.name}={shown(getattr(cfg, f.name))}" for f in dataclasses.fields(cfg) if f.name not in sections
+        f"{f.name}={_as_typed(getattr(cfg, f.name))}"
+        for f in dataclasses.fields(cfg)
+        if f.name not in sections
     ]
     lines = [
         paragraph(
@@ -362,7 +365,9 @@ def _overrides_help() -> str:
     for section in sections:
         part = getattr(cfg, section)
         values = [
-            f"{f.name}={shown(getattr(part, f.name))}" for f in dataclasses.fields(part) if f.name != "kwargs"
+            f"{f.name}={_as_typed(getattr(part, f.name))}"
+            for f in dataclasses.fields(part)
+            if f.name != "kwargs"
         ]
         if section == "model":
             values.append("kwargs.OPTION=VALUE (the model's options: dae models)")

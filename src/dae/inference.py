@@ -411,7 +411,7 @@ def denoise_files(
         raise UsageError(f"suffix {suffix!r} must not contain a path separator")
     _check_tiling(tile, overlap)
 
-    plan = _plan(inputs, out_root, suffix, add_noise is not None and save_noisy, out_file)
+    plan = _plan(paths, out_root, suffix, add_noise is not None and save_noisy, out_file)
     jobs = plan.jobs
     model = _load(checkpoint_or_model, device)
     noise = _parse_noise(add_noise) if add_noise is not None else None
@@ -508,23 +508,22 @@ class _Plan(NamedTuple):
 
 
 def _plan(
-    inputs: Sequence[str | os.PathLike],
+    inputs: Sequence[Path],
     out_root: Path,
     suffix: str,
     with_noisy: bool,
     out_file: Path | None = None,
 ) -> _Plan:
-    """Expand inputs to files and outputs; refuses missing inputs, outputs that are inputs, and clashes.
-    With `out_file`, the one input file is written there (and its noisy copy beside it, named after it).
-    Besides the jobs, names what was passed over (see _Plan); when nothing else is found, the first folder
-    that could not be read is the error."""
+    """Expand inputs (a leading ~ already expanded) to files and outputs; refuses missing inputs, outputs that
+    are inputs, and clashes. With `out_file`, the one input file is written there (and its noisy copy beside
+    it, named after it). Besides the jobs, names what was passed over (see _Plan); when nothing else is found,
+    the first folder that could not be read is the error."""
     out_resolved = out_root.resolve()
     pairs: list[tuple[Path, Path]] = []
     under_output: list[Path] = []
     skipped: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
-    for item in inputs:
-        path = expand_user(item, "input")
+    for path in inputs:
         if not path.exists():
             raise ResourceError(f"{path}: no such file or folder")
         if path.is_dir():

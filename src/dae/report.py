@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -760,7 +761,7 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns) if path.is_file() else None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 # The figures write_report draws into RUN_DIR/figures/ (the page inlines them; the files are for other use).

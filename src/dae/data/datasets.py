@@ -321,8 +321,11 @@ def _candidates(directory: Path, name: str, filename: str) -> list[Path]:
     return [d / f for d in dict.fromkeys(subdirs) for f in (filename + ".gz", filename)]
 
 
-# What marks a folder as a root of IDX datasets: a dataset's own folder, torchvision's, or the files themselves.
-_IDX_LAYOUT = frozenset({"mnist", "fashion-mnist", "fashion_mnist", "MNIST", "FashionMNIST"})
+# What marks a folder as a root of IDX datasets: the first folder of any place _candidates looks in (mnist/,
+# fashion_mnist/, torchvision's MNIST/raw/, ...), or the files themselves.
+_IDX_LAYOUT = frozenset(
+    p.parts[0] for name in SHA256 for p in _candidates(Path(), name, "file") if len(p.parts) > 1
+)
 
 
 def _a_picture_in(directory: Path) -> Path | None:
